@@ -1,0 +1,35 @@
+# neurounlearn: `make demo` and `make test` set everything up on a fresh CPU machine.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# Pinned CPU build first: an unpinned torch would pull several GB of CUDA packages.
+TORCH  ?= torch==2.13.0
+
+.PHONY: install demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/neurounlearn demo --out demo_out
+
+test: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy src/neurounlearn
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/tabular_openneuro.py
+
+clean:
+	rm -rf $(VENV) demo_out .pytest_cache .ruff_cache .mypy_cache

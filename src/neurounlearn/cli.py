@@ -1,0 +1,350 @@
+"""The ``neurounlearn`` command line: parse, call the library, print.
+
+Every command validates its input first; bad input prints one clear line per problem (file, row,
+column, how to fix it) and exits with code 2 — never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import typer
+
+# Lightning's own deprecation notice at import time is noise for our users.
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+
+from neurounlearn.config import (  # noqa: E402 (after the warnings filter)
+    ConfoundConfig,
+    RunConfig,
+    apply_overrides,
+    load_config,
+    validate_config,
+)
+from neurounlearn.errors import EXIT_INPUT_ERROR, InputError  # noqa: E402
+
+app = typer.Typer(
+    help="Train deep models on brain MRI features while unlearning site, scanner and other "
+    "confounds, and audit how much of them is left.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _friendly(fn: F) -> F:
+    """Turn InputError into 'error: ...' lines and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except InputError as err:
+            for problem in err.problems:
+                typer.echo(f"error: {problem}", err=True)
+            raise typer.Exit(EXIT_INPUT_ERROR) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+# -- shared options ------------------------------------------------------------------------------
+DataOpt = typer.Option(None, "--data", help="manifest CSV: one row per scan")
+FeaturesOpt = typer.Option(None, "--features", help="regex selecting the feature columns")
+TargetOpt = typer.Option(None, "--target", help="column to predict [default: age]")
+UnlearnOpt = typer.Option(
+    None, "--unlearn", help="confound column to unlearn, NAME or NAME:categorical; repeatable"
+)
+WhereOpt = typer.Option(
+    None,
+    "--unlearn-where",
+    help="pandas query restricting which rows enter the unlearning, e.g. '18 <= age <= 35' "
+    "(one for all confounds, or one per --unlearn in order)",
+)
+SeedOpt = typer.Option(None, "--seed", help="seed of the split, initialisation and batches")
+EpochsOpt = typer.Option(None, "--epochs", help="maximum epochs")
+BatchOpt = typer.Option(None, "--batch-size", help="rows per batch")
+LrOpt = typer.Option(None, "--lr", help="learning rate")
+ConfigOpt = typer.Option(None, "--config", help="YAML run configuration")
+SetOpt = typer.Option(None, "--set", help="override any setting: key=value, e.g. train.patience=30")
+
+
+def _parse_unlearn(
+    items: list[str], wheres: list[str], base: list[ConfoundConfig]
+) -> list[ConfoundConfig]:
+    if wheres and len(wheres) not in (1, len(items)):
+        raise InputError(
+            f"{len(wheres)} --unlearn-where for {len(items)} --unlearn",
+            hint="give one --unlearn-where for all confounds, or one per --unlearn",
+        )
+    known = {c.name: c for c in base}
+    out = []
+    for i, item in enumerate(items):
+        name, _, kind = item.partition(":")
+        if kind and kind != "categorical":
+            raise InputError(
+                f"--unlearn {item}: unknown confound kind '{kind}'",
+                hint="use NAME or NAME:categorical",
+            )
+        c = known.get(name, ConfoundConfig(name=name))
+        if wheres:
+            c = c.model_copy(update={"subset": wheres[0] if len(wheres) == 1 else wheres[i]})
+        out.append(c)
+    return out
+
+
+def build_config(
+    *,
+    config: Path | None,
+    data: Path | None = None,
+    features: str | None = None,
+    target: str | None = None,
+    unlearn: list[str] | None = None,
+    where: list[str] | None = None,
+    strategy: str | None = None,
+    mode: str | None = None,
+    band: tuple[float, float] | None = None,
+    seed: int | None = None,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    overrides: list[str] | None = None,
+) -> RunConfig:
+    """Defaults, then the config file, then flags, then ``--set``."""
+    cfg = load_config(config) if config else RunConfig()
+    raw = cfg.model_dump(mode="json")
+    if data is not None:
+        raw["data"]["path"] = str(data)
+    for key, value in (("features", features), ("target", target)):
+        if value is not None:
+            raw["data"][key] = value
+    if unlearn:
+        raw["confounds"] = [
+            c.model_dump(mode="json") for c in _parse_unlearn(unlearn, where or [], cfg.confounds)
+        ]
+    elif where:
+        raise InputError(
+            "--unlearn-where needs --unlearn",
+            hint="e.g. --unlearn site --unlearn-where '18 <= age <= 35'",
+        )
+    if strategy is not None:
+        raw["strategy"]["name"] = strategy
+    if mode is not None:
+        raw["strategy"]["mode"] = mode
+    if band is not None:
+        raw["audit"]["band"] = list(band)
+    for key, value in (("seed", seed), ("epochs", epochs), ("batch_size", batch_size), ("lr", lr)):
+        if value is not None:
+            raw["train"][key] = value
+    cfg = validate_config(raw, "command line")
+    return apply_overrides(cfg, overrides or []) if overrides else cfg
+
+
+def _leak(m: dict[str, Any], confound: str, probe: str, conditional: bool = False) -> str:
+    block = m.get("leakage", {}).get(confound) or {}
+    if conditional:
+        block = block.get("conditional") or {}
+    value = ((block.get("probe") or {}).get(probe) or {}).get("balanced_accuracy")
+    return "—" if value is None else f"{value:.2f}"
+
+
+def summary_lines(metrics: dict[str, Any]) -> list[str]:
+    task = metrics["task"]
+    lines = [
+        f"test MAE {task['mae']:.2f} (n={task['n']}), r={task.get('pearson_r') or float('nan'):.2f}"
+    ]
+    for name, block in metrics.get("leakage", {}).items():
+        chance = block.get("chance")
+        parts = [
+            f"{name} leakage: linear {_leak(metrics, name, 'linear')}, "
+            f"nonlinear {_leak(metrics, name, 'nonlinear')} balanced accuracy"
+            + (f" (chance {chance:.2f})" if chance else "")
+        ]
+        band = (block.get("conditional") or {}).get("band")
+        if band:
+            parts.append(
+                f"in band {band}: linear {_leak(metrics, name, 'linear', True)}, "
+                f"nonlinear {_leak(metrics, name, 'nonlinear', True)}"
+            )
+        lines.append("; ".join(parts))
+    return lines
+
+
+# -- commands ------------------------------------------------------------------------------------
+@app.command()
+@_friendly
+def fit(
+    out: Path = typer.Option(..., "--out", help="run directory to create"),
+    data: Path | None = DataOpt,
+    input: str = typer.Option("features", "--input", help="input kind: features (feature table)"),
+    features: str | None = FeaturesOpt,
+    target: str | None = TargetOpt,
+    unlearn: list[str] | None = UnlearnOpt,
+    unlearn_where: list[str] | None = WhereOpt,
+    strategy: str | None = typer.Option(
+        None, "--strategy", help="baseline | iterative | grl [default: iterative]"
+    ),
+    mode: str | None = typer.Option(
+        None, "--mode", help="iterative: sequential (paper) | joint (faster)"
+    ),
+    band: tuple[float, float] | None = typer.Option(
+        None, "--band", help="audit also within this target band, e.g. --band 18 35"
+    ),
+    resume: bool = typer.Option(False, "--resume", help="continue the interrupted run in --out"),
+    seed: int | None = SeedOpt,
+    epochs: int | None = EpochsOpt,
+    batch_size: int | None = BatchOpt,
+    lr: float | None = LrOpt,
+    config: Path | None = ConfigOpt,
+    set_: list[str] | None = SetOpt,
+) -> None:
+    """Train a model that predicts --target while unlearning each --unlearn confound."""
+    from neurounlearn.evaluation.evaluate import evaluate
+    from neurounlearn.training.fit import fit as run_fit
+
+    if input != "features":
+        raise InputError(f"--input {input} is not supported yet", hint="use --input features")
+    cfg = build_config(
+        config=config,
+        data=data,
+        features=features,
+        target=target,
+        unlearn=unlearn,
+        where=unlearn_where,
+        strategy=strategy,
+        mode=mode,
+        band=band,
+        seed=seed,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        overrides=set_,
+    )
+    run_dir = run_fit(cfg, out, resume=resume)
+    metrics = evaluate(run_dir)
+    typer.echo(f"run written to {run_dir}")
+    for line in summary_lines(metrics):
+        typer.echo("  " + line)
+
+
+@app.command("evaluate")
+@_friendly
+def evaluate_cmd(
+    run_dir: Path = typer.Argument(..., help="a finished run directory"),
+    data: Path | None = typer.Option(
+        None, "--data", help="external test manifest (default: the run's test split)"
+    ),
+) -> None:
+    """Task metrics and the leakage audit of a run; writes RUN_DIR/metrics.json."""
+    from neurounlearn.evaluation.evaluate import evaluate
+
+    metrics = evaluate(run_dir, data=data)
+    typer.echo(f"metrics written to {Path(run_dir) / 'metrics.json'}")
+    for line in summary_lines(metrics):
+        typer.echo("  " + line)
+
+
+def _apply(run_dir: Path, data: Path, out: Path, which: int) -> int:
+    from neurounlearn.training.predict import predict_file
+    from neurounlearn.training.run import load_run
+    from neurounlearn.training.system import write_csv_atomic
+
+    run = load_run(run_dir)
+    frame = predict_file(run, data)[which]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_csv_atomic(frame, out)
+    return len(frame)
+
+
+@app.command()
+@_friendly
+def predict(
+    run_dir: Path = typer.Argument(..., help="a finished run directory"),
+    data: Path = typer.Option(..., "--data", help="manifest of new data (no site column needed)"),
+    out: Path = typer.Option(..., "--out", help="CSV to write"),
+) -> None:
+    """Predict the target for new data with a finished run."""
+    n = _apply(run_dir, data, out, 0)
+    typer.echo(f"{n} predictions written to {out}")
+
+
+@app.command()
+@_friendly
+def embed(
+    run_dir: Path = typer.Argument(..., help="a finished run directory"),
+    data: Path = typer.Option(
+        ..., "--data", help="manifest of data to embed (no site column needed)"
+    ),
+    out: Path = typer.Option(..., "--out", help="CSV to write"),
+) -> None:
+    """Write the harmonised embeddings (encoder features) of new data."""
+    n = _apply(run_dir, data, out, 1)
+    typer.echo(f"{n} embeddings written to {out}")
+
+
+@app.command()
+@_friendly
+def check(
+    data: Path = typer.Option(..., "--data", help="manifest CSV to check"),
+    features: str | None = FeaturesOpt,
+    target: str | None = TargetOpt,
+    unlearn: list[str] | None = UnlearnOpt,
+    unlearn_where: list[str] | None = WhereOpt,
+    config: Path | None = ConfigOpt,
+    set_: list[str] | None = SetOpt,
+) -> None:
+    """Check a manifest and print every problem found, with its row and column."""
+    from neurounlearn.data.manifest import find_problems, read_table
+    from neurounlearn.training.fit import table_spec
+
+    cfg = build_config(
+        config=config,
+        data=data,
+        features=features,
+        target=target,
+        unlearn=unlearn,
+        where=unlearn_where,
+        overrides=set_,
+    )
+    frame = read_table(data)
+    problems = find_problems(frame, data, table_spec(cfg))
+    errors = [p for p in problems if p.severity == "error"]
+    for p in problems:
+        typer.echo(f"{p.severity}: {p}", err=p.severity == "error")
+    if errors:
+        typer.echo(f"{len(errors)} error(s): fix them before training", err=True)
+        raise typer.Exit(EXIT_INPUT_ERROR)
+    typer.echo(
+        f"ok: {len(frame)} rows, no errors" + (f", {len(problems)} warning(s)" if problems else "")
+    )
+
+
+@app.command()
+@_friendly
+def demo(
+    out: Path = typer.Option(Path("demo_out"), "--out", help="directory for the demo runs"),
+    epochs: int | None = typer.Option(
+        None, "--epochs", help="epochs per model (default: the demo's)"
+    ),
+    seed: int = typer.Option(0, "--seed", help="seed of the split and the models"),
+) -> None:
+    """Baseline, iterative and gradient-reversal models on the bundled OpenNeuroTransfer table."""
+    from neurounlearn.demo import run_demo
+
+    run_demo(out, epochs=epochs, seed=seed, echo=typer.echo)
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

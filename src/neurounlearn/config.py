@@ -1,0 +1,230 @@
+"""The run configuration: one pydantic model, read from YAML, overridden from the command line.
+
+Precedence, lowest first: defaults, ``--config run.yaml``, the CLI's own flags
+(``--epochs``, ``--seed``, ...), then ``--set key=value`` (dotted keys, YAML values).
+The resolved configuration is written to the run directory as ``config.yaml``.
+
+Examples:
+    >>> cfg = RunConfig.model_validate({"data": {"target": "age"}, "confounds": [{"name": "site"}]})
+    >>> cfg = apply_overrides(cfg, ["train.epochs=5", "confounds.0.subset=18 <= age <= 35"])
+    >>> cfg.train.epochs, cfg.confounds[0].subset
+    (5, '18 <= age <= 35')
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from neurounlearn.errors import InputError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ConfoundConfig(_Strict):
+    """One confound to unlearn.
+
+    Args:
+        name: manifest column holding the confound (e.g. ``site``).
+        kind: ``categorical`` (one class per level seen in the training split).
+        alpha: weight of this confound's adversary loss (step 2 of the iterative strategy).
+        beta: weight of this confound's confusion loss (step 3), or of its reversed gradient (grl).
+        subset: pandas query restricting which rows enter this confound's adversary and confusion
+            losses, e.g. ``"18 <= age <= 35"`` (the paper's overlap trick for biased data).
+    """
+
+    name: str
+    kind: Literal["categorical"] = "categorical"
+    alpha: float = Field(1.0, ge=0)
+    beta: float = Field(1.0, ge=0)
+    subset: str | None = None
+
+
+class DataConfig(_Strict):
+    """Where the data is and which columns mean what."""
+
+    path: Path | None = None
+    input: Literal["features"] = "features"
+    features: str | None = Field(
+        None,
+        description="regex selecting feature columns; default: every numeric column "
+        "that is not the id, site, target or a confound",
+    )
+    target: str = "age"
+    id_column: str | None = Field(
+        None,
+        description="subject id column; default: the first of subject, sub_id, "
+        "participant_id, subject_id, id found in the manifest",
+    )
+    site_column: str = "site"
+    task: Literal["regression"] = "regression"
+
+
+class ModelConfig(_Strict):
+    """Encoder and heads (for feature tables: an MLP)."""
+
+    encoder: Literal["mlp"] = "mlp"
+    hidden: list[int] = Field(default_factory=lambda: [128])
+    embedding_dim: int = Field(32, ge=1)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    head_hidden: int = Field(32, ge=0, description="hidden width of confound heads (0: linear)")
+
+
+class StrategyConfig(_Strict):
+    """How the confounds are unlearned."""
+
+    name: Literal["baseline", "iterative", "grl"] = "iterative"
+    mode: Literal["sequential", "joint"] = Field(
+        "sequential",
+        description="iterative only: sequential = the paper's three steps; "
+        "joint = steps 1 and 3 fused into one encoder backward",
+    )
+    pretrain_epochs: int = Field(10, ge=0, description="iterative only: task-only epochs first")
+    lambda_max: float = Field(1.0, ge=0, description="grl only: final gradient-reversal weight")
+    adversary_lr: float | None = Field(None, gt=0, description="default: train.lr")
+    adversary_steps: int = Field(
+        1,
+        ge=1,
+        description="confound-head updates per batch (a stronger adversary gives the "
+        "encoder a more honest signal of what still leaks)",
+    )
+
+
+class TrainConfig(_Strict):
+    """The training loop."""
+
+    seed: int = Field(0, ge=0)
+    epochs: int = Field(100, ge=1)
+    batch_size: int = Field(32, ge=2)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    patience: int = Field(20, ge=1, description="early stopping on validation task loss")
+    task_loss: Literal["mse", "l1"] = "mse"
+    sampling: Literal["shuffle", "balanced"] = Field(
+        "shuffle", description="balanced: every site equally likely in each batch"
+    )
+    val_fraction: float = Field(0.15, gt=0, lt=0.5)
+    test_fraction: float = Field(0.2, gt=0, lt=0.5)
+    accelerator: str = "cpu"
+    devices: int | str = 1
+    precision: str = "32-true"
+    num_workers: int = Field(0, ge=0)
+    progress_bar: bool = True
+
+
+class AuditConfig(_Strict):
+    """The leakage audit on held-out embeddings."""
+
+    band: tuple[float, float] | None = Field(
+        None, description="also probe within this target band, e.g. [18, 35]"
+    )
+    folds: int = Field(5, ge=2)
+    n_permutations: int = Field(100, ge=0, description="permutations of the linear probe's test")
+    n_permutations_nonlinear: int = Field(
+        30, ge=0, description="permutations of the nonlinear probe's test (each refits an MLP)"
+    )
+    n_bootstrap: int = Field(1000, ge=0)
+
+    @field_validator("band")
+    @classmethod
+    def _ordered(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and v[0] >= v[1]:
+            raise ValueError(f"band must be [low, high] with low < high, got {list(v)}")
+        return v
+
+
+class RunConfig(_Strict):
+    """Everything a run needs; written resolved to ``RUN_DIR/config.yaml``."""
+
+    data: DataConfig = Field(default_factory=DataConfig)
+    confounds: list[ConfoundConfig] = Field(default_factory=list)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    strategy: StrategyConfig = Field(default_factory=StrategyConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _validation_error(err: ValidationError, source: str) -> InputError:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"])
+    return InputError(
+        f"invalid setting '{key}': {first['msg']} (got {first.get('input')!r})",
+        file=source,
+        hint="fix the value in the config file or the --set/flag that gave it",
+    )
+
+
+def validate_config(raw: dict[str, Any], source: str = "configuration") -> RunConfig:
+    """Validate a raw dict, turning pydantic's errors into an :class:`InputError`."""
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as err:
+        raise _validation_error(err, source) from None
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read a YAML run configuration."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("config file not found", file=path, hint="check the --config path")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise InputError(f"not valid YAML: {err}", file=path) from None
+    if not isinstance(raw, dict):
+        raise InputError("a run config must be a YAML mapping (key: value)", file=path)
+    return validate_config(raw, str(path))
+
+
+def set_by_path(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``raw['a']['b'][0]['c'] = value`` for ``dotted = 'a.b.0.c'``, creating dicts."""
+    parts = dotted.split(".")
+    node: Any = raw
+    for i, part in enumerate(parts[:-1]):
+        nxt = parts[i + 1]
+        if isinstance(node, list):
+            idx = int(part)
+            if idx >= len(node):
+                raise InputError(
+                    f"--set {dotted}: index {idx} is past the end of a list of {len(node)}"
+                )
+            node = node[idx]
+            continue
+        if part not in node or node[part] is None:
+            node[part] = [] if nxt.isdigit() else {}
+        node = node[part]
+    last = parts[-1]
+    if isinstance(node, list):
+        idx = int(last)
+        if idx >= len(node):
+            raise InputError(f"--set {dotted}: index {idx} is past the end of a list")
+        node[idx] = value
+    else:
+        node[last] = value
+
+
+def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
+    """Apply ``key=value`` overrides (values parsed as YAML) and re-validate."""
+    raw = cfg.model_dump(mode="json")
+    for item in overrides:
+        if "=" not in item:
+            raise InputError(
+                f"--set expects key=value, got '{item}'", hint="e.g. --set train.epochs=50"
+            )
+        key, text = item.split("=", 1)
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            value = text
+        if isinstance(value, (dict, list)) is False and value is not None and ":" in text:
+            value = text  # a query like "a: b" must stay a string
+        set_by_path(raw, key.strip(), value)
+    return validate_config(raw, "--set")

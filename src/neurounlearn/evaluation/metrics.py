@@ -1,0 +1,261 @@
+"""Task metrics: pure functions from arrays to JSON-ready dicts.
+
+Every number is a plain Python ``float``/``int``; a value that is undefined (a correlation on
+constant input, an R² with one subject) is ``None``, never ``NaN``, so ``metrics.json`` stays
+valid JSON. Rows whose true value is ``NaN`` (unlabelled subjects) are ignored everywhere.
+
+Examples:
+    >>> regression_metrics([20.0, 30.0], [22.0, 27.0])["mae"]
+    2.5
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+from neurounlearn.errors import InputError
+
+ArrayLike = Sequence[float] | np.ndarray
+
+
+def regression_metrics(
+    y_true: ArrayLike, y_pred: ArrayLike, sites: ArrayLike | Sequence[Any] | None = None
+) -> dict[str, Any]:
+    """MAE, RMSE, Pearson r, R² and (optionally) MAE per site.
+
+    Args:
+        y_true: true values, shape ``(n,)``; ``NaN`` marks an unlabelled row, which is ignored.
+        y_pred: predictions, shape ``(n,)``; must be finite wherever ``y_true`` is known.
+        sites: optional site label per row, shape ``(n,)``; adds ``per_site``.
+
+    Returns:
+        ``{"mae", "rmse", "pearson_r", "r2", "n"}`` plus ``per_site: {site: {"mae", "n"}}``
+        (site keys as ``str``) when ``sites`` is given.
+
+    Examples:
+        >>> regression_metrics([1.0, 2.0, 3.0], [1.0, 2.0, 4.0])["rmse"]  # doctest: +ELLIPSIS
+        0.577...
+    """
+    true, pred, known = _paired(y_true, y_pred)
+    t, p = true[known], pred[known]
+    result: dict[str, Any] = {
+        "mae": _float(np.mean(np.abs(p - t))) if t.size else None,
+        "rmse": _float(np.sqrt(np.mean((p - t) ** 2))) if t.size else None,
+        "pearson_r": _pearson(t, p),
+        "r2": _r2(t, p),
+        "n": int(t.size),
+    }
+    if sites is not None:
+        site_labels = np.asarray(sites, dtype=object)
+        if site_labels.shape != true.shape:
+            raise InputError(
+                f"sites has {site_labels.size} entries but y_true has {true.size}",
+                hint="pass one site label per row",
+            )
+        keys = np.array([str(s) for s in site_labels], dtype=object)
+        per_site: dict[str, dict[str, Any]] = {}
+        for site in sorted(set(keys.tolist())):
+            rows = known & (keys == site)
+            n = int(rows.sum())
+            per_site[site] = {
+                "mae": _float(np.mean(np.abs(pred[rows] - true[rows]))) if n else None,
+                "n": n,
+            }
+        result["per_site"] = per_site
+    return result
+
+
+def brain_age_bias(y_true: ArrayLike, y_pred: ArrayLike) -> dict[str, Any]:
+    """The regression-to-the-mean bias of a brain-age model.
+
+    Brain-age predictions shrink toward the training mean, so the delta (pred − true) falls
+    with age: young subjects look old and old subjects look young. A slope of the delta on age
+    near 0 means no such bias; PAC-2019 also asked for the Spearman rho of delta with age.
+
+    Args:
+        y_true: true ages, shape ``(n,)``; ``NaN`` rows are ignored.
+        y_pred: predicted ages, shape ``(n,)``.
+
+    Returns:
+        ``{"slope", "intercept", "spearman_delta_age", "spearman_p_value", "n"}``; values are
+        ``None`` when fewer than 3 known rows or constant ages make them undefined.
+
+    Examples:
+        >>> brain_age_bias([20.0, 40.0, 60.0], [30.0, 40.0, 50.0])["slope"]
+        -0.5
+    """
+    true, pred, known = _paired(y_true, y_pred)
+    t, p = true[known], pred[known]
+    result: dict[str, Any] = {
+        "slope": None,
+        "intercept": None,
+        "spearman_delta_age": None,
+        "spearman_p_value": None,
+        "n": int(t.size),
+    }
+    if t.size < 3 or np.ptp(t) == 0:
+        return result
+    delta = p - t
+    slope, intercept = _line_fit(t, delta)
+    result["slope"] = _float(slope)
+    result["intercept"] = _float(intercept)
+    if np.ptp(delta) > 0:
+        rho, p_value = stats.spearmanr(delta, t)
+        result["spearman_delta_age"] = _float(rho)
+        result["spearman_p_value"] = _float(p_value)
+    return result
+
+
+def fit_bias_correction(y_true_val: ArrayLike, y_pred_val: ArrayLike) -> tuple[float, float]:
+    """Fit the linear age-bias correction ``pred = a * true + b`` (Cole et al.; Beheshti et al.).
+
+    Fit it on the VALIDATION split only. Fitting on the test split uses the test subjects'
+    true ages to adjust their own predictions: the corrected test MAE then leaks the target and
+    is optimistic. Apply it with :func:`apply_bias_correction`.
+
+    Args:
+        y_true_val: true ages of the validation subjects, shape ``(n,)``; ``NaN`` rows ignored.
+        y_pred_val: the model's predictions for them, shape ``(n,)``.
+
+    Returns:
+        ``(a, b)``, the slope and intercept of predictions on true ages.
+
+    Raises:
+        InputError: fewer than 2 known rows, constant ages, or a zero slope (a model that
+            predicts the same value for everyone cannot be corrected).
+
+    Examples:
+        >>> fit_bias_correction([20.0, 40.0, 60.0], [30.0, 40.0, 50.0])
+        (0.5, 20.0)
+    """
+    true, pred, known = _paired(y_true_val, y_pred_val)
+    t, p = true[known], pred[known]
+    if t.size < 2 or np.ptp(t) == 0:
+        raise InputError(
+            f"cannot fit the age-bias correction on {t.size} validation row(s) with "
+            f"{'constant' if t.size else 'no'} ages",
+            hint="the validation split needs at least 2 subjects of different ages",
+        )
+    a, b = _line_fit(t, p)
+    if not np.isfinite(a) or abs(a) < 1e-12:
+        raise InputError(
+            "cannot fit the age-bias correction: predictions do not vary with age (slope 0)",
+            hint="the model predicts the same value for everyone; train it longer or check it",
+        )
+    return float(a), float(b)
+
+
+def apply_bias_correction(y_pred: ArrayLike, a: float, b: float) -> np.ndarray:
+    """Undo a fitted age bias: ``(y_pred - b) / a``.
+
+    Args:
+        y_pred: predictions, shape ``(n,)``.
+        a: slope from :func:`fit_bias_correction` (fit on validation data, never test).
+        b: intercept from :func:`fit_bias_correction`.
+
+    Returns:
+        Corrected predictions, shape ``(n,)``.
+
+    Examples:
+        >>> apply_bias_correction([30.0, 50.0], 0.5, 20.0).tolist()
+        [20.0, 60.0]
+    """
+    if a == 0 or not math.isfinite(a) or not math.isfinite(b):
+        raise InputError(
+            f"invalid age-bias correction (a={a}, b={b})",
+            hint="fit it with fit_bias_correction on the validation split",
+        )
+    return (np.asarray(y_pred, dtype=float) - b) / a
+
+
+def task_metrics(
+    y_true: ArrayLike,
+    y_pred: ArrayLike,
+    sites: ArrayLike | Sequence[Any] | None,
+    *,
+    y_true_val: ArrayLike | None = None,
+    y_pred_val: ArrayLike | None = None,
+) -> dict[str, Any]:
+    """All regression task metrics for ``metrics.json``.
+
+    The bias correction is fit on the validation arrays only and applied to the test
+    predictions; without validation arrays ``bias_corrected_mae`` is ``None``.
+
+    Args:
+        y_true: test-split true values, shape ``(n,)``.
+        y_pred: test-split predictions, shape ``(n,)``.
+        sites: test-split site labels, shape ``(n,)``, or ``None``.
+        y_true_val: validation-split true values (for the bias correction).
+        y_pred_val: validation-split predictions (for the bias correction).
+
+    Returns:
+        ``{"kind": "regression", "mae", "rmse", "pearson_r", "r2", "n", "per_site"?, "bias",
+        "bias_correction": {"a", "b"} | None, "bias_corrected_mae"}``.
+    """
+    if (y_true_val is None) != (y_pred_val is None):
+        raise InputError(
+            "the bias correction needs both y_true_val and y_pred_val",
+            hint="pass both validation arrays, or neither",
+        )
+    result: dict[str, Any] = {"kind": "regression", **regression_metrics(y_true, y_pred, sites)}
+    result["bias"] = brain_age_bias(y_true, y_pred)
+    result["bias_correction"] = None
+    result["bias_corrected_mae"] = None
+    if y_true_val is not None and y_pred_val is not None:
+        a, b = fit_bias_correction(y_true_val, y_pred_val)
+        corrected = apply_bias_correction(y_pred, a, b)
+        result["bias_correction"] = {"a": a, "b": b}
+        result["bias_corrected_mae"] = regression_metrics(y_true, corrected)["mae"]
+    return result
+
+
+def _paired(y_true: ArrayLike, y_pred: ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """1-D float arrays and the mask of rows whose true value is known."""
+    true = np.asarray(y_true, dtype=float).reshape(-1)
+    pred = np.asarray(y_pred, dtype=float).reshape(-1)
+    if true.shape != pred.shape:
+        raise InputError(
+            f"y_true has {true.size} values but y_pred has {pred.size}",
+            hint="pass one prediction per subject",
+        )
+    known = np.isfinite(true)
+    bad = np.flatnonzero(known & ~np.isfinite(pred))
+    if bad.size:
+        raise InputError(
+            f"{bad.size} prediction(s) are NaN or infinite for labelled subjects "
+            f"(first at index {int(bad[0])})",
+            hint="the model diverged or the predictions file is incomplete",
+        )
+    return true, pred, known
+
+
+def _line_fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Least-squares slope and intercept of ``y`` on ``x`` (``x`` not constant)."""
+    x_mean, y_mean = x.mean(), y.mean()
+    slope = float(np.sum((x - x_mean) * (y - y_mean)) / np.sum((x - x_mean) ** 2))
+    return slope, float(y_mean - slope * x_mean)
+
+
+def _float(value: float) -> float | None:
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _pearson(t: np.ndarray, p: np.ndarray) -> float | None:
+    if t.size < 2 or np.ptp(t) == 0 or np.ptp(p) == 0:
+        return None
+    return _float(np.corrcoef(t, p)[0, 1])
+
+
+def _r2(t: np.ndarray, p: np.ndarray) -> float | None:
+    if t.size < 2:
+        return None
+    total = np.sum((t - t.mean()) ** 2)
+    if total == 0:
+        return None
+    return _float(1.0 - np.sum((t - p) ** 2) / total)

@@ -1,0 +1,1 @@
+"""neurounlearn.models."""

@@ -1,0 +1,151 @@
+"""The model: an encoder, a task head and one head per confound (DESIGN §2).
+
+Models know nothing of optimisation: strategies decide which parts step on which loss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+from torch import Tensor, nn
+
+from neurounlearn.models.grl import GradientReversal
+
+
+def make_head(
+    in_features: int, out_features: int, hidden: int = 0, *, standardize: bool = False
+) -> nn.Module:
+    """A linear head, or a one-hidden-layer MLP head when ``hidden > 0``.
+
+    With ``standardize``, the head first standardises each feature over the batch
+    (``BatchNorm1d`` without affine parameters). Confound heads need this: otherwise the encoder
+    can "confuse" its adversary by shrinking the confound's directions to a tiny variance the
+    head cannot exploit, while a fresh probe that standardises its inputs still reads them.
+    """
+    layers: list[nn.Module] = [nn.BatchNorm1d(in_features, affine=False)] if standardize else []
+    if hidden <= 0:
+        layers.append(nn.Linear(in_features, out_features))
+    else:
+        layers += [nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, out_features)]
+    return layers[0] if len(layers) == 1 else nn.Sequential(*layers)
+
+
+class MLPEncoder(nn.Module):
+    """MLP encoder for feature tables: ``Linear -> LayerNorm -> ReLU -> Dropout`` blocks.
+
+    Args:
+        in_features: number of input features.
+        hidden: widths of the hidden layers.
+        embedding_dim: width of the output features ``f`` (the harmonised embedding).
+        dropout: dropout after each hidden block.
+
+    Examples:
+        >>> import torch
+        >>> MLPEncoder(in_features=10, hidden=[16], embedding_dim=4)(torch.zeros(3, 10)).shape
+        torch.Size([3, 4])
+    """
+
+    def __init__(
+        self,
+        *,
+        in_features: int,
+        hidden: Sequence[int] = (128,),
+        embedding_dim: int = 32,
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        if in_features < 1:
+            raise ValueError(f"in_features must be >= 1, got {in_features}")
+        layers: list[nn.Module] = []
+        width = in_features
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.LayerNorm(h), nn.ReLU(), nn.Dropout(dropout)]
+            width = h
+        layers += [nn.Linear(width, embedding_dim), nn.LayerNorm(embedding_dim)]
+        self.net = nn.Sequential(*layers)
+        self.out_features = embedding_dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+@dataclass
+class ModelOutput:
+    """Named outputs of :class:`UnlearningModel`."""
+
+    features: Tensor
+    task: Tensor
+    confounds: dict[str, Tensor]
+
+
+class UnlearningModel(nn.Module):
+    """Encoder ``E``, task head ``T`` and one confound head ``D_k`` per confound.
+
+    Args:
+        encoder: any module mapping inputs to ``(B, D)`` features; must expose ``out_features``.
+        task_head: module mapping features to the task output (``(B, 1)`` for regression).
+        confounds: confound name -> number of classes (categorical).
+        head_hidden: hidden width of each confound head (0: linear).
+
+    Examples:
+        >>> import torch
+        >>> enc = MLPEncoder(in_features=8, hidden=[16], embedding_dim=4)
+        >>> model = UnlearningModel(enc, nn.Linear(4, 1), confounds={"site": 3})
+        >>> out = model(torch.zeros(2, 8))
+        >>> out.task.shape, out.confounds["site"].shape
+        (torch.Size([2]), torch.Size([2, 3]))
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        task_head: nn.Module,
+        confounds: Mapping[str, int],
+        *,
+        head_hidden: int = 32,
+    ) -> None:
+        super().__init__()
+        dim = int(getattr(encoder, "out_features", 0))
+        if dim < 1:
+            raise ValueError("encoder must expose a positive 'out_features' (its feature width)")
+        for name, k in confounds.items():
+            if k < 2:
+                raise ValueError(f"confound '{name}' needs at least 2 classes, got {k}")
+        self.encoder = encoder
+        self.task_head = task_head
+        self.confound_names = list(confounds)
+        self.confound_heads = nn.ModuleDict(
+            {
+                name: make_head(dim, k, head_hidden, standardize=True)
+                for name, k in confounds.items()
+            }
+        )
+        self.reversal = nn.ModuleDict({name: GradientReversal(0.0) for name in confounds})
+
+    def encode(self, x: Tensor) -> Tensor:
+        return self.encoder(x)
+
+    def predict_task(self, features: Tensor) -> Tensor:
+        out = self.task_head(features)
+        return out.squeeze(-1) if out.ndim == 2 and out.shape[-1] == 1 else out
+
+    def confound_logits(self, features: Tensor, *, reverse: bool = False) -> dict[str, Tensor]:
+        """Each confound head's logits; with ``reverse`` through that confound's reversal layer."""
+        return {
+            name: head(self.reversal[name](features) if reverse else features)
+            for name, head in self.confound_heads.items()
+        }
+
+    def forward(self, x: Tensor) -> ModelOutput:
+        f = self.encode(x)
+        return ModelOutput(f, self.predict_task(f), self.confound_logits(f))
+
+    def task_parameters(self) -> Iterator[nn.Parameter]:
+        """Encoder and task head (step 1 of the iterative strategy)."""
+        yield from self.encoder.parameters()
+        yield from self.task_head.parameters()
+
+    def adversary_parameters(self) -> Iterator[nn.Parameter]:
+        """All confound heads (step 2)."""
+        yield from self.confound_heads.parameters()

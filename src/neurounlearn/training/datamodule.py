@@ -1,0 +1,90 @@
+"""Lightning data module over in-memory tensors (feature tables)."""
+
+from __future__ import annotations
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+
+
+class TensorDictDataset(Dataset):
+    """Rows of ``x``, ``y`` and ``codes`` returned as the dict batches strategies expect."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, codes: np.ndarray) -> None:
+        self.x = torch.as_tensor(x, dtype=torch.float32)
+        self.y = torch.as_tensor(y, dtype=torch.float32)
+        self.codes = torch.as_tensor(codes, dtype=torch.long)
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"x": self.x[i], "y": self.y[i], "codes": self.codes[i]}
+
+
+class TableDataModule(L.LightningDataModule):
+    """Train/val loaders for one split.
+
+    Args:
+        train, val: the datasets.
+        batch_size: rows per batch.
+        seed: seeds the shuffling / sampling generator (same seed, same batches).
+        balance_groups: optional per-train-row group labels (sites); when given, rows are drawn
+            with probability inversely proportional to their group's size, so every site is
+            equally likely in each batch.
+        num_workers: DataLoader workers.
+    """
+
+    def __init__(
+        self,
+        train: Dataset,
+        val: Dataset,
+        *,
+        batch_size: int,
+        seed: int,
+        balance_groups: np.ndarray | None = None,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        self.train, self.val = train, val
+        self.batch_size = batch_size
+        self.seed = seed
+        self.balance_groups = balance_groups
+        self.num_workers = num_workers
+
+    def train_dataloader(self) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.seed)
+        n = len(self.train)  # type: ignore[arg-type]
+        drop_last = n > self.batch_size
+        if self.balance_groups is not None:
+            _, inverse, counts = np.unique(
+                self.balance_groups, return_inverse=True, return_counts=True
+            )
+            weights = torch.as_tensor(1.0 / counts[inverse], dtype=torch.double)
+            sampler = WeightedRandomSampler(
+                weights, num_samples=n, replacement=True, generator=generator
+            )
+            return DataLoader(
+                self.train,
+                batch_size=self.batch_size,
+                sampler=sampler,
+                drop_last=drop_last,
+                num_workers=self.num_workers,
+            )
+        return DataLoader(
+            self.train,
+            batch_size=self.batch_size,
+            shuffle=True,
+            generator=generator,
+            drop_last=drop_last,
+            num_workers=self.num_workers,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(
+            self.val,
+            batch_size=max(self.batch_size, 256),
+            shuffle=False,
+            num_workers=self.num_workers,
+        )

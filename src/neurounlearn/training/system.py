@@ -1,0 +1,134 @@
+"""The Lightning system: owns the optimisers and hands each batch to the strategy."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import pandas as pd
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch import Tensor
+
+from neurounlearn.training.strategies import Strategy
+
+STOP_METRIC = "val/stop_loss"
+
+
+class UnlearningSystem(L.LightningModule):
+    """Runs a :class:`Strategy` under Lightning's manual optimisation.
+
+    Args:
+        model: the :class:`~neurounlearn.models.unlearning.UnlearningModel`.
+        strategy: the unlearning strategy.
+        lr, weight_decay: encoder and task-head optimiser settings.
+        adversary_lr: confound-head learning rate (default: ``lr``).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        strategy: Strategy,
+        *,
+        lr: float,
+        weight_decay: float,
+        adversary_lr: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.strategy = strategy
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.adversary_lr = adversary_lr or lr
+        self.automatic_optimization = False
+        self._batch_index = 0
+
+    def forward(self, x: Tensor) -> Any:
+        return self.model(x)
+
+    @property
+    def progress(self) -> float:
+        """Fraction of planned training done, in [0, 1] (drives the GRL schedule)."""
+        trainer = self.trainer
+        per_epoch = trainer.num_training_batches
+        if not per_epoch or math.isinf(per_epoch) or not trainer.max_epochs:
+            return 0.0
+        done = self.current_epoch * per_epoch + self._batch_index
+        return min(1.0, done / (trainer.max_epochs * per_epoch))
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._batch_index = batch_idx
+        logs = self.strategy.training_step(self, batch)
+        self.log_dict(
+            {f"train/{k}": v for k, v in logs.items()},
+            on_step=False,
+            on_epoch=True,
+            batch_size=len(batch["y"]),
+        )
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        s = self.strategy
+        f = self.model.encode(batch["x"])
+        task = s.task_loss(self.model, f, batch["y"])
+        logits = self.model.confound_logits(f)
+        n = len(batch["y"])
+        logs: dict[str, Tensor] = {"val/task_loss": task}
+        logs |= {
+            f"val/adv_acc/{k}": v for k, v in s.adversary_accuracy(logits, batch["codes"]).items()
+        }
+        logs |= {
+            f"val/conf_loss/{k}": v for k, v in s.confusion_losses(logits, batch["codes"]).items()
+        }
+        if s.stopping_active(self.current_epoch):
+            logs[STOP_METRIC] = task
+        self.log_dict(logs, on_step=False, on_epoch=True, batch_size=n)
+
+    def on_train_epoch_start(self) -> None:
+        self.log("phase_unlearn", float(self.strategy.phase(self.current_epoch) == "unlearn"))
+
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        return self.strategy.configure_optimizers(
+            self.model, lr=self.lr, weight_decay=self.weight_decay, adversary_lr=self.adversary_lr
+        )
+
+
+def write_csv_atomic(frame: pd.DataFrame, path: Path) -> None:
+    """Write a CSV under a temporary name, then rename: readers never see half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    frame.to_csv(tmp, index=False)
+    os.replace(tmp, path)
+
+
+class HistoryWriter(Callback):
+    """Writes ``history.csv``: one row per epoch with the epoch-mean of every logged value.
+
+    On ``--resume`` the rows of epochs already done are kept and the rest rewritten.
+    """
+
+    def __init__(self, path: Path, strategy: Strategy) -> None:
+        self.path = Path(path)
+        self.strategy = strategy
+        self.rows: list[dict[str, Any]] = []
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.path.exists() and trainer.current_epoch > 0:
+            old = pd.read_csv(self.path)
+            self.rows = old[old["epoch"] < trainer.current_epoch].to_dict("records")
+        else:
+            self.rows = []
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Lightning runs the epoch's validation before this hook, so val/* values are in.
+        row: dict[str, Any] = {
+            "epoch": trainer.current_epoch,
+            "phase": self.strategy.phase(trainer.current_epoch),
+        }
+        for key, value in sorted(trainer.callback_metrics.items()):
+            if key in (STOP_METRIC, "phase_unlearn"):
+                continue
+            row[key.replace("/", "_")] = float(value)
+        self.rows.append(row)
+        write_csv_atomic(pd.DataFrame(self.rows), self.path)

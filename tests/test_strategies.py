@@ -1,0 +1,176 @@
+"""The contract every strategy honours: finite losses, and each step moves only what it should."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from neurounlearn.config import ConfoundConfig
+from neurounlearn.models.unlearning import MLPEncoder, UnlearningModel
+from neurounlearn.registry import STRATEGIES, strategy_class
+from neurounlearn.training.strategies import (
+    BaselineStrategy,
+    GRLStrategy,
+    IterativeStrategy,
+    frozen,
+)
+
+
+class Host:
+    """A plain stand-in for the Lightning module."""
+
+    def __init__(self, model, strategy, *, epoch=0, progress=0.5):
+        self.model = model
+        self.current_epoch = epoch
+        self._progress = progress
+        self._opts = strategy.configure_optimizers(
+            model, lr=1e-2, weight_decay=0.0, adversary_lr=1e-2
+        )
+
+    @property
+    def progress(self):
+        return self._progress
+
+    def optimizers(self):
+        return self._opts
+
+    def manual_backward(self, loss):
+        loss.backward()
+
+
+def make(strategy_cls, **kw):
+    torch.manual_seed(0)
+    model = UnlearningModel(
+        MLPEncoder(in_features=5, hidden=[8], embedding_dim=4, dropout=0.0),
+        nn.Linear(4, 1),
+        {"site": 3},
+    )
+    return model, strategy_cls(confounds=[ConfoundConfig(name="site")], **kw)
+
+
+def batch(y_missing=False, codes=None):
+    g = torch.Generator().manual_seed(1)
+    y = torch.full((12,), float("nan")) if y_missing else torch.randn(12, generator=g)
+    return {
+        "x": torch.randn(12, 5, generator=g),
+        "y": y,
+        "codes": torch.tensor(codes if codes is not None else [[i % 3] for i in range(12)]),
+    }
+
+
+def snapshot(module):
+    return [p.detach().clone() for p in module.parameters()]
+
+
+def changed(before, module):
+    return any(not torch.equal(a, b) for a, b in zip(before, module.parameters(), strict=True))
+
+
+CASES = [
+    (BaselineStrategy, {}, 0),
+    (IterativeStrategy, {"mode": "sequential", "pretrain_epochs": 1}, 0),
+    (IterativeStrategy, {"mode": "sequential", "pretrain_epochs": 1}, 1),
+    (IterativeStrategy, {"mode": "joint", "pretrain_epochs": 1}, 1),
+    (GRLStrategy, {}, 0),
+]
+
+
+@pytest.mark.parametrize(("cls", "kw", "epoch"), CASES)
+def test_step_logs_finite_values_and_trains_every_part(cls, kw, epoch):
+    model, strategy = make(cls, **kw)
+    before = {n: snapshot(getattr(model, n)) for n in ("encoder", "task_head", "confound_heads")}
+    logs = strategy.training_step(Host(model, strategy, epoch=epoch), batch())
+    assert logs and all(math.isfinite(float(v)) for v in logs.values())
+    assert "task_loss" in logs and "adv_acc/site" in logs
+    for name, snap in before.items():
+        assert changed(snap, getattr(model, name)), name
+
+
+def test_registry_maps_every_config_name():
+    assert set(STRATEGIES) == {"baseline", "iterative", "grl"}
+    with pytest.raises(ValueError, match="choose one of"):
+        strategy_class("dann")
+
+
+def test_baseline_never_moves_the_encoder_without_a_task_signal():
+    model, strategy = make(BaselineStrategy)
+    enc, heads = snapshot(model.encoder), snapshot(model.confound_heads)
+    strategy.training_step(Host(model, strategy), batch(y_missing=True))
+    assert not changed(enc, model.encoder)
+    assert changed(heads, model.confound_heads)  # the monitoring adversary still learns
+
+
+def test_iterative_pretrain_does_not_unlearn():
+    model, strategy = make(IterativeStrategy, pretrain_epochs=5)
+    enc = snapshot(model.encoder)
+    strategy.training_step(Host(model, strategy, epoch=0), batch(y_missing=True))
+    assert not changed(enc, model.encoder)
+
+
+@pytest.mark.parametrize("mode", ["sequential", "joint"])
+def test_rows_without_targets_still_serve_unlearning(mode):
+    model, strategy = make(IterativeStrategy, mode=mode, pretrain_epochs=0)
+    enc, task_head = snapshot(model.encoder), snapshot(model.task_head)
+    logs = strategy.training_step(Host(model, strategy), batch(y_missing=True))
+    assert changed(enc, model.encoder)  # moved by the confusion loss alone
+    assert not changed(task_head, model.task_head)
+    assert "conf_loss/site" in logs
+
+
+def test_adversary_step_moves_heads_only():
+    model, strategy = make(IterativeStrategy)
+    host = Host(model, strategy)
+    enc, heads = snapshot(model.encoder), snapshot(model.confound_heads)
+    f = model.encode(batch()["x"])
+    strategy.adversary_step(host, host.optimizers()[1], f, batch()["codes"])
+    assert not changed(enc, model.encoder)
+    assert changed(heads, model.confound_heads)
+
+
+def test_confusion_loss_gives_no_gradient_to_the_heads():
+    model, strategy = make(IterativeStrategy)
+    f = model.encode(batch()["x"])
+    loss, _ = strategy.weighted_confusion(model, f, batch()["codes"])
+    loss.backward()
+    assert all(p.grad is None for p in model.confound_heads.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoder.parameters())
+    assert all(p.requires_grad for p in model.confound_heads.parameters())  # restored by frozen()
+
+
+def test_rows_outside_the_subset_do_not_train_the_heads():
+    model, strategy = make(IterativeStrategy)
+    heads = snapshot(model.confound_heads)
+    strategy.training_step(Host(model, strategy), batch(codes=[[-1]] * 12))
+    assert not changed(heads, model.confound_heads)
+
+
+def test_grl_sends_no_adversarial_gradient_at_the_start_of_the_schedule():
+    model, strategy = make(GRLStrategy)
+    enc = snapshot(model.encoder)
+    strategy.training_step(Host(model, strategy, progress=0.0), batch(y_missing=True))
+    assert not changed(enc, model.encoder)
+    strategy.training_step(Host(model, strategy, progress=1.0), batch(y_missing=True))
+    assert changed(enc, model.encoder)
+    assert model.reversal["site"].weight.item() == pytest.approx(1.0, rel=1e-3)
+
+
+def test_more_adversary_steps_fit_the_heads_better():
+    losses = []
+    for steps in (1, 10):
+        model, strategy = make(IterativeStrategy, adversary_steps=steps)
+        host = Host(model, strategy)
+        b = batch()
+        f = model.encode(b["x"])
+        strategy.adversary_step(host, host.optimizers()[1], f, b["codes"])
+        losses.append(
+            strategy.adversary_losses(model.confound_logits(f.detach()), b["codes"])["site"].item()
+        )
+    assert losses[1] < losses[0]
+
+
+def test_frozen_restores_requires_grad_after_an_error():
+    layer = nn.Linear(2, 2)
+    with pytest.raises(RuntimeError), frozen(layer):
+        raise RuntimeError("boom")
+    assert all(p.requires_grad for p in layer.parameters())
