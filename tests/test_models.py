@@ -57,3 +57,59 @@ def test_reversed_confound_logits_send_negative_gradient_to_features():
     f.grad = None
     model.confound_logits(f, reverse=True)["s"].sum().backward()
     assert torch.allclose(f.grad, -plain)
+
+
+def test_ensemble_head_returns_one_set_of_logits_per_head():
+    from neurounlearn.models.unlearning import ConfoundHead
+
+    head = ConfoundHead(4, 3, hidden=8, n_heads=5)
+    assert head(torch.randn(6, 4)).shape == (5, 6, 3)
+    assert ConfoundHead(4, 3, n_heads=1)(torch.randn(6, 4)).shape == (6, 3)
+
+
+def test_confound_head_sees_standardised_features_so_shrinking_cannot_hide_a_confound():
+    from neurounlearn.models.unlearning import ConfoundHead
+
+    torch.manual_seed(0)
+    head = ConfoundHead(3, 2, hidden=0)
+    f = torch.randn(64, 3)
+    assert torch.allclose(head(f), head(f * 1e-2), atol=1e-3)
+
+
+def test_ensemble_losses_cover_every_head():
+    from neurounlearn.config import ConfoundConfig
+    from neurounlearn.training.strategies import IterativeStrategy
+
+    s = IterativeStrategy(confounds=[ConfoundConfig(name="site")])
+    logits = torch.zeros(4, 6, 3)
+    logits[0, :, 0] = 20.0  # one confident head among uniform ones
+    codes = torch.zeros(6, 1, dtype=torch.long)
+    single = s.confusion_losses({"site": logits[1]}, codes)["site"]
+    mixed = s.confusion_losses({"site": logits}, codes)["site"]
+    assert mixed > single  # the confident head is not averaged away
+    assert s.adversary_accuracy({"site": logits}, codes)["site"].item() == pytest.approx(1.0)
+
+
+def test_public_api_is_importable_from_the_package():
+    import neurounlearn
+
+    for name in (
+        "UnlearningModel",
+        "GradientReversal",
+        "confusion_loss",
+        "LeakageAudit",
+        "ComBatArm",
+        "IterativeStrategy",
+        "GRLStrategy",
+        "BaselineStrategy",
+        "fit",
+    ):
+        assert getattr(neurounlearn, name) is not None
+    with pytest.raises(AttributeError):
+        _ = neurounlearn.NotAThing
+
+
+def test_every_lazy_export_is_listed_in_all():
+    import neurounlearn
+
+    assert set(neurounlearn._EXPORTS) | {"__version__"} == set(neurounlearn.__all__)

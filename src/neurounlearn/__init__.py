@@ -1,3 +1,90 @@
-"""neurounlearn: unlearn site, scanner and other confounds from deep models of brain MRI."""
+"""neurounlearn: unlearn site, scanner and other confounds from deep models of brain MRI.
+
+The public pieces, importable from here::
+
+    from neurounlearn import (UnlearningModel, MLPEncoder, GradientReversal, confusion_loss,
+                              BaselineStrategy, IterativeStrategy, GRLStrategy,
+                              LeakageAudit, ComBatArm, RunConfig, fit, evaluate)
+
+They are imported on first use, so the command line starts quickly.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "UnlearningModel": "neurounlearn.models.unlearning",
+    "MLPEncoder": "neurounlearn.models.unlearning",
+    "ConfoundHead": "neurounlearn.models.unlearning",
+    "GradientReversal": "neurounlearn.models.grl",
+    "ganin_lambda": "neurounlearn.models.grl",
+    "confusion_loss": "neurounlearn.losses",
+    "adversary_loss": "neurounlearn.losses",
+    "masked_regression_loss": "neurounlearn.losses",
+    "Strategy": "neurounlearn.training.strategies",
+    "BaselineStrategy": "neurounlearn.training.strategies",
+    "IterativeStrategy": "neurounlearn.training.strategies",
+    "GRLStrategy": "neurounlearn.training.strategies",
+    "UnlearningSystem": "neurounlearn.training.system",
+    "LeakageAudit": "neurounlearn.evaluation.leakage",
+    "ComBatArm": "neurounlearn.evaluation.combat",
+    "RunConfig": "neurounlearn.config",
+    "InputError": "neurounlearn.errors",
+    "fit": "neurounlearn.training.fit",
+    "evaluate": "neurounlearn.evaluation.evaluate",
+    "load_run": "neurounlearn.training.run",
+}
+
+__all__ = [
+    "BaselineStrategy",
+    "ComBatArm",
+    "ConfoundHead",
+    "GRLStrategy",
+    "GradientReversal",
+    "InputError",
+    "IterativeStrategy",
+    "LeakageAudit",
+    "MLPEncoder",
+    "RunConfig",
+    "Strategy",
+    "UnlearningModel",
+    "UnlearningSystem",
+    "__version__",
+    "adversary_loss",
+    "confusion_loss",
+    "evaluate",
+    "fit",
+    "ganin_lambda",
+    "load_run",
+    "masked_regression_loss",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'neurounlearn' has no attribute {name!r}")
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    from neurounlearn.config import RunConfig
+    from neurounlearn.errors import InputError
+    from neurounlearn.evaluation.combat import ComBatArm
+    from neurounlearn.evaluation.evaluate import evaluate
+    from neurounlearn.evaluation.leakage import LeakageAudit
+    from neurounlearn.losses import adversary_loss, confusion_loss, masked_regression_loss
+    from neurounlearn.models.grl import GradientReversal, ganin_lambda
+    from neurounlearn.models.unlearning import ConfoundHead, MLPEncoder, UnlearningModel
+    from neurounlearn.training.fit import fit
+    from neurounlearn.training.run import load_run
+    from neurounlearn.training.strategies import (
+        BaselineStrategy,
+        GRLStrategy,
+        IterativeStrategy,
+        Strategy,
+    )
+    from neurounlearn.training.system import UnlearningSystem

@@ -73,6 +73,12 @@ class ModelConfig(_Strict):
     embedding_dim: int = Field(32, ge=1)
     dropout: float = Field(0.1, ge=0, lt=1)
     head_hidden: int = Field(32, ge=0, description="hidden width of confound heads (0: linear)")
+    adversary_heads: int = Field(
+        10,
+        ge=1,
+        description="independent adversary heads per confound (an ensemble is harder "
+        "to fool than one head; the confusion loss averages over them)",
+    )
 
 
 class StrategyConfig(_Strict):
@@ -86,9 +92,9 @@ class StrategyConfig(_Strict):
     )
     pretrain_epochs: int = Field(10, ge=0, description="iterative only: task-only epochs first")
     lambda_max: float = Field(1.0, ge=0, description="grl only: final gradient-reversal weight")
-    adversary_lr: float | None = Field(None, gt=0, description="default: train.lr")
+    adversary_lr: float = Field(1e-2, gt=0, description="learning rate of the confound heads")
     adversary_steps: int = Field(
-        1,
+        5,
         ge=1,
         description="confound-head updates per batch (a stronger adversary gives the "
         "encoder a more honest signal of what still leaks)",
@@ -103,7 +109,12 @@ class TrainConfig(_Strict):
     batch_size: int = Field(32, ge=2)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
-    patience: int = Field(20, ge=1, description="early stopping on validation task loss")
+    patience: int = Field(
+        50,
+        ge=1,
+        description="early stopping on validation task loss, counted from the first "
+        "unlearning epoch (unlearning first costs some task loss, so allow it time)",
+    )
     task_loss: Literal["mse", "l1"] = "mse"
     sampling: Literal["shuffle", "balanced"] = Field(
         "shuffle", description="balanced: every site equally likely in each batch"

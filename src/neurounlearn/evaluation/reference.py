@@ -61,6 +61,8 @@ def reference_arms(
 ) -> dict[str, dict[str, Any]]:
     """``{"raw ridge": {...}, "raw + ComBat": {...}}`` with ``task`` and ``leakage`` blocks.
 
+    Features constant over the fitting rows are left out of both arms.
+
     Ridge is fit on train + validation rows (it tunes its own penalty by inner CV); the audit
     probes the test rows' features exactly as for a model's embeddings. ComBat uses
     ``combat_covariates`` (default: age, to protect it) on both fit and test rows; note that
@@ -69,6 +71,9 @@ def reference_arms(
     fit_rows = split.isin(["train", "val"]).to_numpy()
     test_rows = (split == "test").to_numpy()
     x = frame[feature_columns].to_numpy(dtype=float)
+    # ComBat cannot estimate a site effect of a feature that never varies (the bundled table
+    # has 34 all-zero columns); such a feature carries nothing for ridge either.
+    x = x[:, x[fit_rows].std(axis=0) > 0]
     y = pd.to_numeric(frame[target], errors="coerce").to_numpy(dtype=float)
     test = frame.loc[test_rows].reset_index(drop=True)
     kw: dict[str, Any] = dict(

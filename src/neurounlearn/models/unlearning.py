@@ -8,27 +8,49 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor, nn
 
 from neurounlearn.models.grl import GradientReversal
 
 
-def make_head(
-    in_features: int, out_features: int, hidden: int = 0, *, standardize: bool = False
-) -> nn.Module:
-    """A linear head, or a one-hidden-layer MLP head when ``hidden > 0``.
-
-    With ``standardize``, the head first standardises each feature over the batch
-    (``BatchNorm1d`` without affine parameters). Confound heads need this: otherwise the encoder
-    can "confuse" its adversary by shrinking the confound's directions to a tiny variance the
-    head cannot exploit, while a fresh probe that standardises its inputs still reads them.
-    """
-    layers: list[nn.Module] = [nn.BatchNorm1d(in_features, affine=False)] if standardize else []
+def make_head(in_features: int, out_features: int, hidden: int = 0) -> nn.Module:
+    """A linear head, or a one-hidden-layer MLP head when ``hidden > 0``."""
     if hidden <= 0:
-        layers.append(nn.Linear(in_features, out_features))
-    else:
-        layers += [nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, out_features)]
-    return layers[0] if len(layers) == 1 else nn.Sequential(*layers)
+        return nn.Linear(in_features, out_features)
+    return nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, out_features))
+
+
+class ConfoundHead(nn.Module):
+    """``n_heads`` independent classifiers of one confound over batch-standardised features.
+
+    The input is standardised over the batch (``BatchNorm1d`` without affine parameters): without
+    it the encoder can "confuse" its adversary by shrinking the confound's directions to a tiny
+    variance the head cannot use, while a fresh probe that standardises its inputs still reads
+    them. Several heads (an ensemble of adversaries, Elazar & Goldberg 2018) are harder to fool
+    all at once than one.
+
+    Returns ``(B, K)`` logits for one head, ``(H, B, K)`` for ``H > 1``.
+    """
+
+    def __init__(
+        self, in_features: int, n_classes: int, *, hidden: int = 32, n_heads: int = 1
+    ) -> None:
+        super().__init__()
+        if n_heads < 1:
+            raise ValueError(f"n_heads must be >= 1, got {n_heads}")
+        # default eps: a smaller one amplifies directions the encoder has collapsed into noise,
+        # which destabilised unlearning on the bundled data (measured, see the README)
+        self.norm = nn.BatchNorm1d(in_features, affine=False)
+        self.heads = nn.ModuleList(
+            make_head(in_features, n_classes, hidden) for _ in range(n_heads)
+        )
+
+    def forward(self, features: Tensor) -> Tensor:
+        z = self.norm(features)
+        if len(self.heads) == 1:
+            return self.heads[0](z)
+        return torch.stack([head(z) for head in self.heads])
 
 
 class MLPEncoder(nn.Module):
@@ -87,6 +109,7 @@ class UnlearningModel(nn.Module):
         task_head: module mapping features to the task output (``(B, 1)`` for regression).
         confounds: confound name -> number of classes (categorical).
         head_hidden: hidden width of each confound head (0: linear).
+        n_heads: adversaries per confound (an ensemble; see :class:`ConfoundHead`).
 
     Examples:
         >>> import torch
@@ -104,6 +127,7 @@ class UnlearningModel(nn.Module):
         confounds: Mapping[str, int],
         *,
         head_hidden: int = 32,
+        n_heads: int = 1,
     ) -> None:
         super().__init__()
         dim = int(getattr(encoder, "out_features", 0))
@@ -117,7 +141,7 @@ class UnlearningModel(nn.Module):
         self.confound_names = list(confounds)
         self.confound_heads = nn.ModuleDict(
             {
-                name: make_head(dim, k, head_hidden, standardize=True)
+                name: ConfoundHead(dim, k, hidden=head_hidden, n_heads=n_heads)
                 for name, k in confounds.items()
             }
         )

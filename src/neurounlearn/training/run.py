@@ -64,7 +64,11 @@ def build_model(cfg: RunConfig, encoding: TableEncoding) -> UnlearningModel:
     )
     confounds = {name: len(levels) for name, levels in encoding.confound_levels.items()}
     return UnlearningModel(
-        encoder, nn.Linear(m.embedding_dim, 1), confounds, head_hidden=m.head_hidden
+        encoder,
+        nn.Linear(m.embedding_dim, 1),
+        confounds,
+        head_hidden=m.head_hidden,
+        n_heads=m.adversary_heads,
     )
 
 

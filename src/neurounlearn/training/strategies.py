@@ -115,26 +115,34 @@ class Strategy(ABC):
         w = self.class_weights.get(name)
         return None if w is None else w.to(logits.device, logits.dtype)
 
+    @staticmethod
+    def _flat(logits: Tensor, codes: Tensor) -> tuple[Tensor, Tensor]:
+        """An ensemble's ``(H, B, K)`` logits as ``(H*B, K)`` rows, codes repeated to match."""
+        if logits.ndim == 3:
+            return logits.reshape(-1, logits.shape[-1]), codes.repeat(logits.shape[0])
+        return logits, codes
+
     def adversary_losses(self, logits: Mapping[str, Tensor], codes: Tensor) -> dict[str, Tensor]:
-        return {
-            c.name: adversary_loss(
-                logits[c.name], codes[:, i], self._weight(c.name, logits[c.name])
-            )
-            for i, c in enumerate(self.confounds)
-        }
+        out = {}
+        for i, c in enumerate(self.confounds):
+            flat, col = self._flat(logits[c.name], codes[:, i])
+            out[c.name] = adversary_loss(flat, col, self._weight(c.name, flat))
+        return out
 
     def confusion_losses(self, logits: Mapping[str, Tensor], codes: Tensor) -> dict[str, Tensor]:
-        return {
-            c.name: confusion_loss(logits[c.name], codes[:, i] != IGNORE)
-            for i, c in enumerate(self.confounds)
-        }
+        out = {}
+        for i, c in enumerate(self.confounds):
+            flat, col = self._flat(logits[c.name], codes[:, i])
+            out[c.name] = confusion_loss(flat, col != IGNORE)
+        return out
 
     def adversary_accuracy(self, logits: Mapping[str, Tensor], codes: Tensor) -> dict[str, Tensor]:
         out = {}
         for i, c in enumerate(self.confounds):
-            mask = codes[:, i] != IGNORE
+            flat, col = self._flat(logits[c.name], codes[:, i])
+            mask = col != IGNORE
             if bool(mask.any()):
-                hit = logits[c.name][mask].argmax(dim=1) == codes[mask, i]
+                hit = flat[mask].argmax(dim=1) == col[mask]
                 out[c.name] = hit.float().mean().detach()
         return out
 

@@ -25,7 +25,7 @@ class UnlearningSystem(L.LightningModule):
         model: the :class:`~neurounlearn.models.unlearning.UnlearningModel`.
         strategy: the unlearning strategy.
         lr, weight_decay: encoder and task-head optimiser settings.
-        adversary_lr: confound-head learning rate (default: ``lr``).
+        adversary_lr: confound-head learning rate.
     """
 
     def __init__(
@@ -35,14 +35,14 @@ class UnlearningSystem(L.LightningModule):
         *,
         lr: float,
         weight_decay: float,
-        adversary_lr: float | None = None,
+        adversary_lr: float = 1e-2,
     ) -> None:
         super().__init__()
         self.model = model
         self.strategy = strategy
         self.lr = lr
         self.weight_decay = weight_decay
-        self.adversary_lr = adversary_lr or lr
+        self.adversary_lr = adversary_lr
         self.automatic_optimization = False
         self._batch_index = 0
 

@@ -1,0 +1,247 @@
+"""Acceptance benchmark of the foundation issue, on the bundled OpenNeuroTransfer table.
+
+For 5 seeds (5 different subject-level, site-stratified splits), on the test split:
+age MAE, and site balanced accuracy of fresh linear and nonlinear probes on the test embeddings,
+overall and within 18–35 years, for raw-feature ridge, raw + ComBat (neuroHarmonize fit on the
+training rows), the baseline network, iterative unlearning (sequential and joint; site unlearned
+within 18–35) and gradient reversal. Also the fit time of each strategy relative to baseline.
+
+Writes ``benchmarks/results/tabular_openneuro.json`` and ``.md``.
+
+    python benchmarks/tabular_openneuro.py [--seeds 0 1 2 3 4] [--epochs N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from neurounlearn.config import apply_overrides
+from neurounlearn.data.datasets import write_openneuro_transfer
+from neurounlearn.data.manifest import load_table
+from neurounlearn.data.splits import make_splits
+from neurounlearn.demo import ARMS, demo_config
+from neurounlearn.evaluation.evaluate import evaluate
+from neurounlearn.evaluation.reference import reference_arms
+from neurounlearn.training.fit import fit, table_spec
+
+warnings.filterwarnings("ignore")
+RESULTS = Path(__file__).parent / "results"
+TARGET_BACC = 0.30
+TARGET_MAE_RATIO = 1.10
+UNLEARNED = ("iterative (sequential)", "iterative (joint)", "grl")
+# The point estimates do not depend on the permutation count; keep the benchmark quick.
+AUDIT = ["audit.n_permutations=20", "audit.n_permutations_nonlinear=10", "audit.n_bootstrap=200"]
+
+
+def bacc(leakage: dict[str, Any], probe: str, conditional: bool) -> float | None:
+    block = leakage["site"]
+    if conditional:
+        block = block.get("conditional") or {}
+    return ((block.get("probe") or {}).get(probe) or {}).get("balanced_accuracy")
+
+
+def row(task: dict[str, Any], leakage: dict[str, Any], fit_seconds: float | None) -> dict[str, Any]:
+    return {
+        "mae": task["mae"],
+        "site_bacc_linear": bacc(leakage, "linear", False),
+        "site_bacc_nonlinear": bacc(leakage, "nonlinear", False),
+        "band_bacc_linear": bacc(leakage, "linear", True),
+        "band_bacc_nonlinear": bacc(leakage, "nonlinear", True),
+        "fit_seconds": fit_seconds,
+    }
+
+
+def run_seed(data: Path, seed: int, epochs: int | None, work: Path) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    base_cfg = apply_overrides(demo_config(data, strategy="baseline", seed=seed), AUDIT)
+    frame, features, _ = load_table(data, table_spec(base_cfg))
+    split = make_splits(
+        frame,
+        id_column="sub_id",
+        site_column="site",
+        seed=seed,
+        val_fraction=base_cfg.train.val_fraction,
+        test_fraction=base_cfg.train.test_fraction,
+    )
+    for name, r in reference_arms(
+        frame,
+        features,
+        split,
+        target="age",
+        site_column="site",
+        confounds=["site"],
+        audit=base_cfg.audit,
+        seed=seed,
+    ).items():
+        out[name] = row(r["task"], r["leakage"], None)
+    for label, strategy, mode in ARMS:
+        cfg = apply_overrides(
+            demo_config(data, strategy=strategy, mode=mode, seed=seed, epochs=epochs), AUDIT
+        )
+        run_dir = work / f"seed{seed}_{strategy}_{mode}"
+        shutil.rmtree(run_dir, ignore_errors=True)
+        fit(cfg, run_dir)
+        m = evaluate(run_dir)
+        out[label] = row(m["task"], m["leakage"], m["timing"]["fit_seconds"])
+        print(
+            f"  seed {seed} {label:24s} MAE {m['task']['mae']:.2f}  in-band BAcc "
+            f"{out[label]['band_bacc_linear']:.2f}/{out[label]['band_bacc_nonlinear']:.2f}  "
+            f"fit {m['timing']['fit_seconds']:.1f}s",
+            flush=True,
+        )
+    return out
+
+
+def mean_sd(values: list[float | None]) -> tuple[float | None, float | None]:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return None, None
+    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
+
+
+def summarise(per_seed: dict[int, dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    arms = list(next(iter(per_seed.values())))
+    summary: dict[str, dict[str, Any]] = {}
+    for arm in arms:
+        summary[arm] = {}
+        for key in next(iter(per_seed.values()))[arm]:
+            m, sd = mean_sd([per_seed[s][arm][key] for s in per_seed])
+            summary[arm][key] = {"mean": m, "sd": sd}
+    base = summary["baseline"]
+    for arm in arms:
+        fs = summary[arm]["fit_seconds"]["mean"]
+        summary[arm]["fit_time_vs_baseline"] = (
+            fs / base["fit_seconds"]["mean"] if fs and base["fit_seconds"]["mean"] else None
+        )
+        summary[arm]["mae_vs_baseline"] = summary[arm]["mae"]["mean"] / base["mae"]["mean"]
+    return summary
+
+
+def verdicts(summary: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    out = {}
+    for arm in UNLEARNED:
+        s = summary[arm]
+        lin, nl = s["band_bacc_linear"]["mean"], s["band_bacc_nonlinear"]["mean"]
+        ratio = s["mae_vs_baseline"]
+        out[arm] = {
+            "band_linear_ok": lin <= TARGET_BACC,
+            "band_linear_excess": lin - TARGET_BACC,
+            "band_nonlinear_ok": nl <= TARGET_BACC,
+            "band_nonlinear_excess": nl - TARGET_BACC,
+            "mae_ok": ratio <= TARGET_MAE_RATIO,
+            "mae_ratio": ratio,
+        }
+    return out
+
+
+def fmt(cell: dict[str, Any], digits: int = 2) -> str:
+    if cell["mean"] is None:
+        return "—"
+    return f"{cell['mean']:.{digits}f} ± {cell['sd']:.{digits}f}"
+
+
+def markdown(
+    summary: dict[str, dict[str, Any]],
+    checks: dict[str, dict[str, Any]],
+    seeds: list[int],
+    wall: float,
+) -> str:
+    head = [
+        "arm",
+        "age MAE",
+        "MAE / baseline",
+        "site BAcc linear",
+        "site BAcc nonlinear",
+        "18–35 BAcc linear",
+        "18–35 BAcc nonlinear",
+        "fit s",
+        "fit time / baseline",
+    ]
+    lines = [
+        f"## OpenNeuroTransfer: age, site unlearned within 18–35 ({len(seeds)} seeds: "
+        f"{', '.join(map(str, seeds))})",
+        "",
+        "Mean ± sd over seeds (one subject-level, site-stratified split per seed) on the test "
+        "split. Chance: 0.17 overall (6 sites), 0.20 in 18–35 (5 sites).",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    for arm, s in summary.items():
+        ratio = s["fit_time_vs_baseline"]
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    arm,
+                    fmt(s["mae"]),
+                    f"{s['mae_vs_baseline']:.2f}",
+                    fmt(s["site_bacc_linear"]),
+                    fmt(s["site_bacc_nonlinear"]),
+                    fmt(s["band_bacc_linear"]),
+                    fmt(s["band_bacc_nonlinear"]),
+                    fmt(s["fit_seconds"], 1),
+                    "—" if ratio is None else f"{ratio:.2f}",
+                ]
+            )
+            + " |"
+        )
+    lines += [
+        "",
+        f"Targets: in-band BAcc ≤ {TARGET_BACC} for both probes, MAE ≤ "
+        f"{TARGET_MAE_RATIO} × baseline.",
+        "",
+    ]
+    for arm, c in checks.items():
+        parts = [
+            "linear met"
+            if c["band_linear_ok"]
+            else f"linear missed by {c['band_linear_excess']:.3f}",
+            "nonlinear met"
+            if c["band_nonlinear_ok"]
+            else f"nonlinear missed by {c['band_nonlinear_excess']:.3f}",
+            f"MAE ratio {c['mae_ratio']:.2f} ({'met' if c['mae_ok'] else 'missed'})",
+        ]
+        lines.append(f"- {arm}: " + "; ".join(parts))
+    lines += ["", f"Total wall time {wall / 60:.1f} min on this machine."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        data = write_openneuro_transfer(work / "openneuro_transfer.csv")
+        per_seed = {seed: run_seed(data, seed, args.epochs, work) for seed in args.seeds}
+    wall = time.perf_counter() - start
+    summary = summarise(per_seed)
+    checks = verdicts(summary)
+    args.out.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "seeds": args.seeds,
+        "per_seed": {str(k): v for k, v in per_seed.items()},
+        "summary": summary,
+        "targets": checks,
+        "wall_seconds": wall,
+    }
+    (args.out / "tabular_openneuro.json").write_text(json.dumps(payload, indent=2) + "\n")
+    text = markdown(summary, checks, args.seeds, wall)
+    (args.out / "tabular_openneuro.md").write_text(text)
+    print("\n" + text)
+
+
+if __name__ == "__main__":
+    main()
