@@ -25,12 +25,9 @@ from typing import Any
 
 from neurounlearn.config import apply_overrides
 from neurounlearn.data.datasets import write_openneuro_transfer
-from neurounlearn.data.manifest import load_table
-from neurounlearn.data.splits import make_splits
-from neurounlearn.demo import ARMS, demo_config
+from neurounlearn.demo import ARMS, demo_config, reference_results
 from neurounlearn.evaluation.evaluate import evaluate
-from neurounlearn.evaluation.reference import reference_arms
-from neurounlearn.training.fit import fit, table_spec
+from neurounlearn.training.fit import fit
 
 warnings.filterwarnings("ignore")
 RESULTS = Path(__file__).parent / "results"
@@ -62,25 +59,7 @@ def row(task: dict[str, Any], leakage: dict[str, Any], fit_seconds: float | None
 def run_seed(data: Path, seed: int, epochs: int | None, work: Path) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     base_cfg = apply_overrides(demo_config(data, strategy="baseline", seed=seed), AUDIT)
-    frame, features, _ = load_table(data, table_spec(base_cfg))
-    split = make_splits(
-        frame,
-        id_column="sub_id",
-        site_column="site",
-        seed=seed,
-        val_fraction=base_cfg.train.val_fraction,
-        test_fraction=base_cfg.train.test_fraction,
-    )
-    for name, r in reference_arms(
-        frame,
-        features,
-        split,
-        target="age",
-        site_column="site",
-        confounds=["site"],
-        audit=base_cfg.audit,
-        seed=seed,
-    ).items():
+    for name, r in reference_results(base_cfg).items():
         out[name] = row(r["task"], r["leakage"], None)
     for label, strategy, mode in ARMS:
         cfg = apply_overrides(

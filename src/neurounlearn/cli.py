@@ -212,6 +212,8 @@ def fit(
 
     if input != "features":
         raise InputError(f"--input {input} is not supported yet", hint="use --input features")
+    if resume and config is None and (out / "config.yaml").is_file():
+        config = out / "config.yaml"  # resume what was started; flags given still override
     cfg = build_config(
         config=config,
         data=data,

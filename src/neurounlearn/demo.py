@@ -90,16 +90,34 @@ def table(rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def reference_results(cfg: RunConfig) -> dict[str, dict[str, Any]]:
+    """Raw-feature ridge and raw + ComBat on exactly the split ``fit`` makes for ``cfg``."""
+    from neurounlearn.data.manifest import load_table, resolve_id_column
+    from neurounlearn.evaluation.reference import reference_arms
+    from neurounlearn.training.fit import config_split, table_spec
+
+    assert cfg.data.path is not None
+    frame, features, _ = load_table(cfg.data.path, table_spec(cfg))
+    split = config_split(cfg, frame, resolve_id_column(frame, cfg.data.id_column, cfg.data.path))
+    return reference_arms(
+        frame,
+        features,
+        split,
+        target=cfg.data.target,
+        site_column=cfg.data.site_column,
+        confounds=[c.name for c in cfg.confounds],
+        audit=cfg.audit,
+        seed=cfg.train.seed,
+    )
+
+
 def run_demo(
     out: Path, *, epochs: int | None = None, seed: int = 0, echo: Callable[[str], Any] = print
 ) -> str:
     """Run the demo into ``out`` and return the markdown table it printed."""
     from neurounlearn.data.datasets import write_openneuro_transfer
-    from neurounlearn.data.manifest import load_table
-    from neurounlearn.data.splits import make_splits
     from neurounlearn.evaluation.evaluate import evaluate
-    from neurounlearn.evaluation.reference import reference_arms
-    from neurounlearn.training.fit import fit, table_spec
+    from neurounlearn.training.fit import fit
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -131,27 +149,8 @@ def run_demo(
             ]
         )
 
-    cfg = demo_config(data, strategy="baseline", seed=seed)
-    frame, features, _ = load_table(data, table_spec(cfg))
-    split = make_splits(
-        frame,
-        id_column="sub_id",
-        site_column="site",
-        seed=seed,
-        val_fraction=cfg.train.val_fraction,
-        test_fraction=cfg.train.test_fraction,
-    )
     echo("reference arms (same split): ridge on raw features, raw + ComBat ...")
-    ref = reference_arms(
-        frame,
-        features,
-        split,
-        target="age",
-        site_column="site",
-        confounds=["site"],
-        audit=cfg.audit,
-        seed=seed,
-    )
+    ref = reference_results(demo_config(data, strategy="baseline", seed=seed))
     ref_rows = [
         [name, _fmt(r["task"]["mae"]), *leakage_cells(r["leakage"]), "—"] for name, r in ref.items()
     ]

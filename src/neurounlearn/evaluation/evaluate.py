@@ -99,10 +99,7 @@ def evaluate(run_dir: str | Path, *, data: str | Path | None = None) -> dict[str
         meta = frame
     else:
         test_mask = (preds["split"] == "test").to_numpy()
-        manifest = (
-            read_table(cfg.data.path) if cfg.data.path and Path(cfg.data.path).is_file() else None
-        )
-        meta = manifest if manifest is not None and len(manifest) == len(preds) else preds
+        meta = preds  # fit stores the confound columns there
     val_mask = (
         (preds["split"] == "val").to_numpy() if "split" in preds else np.zeros(len(preds), bool)
     )

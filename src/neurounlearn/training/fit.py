@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
-from neurounlearn.config import RunConfig, load_config
+from neurounlearn.config import RunConfig
 from neurounlearn.data.manifest import TableSpec, load_table, resolve_id_column
 from neurounlearn.data.splits import make_splits, splits_frame
 from neurounlearn.data.tabular import TableEncoding
@@ -64,6 +64,19 @@ def table_spec(cfg: RunConfig, *, training: bool = True) -> TableSpec:
     )
 
 
+def config_split(cfg: RunConfig, frame: pd.DataFrame, id_column: str) -> pd.Series:
+    """The train/val/test split a configuration gives (what ``fit`` writes to splits.csv)."""
+    t = cfg.train
+    return make_splits(
+        frame,
+        id_column=id_column,
+        site_column=cfg.data.site_column,
+        seed=t.seed,
+        val_fraction=t.val_fraction,
+        test_fraction=t.test_fraction,
+    )
+
+
 def quiet_lightning() -> None:
     """Keep Lightning's start-up chatter (GPU available..., tips) out of the user's terminal."""
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
@@ -79,8 +92,9 @@ def fit(cfg: RunConfig, out: str | Path, *, resume: bool = False) -> Path:
     Args:
         cfg: the resolved configuration (``cfg.data.path`` is the manifest).
         out: the run directory.
-        resume: continue the interrupted run in ``out`` from its last checkpoint, with the
-            configuration stored there.
+        resume: continue the interrupted run in ``out`` from its last checkpoint (and its
+            stored split). Pass the run's configuration (``RUN_DIR/config.yaml``), changed only
+            where you mean to, e.g. more epochs.
     """
     out = Path(out)
     ckpt_path: Path | None = None
@@ -92,7 +106,6 @@ def fit(cfg: RunConfig, out: str | Path, *, resume: bool = False) -> Path:
                 file=out,
                 hint="start the run without --resume",
             )
-        cfg = load_config(out / "config.yaml").model_copy(update={"train": cfg.train})
     elif out.exists() and any(out.iterdir()):
         raise InputError(
             "the run directory already exists and is not empty",
@@ -111,14 +124,7 @@ def fit(cfg: RunConfig, out: str | Path, *, resume: bool = False) -> Path:
     frame, feature_columns, _warnings = load_table(cfg.data.path, table_spec(cfg))
     id_column = resolve_id_column(frame, cfg.data.id_column, cfg.data.path)
     t = cfg.train
-    split = make_splits(
-        frame,
-        id_column=id_column,
-        site_column=cfg.data.site_column,
-        seed=t.seed,
-        val_fraction=t.val_fraction,
-        test_fraction=t.test_fraction,
-    )
+    split = config_split(cfg, frame, id_column)
     if resume and (out / "splits.csv").is_file():
         stored = pd.read_csv(out / "splits.csv")
         split = pd.Series(stored["split"].to_numpy(), index=frame.index)
@@ -228,6 +234,9 @@ def fit(cfg: RunConfig, out: str | Path, *, resume: bool = False) -> Path:
         }
     )
     preds = ids.copy()
+    for c in cfg.confounds:  # the audit needs them; the run dir must not depend on the manifest
+        if c.name not in preds:
+            preds[c.name] = frame[c.name].to_numpy()
     preds[cfg.data.target] = pd.to_numeric(frame[cfg.data.target], errors="coerce").to_numpy()
     preds["prediction"] = encoding.unscale_target(pred.astype(np.float64))
     write_csv_atomic(preds, out / "predictions.csv")

@@ -147,15 +147,26 @@ class Strategy(ABC):
         return out
 
     def adversary_step(
-        self, host: StepHost, opt: Optimizer, features: Tensor, codes: Tensor
+        self,
+        host: StepHost,
+        opt: Optimizer,
+        features: Tensor,
+        codes: Tensor,
+        steps: int | None = None,
     ) -> dict[str, Tensor]:
         """Confound heads step on ``sum_k alpha_k L_adv,k`` of *detached* features.
 
-        Repeated ``adversary_steps`` times on the same features; the logged values are those of
-        the first update (the heads' performance before this batch taught them).
+        Repeated ``steps`` (default ``adversary_steps``) times on the same features. Only the
+        heads receive gradients, so ``opt`` may also hold other parameters: they stay put. The
+        logged values are those before the first update (how well the heads did on this batch).
         """
+        n_steps = self.adversary_steps if steps is None else steps
+        if n_steps < 1:
+            return {}
         detached = features.detach()
-        for i in range(self.adversary_steps):
+        losses: dict[str, Tensor] = {}
+        logits: dict[str, Tensor] = {}
+        for i in range(n_steps):
             step_logits = host.model.confound_logits(detached)
             step_losses = self.adversary_losses(step_logits, codes)
             if i == 0:
@@ -332,8 +343,8 @@ class GRLStrategy(Strategy):
         for c in self.confounds:
             model.reversal[c.name].set_weight(lam * c.beta / c.alpha if c.alpha > 0 else 0.0)
         f = model.encode(batch["x"])
-        if self.adversary_steps > 1:
-            self._extra_head_steps(host, opt, f, codes)
+        # extra head-only updates first; the joint step below is the adversary's last one
+        self.adversary_step(host, opt, f, codes, steps=self.adversary_steps - 1)
         task = self.task_loss(model, f, batch["y"])
         logits = model.confound_logits(f, reverse=True)
         adv = self.adversary_losses(logits, codes)
@@ -349,17 +360,3 @@ class GRLStrategy(Strategy):
             f"conf_loss/{k}": v.detach() for k, v in self.confusion_losses(detached, codes).items()
         }
         return logs
-
-    def _extra_head_steps(
-        self, host: StepHost, opt: Optimizer, features: Tensor, codes: Tensor
-    ) -> None:
-        """``adversary_steps - 1`` head-only updates on detached features before the joint step."""
-        detached = features.detach()
-        for _ in range(self.adversary_steps - 1):
-            losses = self.adversary_losses(host.model.confound_logits(detached), codes)
-            total = sum((c.alpha * losses[c.name] for c in self.confounds), torch.zeros(()))
-            opt.zero_grad()
-            if not total.requires_grad:
-                return
-            host.manual_backward(total)
-            opt.step()  # only the heads have gradients: the encoder and task head stay put

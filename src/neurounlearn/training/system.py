@@ -113,7 +113,8 @@ class HistoryWriter(Callback):
         self.strategy = strategy
         self.rows: list[dict[str, Any]] = []
 
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # on_train_start, not on_fit_start: a resumed loop knows its epoch only from here on
         if self.path.exists() and trainer.current_epoch > 0:
             old = pd.read_csv(self.path)
             self.rows = old[old["epoch"] < trainer.current_epoch].to_dict("records")

@@ -1,0 +1,100 @@
+"""Library-level training: determinism, resume, subset coding, run-directory contents."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from neurounlearn.config import ConfoundConfig, validate_config
+from neurounlearn.data.tabular import TableEncoding
+from neurounlearn.errors import InputError
+from neurounlearn.training.fit import fit
+from neurounlearn.training.run import load_run
+
+
+def config(path: Path, **train):
+    return validate_config(
+        {
+            "data": {"path": str(path), "features": r"^f\d$", "target": "age"},
+            "confounds": [{"name": "site"}],
+            "strategy": {"name": "iterative", "pretrain_epochs": 1},
+            "model": {"hidden": [8], "embedding_dim": 4, "adversary_heads": 2},
+            "train": {"epochs": 3, "batch_size": 8, "progress_bar": False, **train},
+        }
+    )
+
+
+@pytest.fixture
+def manifest(tmp_path, manifest_factory):
+    path = tmp_path / "m.csv"
+    manifest_factory(sites=3, per_site=10).to_csv(path, index=False)
+    return path
+
+
+def test_same_seed_and_data_give_identical_predictions(manifest, tmp_path):
+    fit(config(manifest), tmp_path / "a")
+    fit(config(manifest), tmp_path / "b")
+    a = pd.read_csv(tmp_path / "a" / "predictions.csv")
+    b = pd.read_csv(tmp_path / "b" / "predictions.csv")
+    assert np.array_equal(a["prediction"].to_numpy(), b["prediction"].to_numpy())
+
+
+def test_another_seed_gives_another_split(manifest, tmp_path):
+    fit(config(manifest, seed=0), tmp_path / "a")
+    fit(config(manifest, seed=1), tmp_path / "b")
+    a = pd.read_csv(tmp_path / "a" / "splits.csv")["split"]
+    b = pd.read_csv(tmp_path / "b" / "splits.csv")["split"]
+    assert not a.equals(b)
+
+
+def test_resume_continues_an_interrupted_run_to_the_end(manifest, tmp_path):
+    out = tmp_path / "run"
+    fit(config(manifest, epochs=2), out)  # stands in for a run stopped after 2 epochs
+    assert len(pd.read_csv(out / "history.csv")) == 2
+    fit(config(manifest, epochs=4), out, resume=True)
+    history = pd.read_csv(out / "history.csv")
+    assert history["epoch"].tolist() == [0, 1, 2, 3]
+    assert load_run(out).info["epochs_run"] == 4
+
+
+def test_history_has_task_loss_adversary_accuracy_and_confusion_per_epoch(manifest, tmp_path):
+    fit(config(manifest), tmp_path / "r")
+    h = pd.read_csv(tmp_path / "r" / "history.csv")
+    assert len(h) == 3
+    for col in ("train_task_loss", "val_task_loss", "train_adv_acc_site", "train_conf_loss_site"):
+        assert col in h.columns
+    assert h.loc[h["phase"] == "unlearn", "train_conf_loss_site"].notna().all()
+
+
+def test_refuses_to_overwrite_a_run(manifest, tmp_path):
+    fit(config(manifest), tmp_path / "r")
+    with pytest.raises(InputError, match="already exists"):
+        fit(config(manifest), tmp_path / "r")
+
+
+def test_subset_keeps_rows_outside_it_out_of_the_unlearning(manifest_factory):
+    frame = manifest_factory(sites=3, per_site=10)
+    train = np.ones(len(frame), dtype=bool)
+    c = ConfoundConfig(name="site", subset="age < 50")
+    enc = TableEncoding.fit(frame, train, ["f0"], "age", [c])
+    codes = enc.codes(frame)[:, 0]
+    assert (codes[frame["age"].to_numpy() >= 50] == -1).all()
+    assert (codes[frame["age"].to_numpy() < 50] >= 0).all()
+
+
+def test_confound_classes_come_from_training_rows_only(manifest_factory):
+    frame = manifest_factory(sites=3, per_site=10)
+    train = (frame["site"] != "site2").to_numpy()
+    enc = TableEncoding.fit(frame, train, ["f0"], "age", [ConfoundConfig(name="site")])
+    assert enc.confound_levels["site"] == ["site0", "site1"]
+    assert (enc.codes(frame)[~train, 0] == -1).all()  # an unseen site is ignored, not guessed
+
+
+def test_scaling_is_fit_on_training_rows_only(manifest_factory):
+    frame = manifest_factory(sites=3, per_site=10)
+    train = np.zeros(len(frame), dtype=bool)
+    train[:10] = True
+    enc = TableEncoding.fit(frame, train, ["f0"], "age", [])
+    assert enc.feature_mean[0] == pytest.approx(frame.loc[train, "f0"].mean())
+    assert enc.target_mean == pytest.approx(frame.loc[train, "age"].mean())
