@@ -59,7 +59,7 @@ def _friendly(fn: F) -> F:
 # -- shared options ------------------------------------------------------------------------------
 DataOpt = typer.Option(None, "--data", help="manifest CSV: one row per scan")
 FeaturesOpt = typer.Option(None, "--features", help="regex selecting the feature columns")
-TargetOpt = typer.Option(None, "--target", help="column to predict [default: age]")
+TargetOpt = typer.Option(None, "--target", help="column to predict (default: age)")
 UnlearnOpt = typer.Option(
     None, "--unlearn", help="confound column to unlearn, NAME or NAME:categorical; repeatable"
 )
@@ -190,10 +190,12 @@ def fit(
     unlearn: list[str] | None = UnlearnOpt,
     unlearn_where: list[str] | None = WhereOpt,
     strategy: str | None = typer.Option(
-        None, "--strategy", help="baseline | iterative | grl [default: iterative]"
+        None, "--strategy", help="baseline | iterative | grl (default: iterative)"
     ),
     mode: str | None = typer.Option(
-        None, "--mode", help="iterative: sequential (paper) | joint (faster)"
+        None,
+        "--mode",
+        help="iterative: sequential (the paper's three steps) | joint (one encoder pass per batch)",
     ),
     band: tuple[float, float] | None = typer.Option(
         None, "--band", help="audit also within this target band, e.g. --band 18 35"
