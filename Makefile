@@ -22,6 +22,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy src/neurounlearn
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)

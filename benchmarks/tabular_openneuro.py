@@ -152,6 +152,8 @@ def markdown(
         "18–35 BAcc nonlinear",
         "fit s",
         "fit time / baseline",
+        "epochs",
+        "samples/s / baseline",
     ]
     lines = [
         f"## OpenNeuroTransfer: age, site unlearned within 18–35 ({len(seeds)} seeds: "
@@ -200,11 +202,17 @@ def markdown(
             "nonlinear met"
             if c["band_nonlinear_ok"]
             else f"nonlinear missed by {c['band_nonlinear_excess']:.3f}",
-            f"MAE ratio {c['mae_ratio']:.2f} ({'met' if c['mae_ok'] else 'missed'})",
+            f"MAE ratio {c['mae_ratio']:.3f} ({'met' if c['mae_ok'] else 'missed'})",
         ]
         lines.append(f"- {arm}: " + "; ".join(parts))
     lines += ["", f"Total wall time {wall / 60:.1f} min on this machine."]
     return "\n".join(lines) + "\n"
+
+
+def render(payload: dict[str, Any]) -> str:
+    return markdown(
+        payload["summary"], payload["targets"], payload["seeds"], payload["wall_seconds"]
+    )
 
 
 def main() -> None:
@@ -212,7 +220,15 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--render", action="store_true", help="only rewrite the markdown from the saved JSON"
+    )
     args = parser.parse_args()
+    if args.render:
+        payload = json.loads((args.out / "tabular_openneuro.json").read_text())
+        (args.out / "tabular_openneuro.md").write_text(render(payload))
+        print(render(payload))
+        return
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -230,7 +246,7 @@ def main() -> None:
         "wall_seconds": wall,
     }
     (args.out / "tabular_openneuro.json").write_text(json.dumps(payload, indent=2) + "\n")
-    text = markdown(summary, checks, args.seeds, wall)
+    text = render(payload)
     (args.out / "tabular_openneuro.md").write_text(text)
     print("\n" + text)
 

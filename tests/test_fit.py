@@ -98,3 +98,35 @@ def test_scaling_is_fit_on_training_rows_only(manifest_factory):
     enc = TableEncoding.fit(frame, train, ["f0"], "age", [])
     assert enc.feature_mean[0] == pytest.approx(frame.loc[train, "f0"].mean())
     assert enc.target_mean == pytest.approx(frame.loc[train, "age"].mean())
+
+
+def test_several_confounds_are_unlearned_and_audited_together(manifest, tmp_path):
+    from neurounlearn.evaluation.evaluate import evaluate
+
+    cfg = config(manifest).model_copy(
+        update={"confounds": [ConfoundConfig(name="site"), ConfoundConfig(name="sex", beta=0.5)]}
+    )
+    cfg = validate_config(
+        cfg.model_dump(mode="json") | {"audit": {"n_permutations": 5, "n_bootstrap": 20}}
+    )
+    out = fit(cfg, tmp_path / "r")
+    run = load_run(out)
+    assert set(run.model.confound_heads) == {"site", "sex"}
+    history = pd.read_csv(out / "history.csv")
+    assert {"train_conf_loss_site", "train_conf_loss_sex"} <= set(history.columns)
+    metrics = evaluate(out)
+    assert set(metrics["leakage"]) == {"site", "sex"}
+    assert metrics["leakage"]["sex"]["chance"] == pytest.approx(0.5)
+
+
+def test_balanced_sampling_draws_every_site_about_equally():
+    from neurounlearn.training.datamodule import TableDataModule, TensorDictDataset
+
+    groups = np.array(["big"] * 90 + ["small"] * 10)
+    codes = np.where(groups == "big", 0, 1)[:, None]
+    data = TensorDictDataset(np.zeros((100, 2)), np.zeros(100), codes)
+    dm = TableDataModule(data, data, batch_size=50, seed=0, balance_groups=groups)
+    drawn = np.concatenate(
+        [b["codes"][:, 0].numpy() for _ in range(20) for b in dm.train_dataloader()]
+    )
+    assert 0.4 < (drawn == 1).mean() < 0.6  # 10% of rows, about half of the draws

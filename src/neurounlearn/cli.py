@@ -7,7 +7,6 @@ column, how to fix it) and exits with code 2 — never a traceback.
 from __future__ import annotations
 
 import functools
-import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -141,9 +140,13 @@ def build_config(
         raw["strategy"]["mode"] = mode
     if band is not None:
         raw["audit"]["band"] = list(band)
-    for key, value in (("seed", seed), ("epochs", epochs), ("batch_size", batch_size), ("lr", lr)):
-        if value is not None:
-            raw["train"][key] = value
+    train_flags: dict[str, int | float | None] = {
+        "seed": seed,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+    }
+    raw["train"] |= {k: v for k, v in train_flags.items() if v is not None}
     cfg = validate_config(raw, "command line")
     return apply_overrides(cfg, overrides or []) if overrides else cfg
 
@@ -351,4 +354,4 @@ def main() -> None:  # pragma: no cover - console entry point
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

@@ -61,7 +61,7 @@ class TableDataModule(L.LightningDataModule):
             _, inverse, counts = np.unique(
                 self.balance_groups, return_inverse=True, return_counts=True
             )
-            weights = torch.as_tensor(1.0 / counts[inverse], dtype=torch.double)
+            weights = (1.0 / counts[inverse]).tolist()
             sampler = WeightedRandomSampler(
                 weights, num_samples=n, replacement=True, generator=generator
             )

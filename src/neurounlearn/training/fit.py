@@ -12,6 +12,7 @@ import shutil
 import time
 import warnings
 from pathlib import Path
+from typing import Any, cast
 
 import lightning as L
 import numpy as np
@@ -200,7 +201,7 @@ def fit(cfg: RunConfig, out: str | Path, *, resume: bool = False) -> Path:
         max_epochs=t.epochs,
         accelerator=t.accelerator,
         devices=t.devices,
-        precision=t.precision,
+        precision=cast(Any, t.precision),  # validated by Lightning itself
         deterministic=True,
         logger=False,
         callbacks=callbacks,

@@ -146,7 +146,8 @@ def infer(
         feats.append(f.float().numpy())
         preds.append(model.predict_task(f).float().numpy())
     if not feats:
-        return np.zeros((0, model.encoder.out_features), np.float32), np.zeros(0, np.float32)
+        width = int(getattr(model.encoder, "out_features", 0))
+        return np.zeros((0, width), np.float32), np.zeros(0, np.float32)
     return np.concatenate(feats), np.concatenate(preds)
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, cast
 
 import torch
 from torch import Tensor, nn
@@ -23,7 +23,7 @@ from torch.optim import Optimizer
 
 from neurounlearn.config import ConfoundConfig
 from neurounlearn.losses import IGNORE, adversary_loss, confusion_loss, masked_regression_loss
-from neurounlearn.models.grl import ganin_lambda
+from neurounlearn.models.grl import GradientReversal, ganin_lambda
 from neurounlearn.models.unlearning import UnlearningModel
 
 Batch = Mapping[str, Tensor]
@@ -32,13 +32,16 @@ Batch = Mapping[str, Tensor]
 class StepHost(Protocol):
     """What a strategy needs from the loop that runs it (Lightning's module provides it)."""
 
-    model: UnlearningModel
-    current_epoch: int
+    @property
+    def model(self) -> UnlearningModel: ...
+
+    @property
+    def current_epoch(self) -> int: ...
 
     @property
     def progress(self) -> float: ...
 
-    def optimizers(self) -> list[Optimizer] | Optimizer: ...  # type: ignore[override]
+    def optimizers(self, *args: Any, **kwargs: Any) -> Any: ...
 
     def manual_backward(self, loss: Tensor) -> None: ...
 
@@ -341,7 +344,8 @@ class GRLStrategy(Strategy):
         model, codes = host.model, batch["codes"]
         lam = ganin_lambda(host.progress, self.lambda_max)
         for c in self.confounds:
-            model.reversal[c.name].set_weight(lam * c.beta / c.alpha if c.alpha > 0 else 0.0)
+            reversal = cast(GradientReversal, model.reversal[c.name])
+            reversal.set_weight(lam * c.beta / c.alpha if c.alpha > 0 else 0.0)
         f = model.encode(batch["x"])
         # extra head-only updates first; the joint step below is the adversary's last one
         self.adversary_step(host, opt, f, codes, steps=self.adversary_steps - 1)

@@ -13,6 +13,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
+from neurounlearn.models.unlearning import UnlearningModel
 from neurounlearn.training.strategies import Strategy
 
 STOP_METRIC = "val/stop_loss"
@@ -30,7 +31,7 @@ class UnlearningSystem(L.LightningModule):
 
     def __init__(
         self,
-        model: torch.nn.Module,
+        model: UnlearningModel,
         strategy: Strategy,
         *,
         lr: float,
