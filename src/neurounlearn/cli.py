@@ -7,24 +7,20 @@ column, how to fix it) and exits with code 2 — never a traceback.
 from __future__ import annotations
 
 import functools
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
 
-# Lightning's own deprecation notice at import time is noise for our users.
-warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
-
-from neurounlearn.config import (  # noqa: E402 (after the warnings filter)
+from neurounlearn.config import (
     ConfoundConfig,
     RunConfig,
     apply_overrides,
     load_config,
     validate_config,
 )
-from neurounlearn.errors import EXIT_INPUT_ERROR, InputError  # noqa: E402
+from neurounlearn.errors import EXIT_INPUT_ERROR, InputError
 
 app = typer.Typer(
     help="Train deep models on brain MRI features while unlearning site, scanner and other "
