@@ -130,3 +130,14 @@ def test_balanced_sampling_draws_every_site_about_equally():
         [b["codes"][:, 0].numpy() for _ in range(20) for b in dm.train_dataloader()]
     )
     assert 0.4 < (drawn == 1).mean() < 0.6  # 10% of rows, about half of the draws
+
+
+def test_predict_accepts_new_data_whose_target_matches_a_greedy_feature_regex(manifest, tmp_path):
+    from neurounlearn.training.predict import predict_file
+
+    cfg = config(manifest)
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"features": "^(f\\d|age)$"})})
+    out = fit(cfg, tmp_path / "r")
+    assert "age" not in load_run(out).encoding.feature_columns  # the target is never a feature
+    preds, _ = predict_file(load_run(out), manifest)  # 'age' present again: not an extra feature
+    assert len(preds) == len(pd.read_csv(manifest))

@@ -126,7 +126,8 @@ def evaluate(run_dir: str | Path, *, data: str | Path | None = None) -> dict[str
         feats, test_meta, confounds, target=y[test_mask], audit=cfg.audit, seed=cfg.train.seed
     )
     ridge_mae = ridge_probe_mae(feats, y[test_mask], seed=cfg.train.seed)
-    site_bacc = leakage.get(site, {}).get("probe", {}).get("linear", {}).get("balanced_accuracy")
+    site_probe = ((leakage.get(site) or {}).get("probe") or {}).get("linear") or {}
+    site_bacc = site_probe.get("balanced_accuracy")
     metrics = {
         "run": str(run_dir),
         "strategy": cfg.strategy.name,
@@ -140,7 +141,8 @@ def evaluate(run_dir: str | Path, *, data: str | Path | None = None) -> dict[str
             "site_probe_balanced_accuracy": site_bacc,
             "external_mae": None,
             "score": None,
-            "note": "external-site MAE needs leave-one-site-out ('neurounlearn compare')",
+            "note": "external-site MAE (and so the score) needs a leave-one-site-out "
+            "comparison, which 'evaluate' does not run",
         },
         "timing": {
             "fit_seconds": run.info.get("fit_seconds"),

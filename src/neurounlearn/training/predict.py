@@ -20,13 +20,26 @@ def predict_table(
     with their row and column. Site and target columns are carried over when present.
     """
     enc = run.encoding
-    check_new_data(frame, path, enc.feature_columns, run.config.data.features or "")
+    cfg = run.config
+    never_features = [
+        run.info.get("id_column"),
+        cfg.data.site_column,
+        cfg.data.target,
+        *(c.name for c in cfg.confounds),
+    ]
+    check_new_data(
+        frame,
+        path,
+        enc.feature_columns,
+        cfg.data.features,
+        exclude=[c for c in never_features if c],
+    )
     x = enc.features(frame)
     feats, pred = infer(run.model, x)
-    keep = [c for c in (run.info.get("id_column"), run.config.data.site_column) if c and c in frame]
+    keep = [c for c in (run.info.get("id_column"), cfg.data.site_column) if c and c in frame]
     ids = frame[keep].reset_index(drop=True)
     preds = ids.copy()
-    target = run.config.data.target
+    target = cfg.data.target
     if target in frame:
         preds[target] = pd.to_numeric(frame[target], errors="coerce").to_numpy()
     preds["prediction"] = enc.unscale_target(pred.astype(np.float64))
