@@ -34,8 +34,13 @@ RESULTS = Path(__file__).parent / "results"
 TARGET_BACC = 0.30
 TARGET_MAE_RATIO = 1.10
 UNLEARNED = ("iterative (sequential)", "iterative (joint)", "grl")
-# The point estimates do not depend on the permutation count; keep the benchmark quick.
-AUDIT = ["audit.n_permutations=20", "audit.n_permutations_nonlinear=10", "audit.n_bootstrap=200"]
+# Point estimates do not depend on the permutation count: keep the benchmark quick and quiet.
+BENCH_OVERRIDES = [
+    "audit.n_permutations=20",
+    "audit.n_permutations_nonlinear=10",
+    "audit.n_bootstrap=200",
+    "train.progress_bar=false",
+]
 
 
 def bacc(leakage: dict[str, Any], probe: str, conditional: bool) -> float | None:
@@ -63,12 +68,13 @@ def row(
 
 def run_seed(data: Path, seed: int, epochs: int | None, work: Path) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
-    base_cfg = apply_overrides(demo_config(data, strategy="baseline", seed=seed), AUDIT)
+    base_cfg = apply_overrides(demo_config(data, strategy="baseline", seed=seed), BENCH_OVERRIDES)
     for name, r in reference_results(base_cfg).items():
         out[name] = row(r["task"], r["leakage"], None)
     for label, strategy, mode in ARMS:
         cfg = apply_overrides(
-            demo_config(data, strategy=strategy, mode=mode, seed=seed, epochs=epochs), AUDIT
+            demo_config(data, strategy=strategy, mode=mode, seed=seed, epochs=epochs),
+            BENCH_OVERRIDES,
         )
         run_dir = work / f"seed{seed}_{strategy}_{mode}"
         shutil.rmtree(run_dir, ignore_errors=True)

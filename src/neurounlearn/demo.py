@@ -37,6 +37,7 @@ def demo_config(
     seed: int = 0,
     epochs: int | None = None,
     n_permutations: int = 100,
+    progress_bar: bool = True,
 ) -> RunConfig:
     """The configuration the demo and ``benchmarks/tabular_openneuro.py`` use for one arm."""
     from neurounlearn.data.datasets import OPENNEURO_FEATURES
@@ -51,7 +52,7 @@ def demo_config(
         },
         "confounds": [{"name": "site", "subset": SUBSET}],
         "strategy": {"name": strategy, "mode": mode},
-        "train": {"seed": seed, "progress_bar": False},
+        "train": {"seed": seed, "progress_bar": progress_bar},
         "audit": {"band": list(BAND), "n_permutations": n_permutations},
     }
     if epochs is not None:
