@@ -52,8 +52,9 @@ class DataConfig(_Strict):
     input: Literal["features"] = "features"
     features: str | None = Field(
         None,
-        description="regex selecting feature columns; default: every numeric column "
-        "that is not the id, site, target or a confound",
+        description="regex selecting the feature columns (re.search on each name); required "
+        "for feature tables — never guessed, as a numeric column such as a site number or sex "
+        "would silently become a feature",
     )
     target: str = "age"
     id_column: str | None = Field(
