@@ -87,9 +87,6 @@ class UnlearningSystem(L.LightningModule):
             logs[STOP_METRIC] = task
         self.log_dict(logs, on_step=False, on_epoch=True, batch_size=n)
 
-    def on_train_epoch_start(self) -> None:
-        self.log("phase_unlearn", float(self.strategy.phase(self.current_epoch) == "unlearn"))
-
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         return self.strategy.configure_optimizers(
             self.model, lr=self.lr, weight_decay=self.weight_decay, adversary_lr=self.adversary_lr
@@ -129,7 +126,7 @@ class HistoryWriter(Callback):
             "phase": self.strategy.phase(trainer.current_epoch),
         }
         for key, value in sorted(trainer.callback_metrics.items()):
-            if key in (STOP_METRIC, "phase_unlearn"):
+            if key == STOP_METRIC:
                 continue
             row[key.replace("/", "_")] = float(value)
         self.rows.append(row)
