@@ -31,6 +31,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/tabular_openneuro.py
+	$(BIN)/python benchmarks/tabular_knobs.py
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache .ruff_cache .mypy_cache

@@ -160,7 +160,7 @@ def test_result_is_valid_json() -> None:
     sites = _sites()
     age = np.linspace(20, 80, len(sites))
     result = LeakageAudit(**FAST).audit(_encoding(sites, 1.0), sites, target=age, band=[30, 60])
-    json.dumps(result, allow_nan=False)
+    assert json.loads(json.dumps(result, allow_nan=False)) == json.loads(json.dumps(result))
 
 
 def test_audit_frame_infers_kinds_per_column() -> None:

@@ -443,7 +443,7 @@ def test_bundled_data_loads_with_only_the_repeat_session_warning(tmp_path):
 
 def test_new_data_with_same_features_in_another_order_passes():
     df = cohort()[["subject", "f_c", "f_a", "f_b"]]
-    check_new_data(df, "new.csv", ["f_a", "f_b", "f_c"], "^f_")
+    assert check_new_data(df, "new.csv", ["f_a", "f_b", "f_c"], "^f_") is None  # no error
 
 
 def test_new_data_lists_missing_and_extra_columns():
@@ -458,6 +458,7 @@ def test_new_data_lists_missing_and_extra_columns():
 
 def test_new_data_excluded_columns_are_not_extra():
     df = cohort()
-    check_new_data(
+    result = check_new_data(
         df, "new.csv", ["sex", "f_a", "f_b", "f_c"], ".", exclude=["subject", "site", "age"]
     )
+    assert result is None  # no error: excluded columns are not reported as extra

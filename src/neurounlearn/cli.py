@@ -256,14 +256,14 @@ def evaluate_cmd(
 
 
 def _apply(run_dir: Path, data: Path, out: Path, which: int) -> int:
+    from neurounlearn.atomic import write_csv
     from neurounlearn.training.predict import predict_file
     from neurounlearn.training.run import load_run
-    from neurounlearn.training.system import write_csv_atomic
 
     run = load_run(run_dir)
     frame = predict_file(run, data)[which]
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_csv_atomic(frame, out)
+    write_csv(frame, out)
     return len(frame)
 
 

@@ -16,13 +16,13 @@ Examples:
 
 from __future__ import annotations
 
-import os
-import tempfile
 from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pandas as pd
+
+from neurounlearn.atomic import write_csv
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
@@ -74,14 +74,7 @@ def write_openneuro_transfer(path: str | Path) -> Path:
     if path.is_dir():
         path = path / OPENNEURO_CSV
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            openneuro_transfer().to_csv(fh, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_csv(openneuro_transfer(), path)
     return path
 
 

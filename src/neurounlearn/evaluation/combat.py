@@ -201,7 +201,7 @@ class ComBatArm:
         for column, (low, high) in self._smooth_ranges_.items():
             outside = np.flatnonzero((frame[column] < low) | (frame[column] > high))
             if outside.size:
-                # statsmodels' B-splines raise NotImplementedError outside the outer knots.
+                # statsmodels' B-splines fail (NotImplementedError) outside the outer knots.
                 raise InputError(
                     f"ComBat-GAM cannot extrapolate smooth term '{column}' beyond its training "
                     f"range [{low:g}, {high:g}]: {outside.size} subject(s) fall outside (first "

@@ -16,12 +16,13 @@ from sklearn.model_selection import KFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from neurounlearn.atomic import write_json
 from neurounlearn.config import AuditConfig
 from neurounlearn.data.manifest import read_table
 from neurounlearn.errors import InputError
 from neurounlearn.evaluation.leakage import LeakageAudit
 from neurounlearn.evaluation.metrics import task_metrics
-from neurounlearn.training.run import load_run, write_json_atomic
+from neurounlearn.training.run import load_run
 
 
 def ridge_probe_mae(
@@ -152,5 +153,5 @@ def evaluate(run_dir: str | Path, *, data: str | Path | None = None) -> dict[str
         "warnings": run.info.get("warnings", []),
         "versions": run.info.get("versions", {}),
     }
-    write_json_atomic(metrics, run_dir / "metrics.json")
+    write_json(metrics, run_dir / "metrics.json")
     return metrics

@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
+from neurounlearn.atomic import atomic_path, write_csv, write_json, write_text
 from neurounlearn.config import RunConfig
 from neurounlearn.data.manifest import TableSpec, load_table, resolve_id_column
 from neurounlearn.data.splits import make_splits, splits_frame
@@ -35,13 +36,11 @@ from neurounlearn.training.run import (
     infer,
     save_model,
     versions,
-    write_json_atomic,
 )
 from neurounlearn.training.system import (
     STOP_METRIC,
     HistoryWriter,
     UnlearningSystem,
-    write_csv_atomic,
 )
 
 CHECKPOINT_DIR = "checkpoints"
@@ -178,11 +177,8 @@ def fit(cfg: RunConfig, out: str | Path, *, resume: bool = False) -> Path:
 
     # -- the run directory ---------------------------------------------------------------------
     out.mkdir(parents=True, exist_ok=True)
-    (out / ".config.yaml.tmp").write_text(cfg.to_yaml())
-    (out / ".config.yaml.tmp").replace(out / "config.yaml")
-    write_csv_atomic(
-        splits_frame(frame, split, id_column, cfg.data.site_column), out / "splits.csv"
-    )
+    write_text(cfg.to_yaml(), out / "config.yaml")
+    write_csv(splits_frame(frame, split, id_column, cfg.data.site_column), out / "splits.csv")
 
     quiet_lightning()
     callbacks = [
@@ -224,8 +220,8 @@ def fit(cfg: RunConfig, out: str | Path, *, resume: bool = False) -> Path:
     # -- outputs -------------------------------------------------------------------------------
     model.cpu()
     save_model(out / MODEL_FILE, model, cfg, encoding)
-    shutil.copyfile(out / CHECKPOINT_DIR / LAST_CKPT, out / ".model.ckpt.tmp")
-    (out / ".model.ckpt.tmp").replace(out / "model.ckpt")
+    with atomic_path(out / "model.ckpt") as tmp:
+        shutil.copyfile(out / CHECKPOINT_DIR / LAST_CKPT, tmp)
     feats, pred = infer(model, x)
     ids = pd.DataFrame(
         {
@@ -240,9 +236,9 @@ def fit(cfg: RunConfig, out: str | Path, *, resume: bool = False) -> Path:
             preds[c.name] = frame[c.name].to_numpy()
     preds[cfg.data.target] = pd.to_numeric(frame[cfg.data.target], errors="coerce").to_numpy()
     preds["prediction"] = encoding.unscale_target(pred.astype(np.float64))
-    write_csv_atomic(preds, out / "predictions.csv")
-    write_csv_atomic(embedding_frame(ids, feats), out / "embeddings.csv")
-    write_json_atomic(
+    write_csv(preds, out / "predictions.csv")
+    write_csv(embedding_frame(ids, feats), out / "embeddings.csv")
+    write_json(
         {
             "status": "finished",
             "id_column": id_column,

@@ -8,7 +8,6 @@ used without the original manifest.
 from __future__ import annotations
 
 import json
-import os
 import platform
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from neurounlearn.atomic import atomic_path
 from neurounlearn.config import RunConfig, validate_config
 from neurounlearn.data.tabular import TableEncoding
 from neurounlearn.errors import InputError
@@ -45,12 +45,6 @@ def versions() -> dict[str, str]:
         "pandas": pd.__version__,
         "scikit-learn": sklearn.__version__,
     }
-
-
-def write_json_atomic(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, allow_nan=False) + "\n")
-    os.replace(tmp, path)
 
 
 def build_model(cfg: RunConfig, encoding: TableEncoding) -> UnlearningModel:
@@ -121,16 +115,13 @@ def load_run(run_dir: str | Path) -> LoadedRun:
 
 
 def save_model(path: Path, model: UnlearningModel, cfg: RunConfig, encoding: TableEncoding) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(
-        {
-            "state_dict": model.state_dict(),
-            "config": json.dumps(cfg.model_dump(mode="json")),
-            "encoding": json.dumps(encoding.to_dict()),
-        },
-        tmp,
-    )
-    os.replace(tmp, path)
+    blob = {
+        "state_dict": model.state_dict(),
+        "config": json.dumps(cfg.model_dump(mode="json")),
+        "encoding": json.dumps(encoding.to_dict()),
+    }
+    with atomic_path(path) as tmp:
+        torch.save(blob, tmp)
 
 
 @torch.no_grad()

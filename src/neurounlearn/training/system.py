@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
+from neurounlearn.atomic import write_csv
 from neurounlearn.models.unlearning import UnlearningModel
 from neurounlearn.training.strategies import Strategy
 
@@ -93,13 +93,6 @@ class UnlearningSystem(L.LightningModule):
         )
 
 
-def write_csv_atomic(frame: pd.DataFrame, path: Path) -> None:
-    """Write a CSV under a temporary name, then rename: readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    frame.to_csv(tmp, index=False)
-    os.replace(tmp, path)
-
-
 class HistoryWriter(Callback):
     """Writes ``history.csv``: one row per epoch with the epoch-mean of every logged value.
 
@@ -130,4 +123,4 @@ class HistoryWriter(Callback):
                 continue
             row[key.replace("/", "_")] = float(value)
         self.rows.append(row)
-        write_csv_atomic(pd.DataFrame(self.rows), self.path)
+        write_csv(pd.DataFrame(self.rows), self.path)
