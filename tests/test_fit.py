@@ -141,3 +141,20 @@ def test_predict_accepts_new_data_whose_target_matches_a_greedy_feature_regex(ma
     assert "age" not in load_run(out).encoding.feature_columns  # the target is never a feature
     preds, _ = predict_file(load_run(out), manifest)  # 'age' present again: not an extra feature
     assert len(preds) == len(pd.read_csv(manifest))
+
+
+def test_evaluate_on_external_data_uses_every_row_as_test(manifest, tmp_path, manifest_factory):
+    from neurounlearn.evaluation.evaluate import evaluate
+
+    cfg = config(manifest)
+    cfg = validate_config(
+        cfg.model_dump(mode="json") | {"audit": {"n_permutations": 5, "n_bootstrap": 20}}
+    )
+    out = fit(cfg, tmp_path / "r")
+    external = tmp_path / "external.csv"
+    manifest_factory(sites=3, per_site=8, seed=7).to_csv(external, index=False)
+    metrics = evaluate(out, data=external)
+    assert metrics["n_test"] == 24
+    assert metrics["task"]["n"] == 24
+    assert metrics["evaluated_on"] == str(external)
+    assert set(metrics["task"]["per_site"]) == {"site0", "site1", "site2"}
