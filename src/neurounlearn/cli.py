@@ -194,7 +194,8 @@ def fit(
     mode: str | None = typer.Option(
         None,
         "--mode",
-        help="iterative: sequential (the paper's three steps) | joint (one encoder pass per batch)",
+        help="iterative: sequential (the paper's three steps, the default) | joint (one encoder "
+        "pass per batch)",
     ),
     band: tuple[float, float] | None = typer.Option(
         None, "--band", help="audit also within this target band, e.g. --band 18 35"

@@ -39,8 +39,8 @@ class ConfoundHead(nn.Module):
         super().__init__()
         if n_heads < 1:
             raise ValueError(f"n_heads must be >= 1, got {n_heads}")
-        # default eps: a smaller one amplifies directions the encoder has collapsed into noise,
-        # which destabilised unlearning on the bundled data (measured, see the README)
+        # BatchNorm's default eps: a much smaller one would blow up directions the encoder has
+        # collapsed to (near) zero variance into unit-variance noise
         self.norm = nn.BatchNorm1d(in_features, affine=False)
         self.heads = nn.ModuleList(
             make_head(in_features, n_classes, hidden) for _ in range(n_heads)

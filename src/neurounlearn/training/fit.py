@@ -124,10 +124,11 @@ def fit(cfg: RunConfig, out: str | Path, *, resume: bool = False) -> Path:
     frame, feature_columns, _warnings = load_table(cfg.data.path, table_spec(cfg))
     id_column = resolve_id_column(frame, cfg.data.id_column, cfg.data.path)
     t = cfg.train
-    split = config_split(cfg, frame, id_column)
-    if resume and (out / "splits.csv").is_file():
+    if resume and (out / "splits.csv").is_file():  # keep the interrupted run's split
         stored = pd.read_csv(out / "splits.csv")
         split = pd.Series(stored["split"].to_numpy(), index=frame.index)
+    else:
+        split = config_split(cfg, frame, id_column)
     train = (split == "train").to_numpy()
     val = (split == "val").to_numpy()
     encoding = TableEncoding.fit(frame, train, feature_columns, cfg.data.target, cfg.confounds)

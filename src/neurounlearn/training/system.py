@@ -36,7 +36,7 @@ class UnlearningSystem(L.LightningModule):
         *,
         lr: float,
         weight_decay: float,
-        adversary_lr: float = 1e-2,
+        adversary_lr: float,
     ) -> None:
         super().__init__()
         self.model = model
