@@ -32,6 +32,8 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/tabular_openneuro.py
 	$(BIN)/python benchmarks/tabular_knobs.py
+	$(BIN)/python benchmarks/image_speed.py
+	$(BIN)/python benchmarks/image_sim.py
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache .ruff_cache .mypy_cache

@@ -63,3 +63,9 @@ def write_manifest(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return write
+
+
+@pytest.fixture(autouse=True)
+def _cache_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Image caches go to the test's own folder, never to the user's ~/.cache."""
+    monkeypatch.setenv("NEUROUNLEARN_CACHE_DIR", str(tmp_path / "volume-cache"))

@@ -2,7 +2,8 @@
 
 The public pieces, importable from here::
 
-    from neurounlearn import (UnlearningModel, MLPEncoder, GradientReversal, confusion_loss,
+    from neurounlearn import (UnlearningModel, MLPEncoder, CompactCNN3D, PaperCNN3D, SFCN3D,
+                              GradientReversal, confusion_loss, simulate_cohort,
                               BaselineStrategy, IterativeStrategy, GRLStrategy,
                               LeakageAudit, ComBatArm, RunConfig, fit, evaluate)
 
@@ -20,6 +21,11 @@ _EXPORTS = {
     "UnlearningModel": "neurounlearn.models.unlearning",
     "MLPEncoder": "neurounlearn.models.unlearning",
     "ConfoundHead": "neurounlearn.models.unlearning",
+    "CompactCNN3D": "neurounlearn.models.encoders",
+    "PaperCNN3D": "neurounlearn.models.encoders",
+    "SFCN3D": "neurounlearn.models.encoders",
+    "build_encoder": "neurounlearn.models.encoders",
+    "simulate_cohort": "neurounlearn.data.simulate",
     "GradientReversal": "neurounlearn.models.grl",
     "ganin_lambda": "neurounlearn.models.grl",
     "confusion_loss": "neurounlearn.losses",
@@ -40,8 +46,10 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "SFCN3D",
     "BaselineStrategy",
     "ComBatArm",
+    "CompactCNN3D",
     "ConfoundHead",
     "GRLStrategy",
     "GradientReversal",
@@ -49,18 +57,21 @@ __all__ = [
     "IterativeStrategy",
     "LeakageAudit",
     "MLPEncoder",
+    "PaperCNN3D",
     "RunConfig",
     "Strategy",
     "UnlearningModel",
     "UnlearningSystem",
     "__version__",
     "adversary_loss",
+    "build_encoder",
     "confusion_loss",
     "evaluate",
     "fit",
     "ganin_lambda",
     "load_run",
     "masked_regression_loss",
+    "simulate_cohort",
 ]
 
 
@@ -72,11 +83,13 @@ def __getattr__(name: str) -> Any:
 
 if TYPE_CHECKING:  # pragma: no cover
     from neurounlearn.config import RunConfig
+    from neurounlearn.data.simulate import simulate_cohort
     from neurounlearn.errors import InputError
     from neurounlearn.evaluation.combat import ComBatArm
     from neurounlearn.evaluation.evaluate import evaluate
     from neurounlearn.evaluation.leakage import LeakageAudit
     from neurounlearn.losses import adversary_loss, confusion_loss, masked_regression_loss
+    from neurounlearn.models.encoders import SFCN3D, CompactCNN3D, PaperCNN3D, build_encoder
     from neurounlearn.models.grl import GradientReversal, ganin_lambda
     from neurounlearn.models.unlearning import ConfoundHead, MLPEncoder, UnlearningModel
     from neurounlearn.training.fit import fit

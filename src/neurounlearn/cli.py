@@ -23,7 +23,8 @@ from neurounlearn.config import (
 from neurounlearn.errors import EXIT_INPUT_ERROR, InputError
 
 app = typer.Typer(
-    help="Train deep models on brain MRI features while unlearning site, scanner and other "
+    help="Train deep models on brain MRI volumes and feature tables while unlearning site, "
+    "scanner and other "
     "confounds, and audit how much of them is left.",
     no_args_is_help=True,
     add_completion=False,
@@ -100,6 +101,7 @@ def build_config(
     *,
     config: Path | None,
     data: Path | None = None,
+    input: str | None = None,
     features: str | None = None,
     target: str | None = None,
     unlearn: list[str] | None = None,
@@ -118,7 +120,7 @@ def build_config(
     raw = cfg.model_dump(mode="json")
     if data is not None:
         raw["data"]["path"] = str(data)
-    for key, value in (("features", features), ("target", target)):
+    for key, value in (("input", input), ("features", features), ("target", target)):
         if value is not None:
             raw["data"][key] = value
     if unlearn:
@@ -183,7 +185,12 @@ def summary_lines(metrics: dict[str, Any]) -> list[str]:
 def fit(
     out: Path = typer.Option(..., "--out", help="run directory to create"),
     data: Path | None = DataOpt,
-    input: str = typer.Option("features", "--input", help="input kind: features (feature table)"),
+    input: str | None = typer.Option(
+        None,
+        "--input",
+        help="features (a feature table, the default) | image (one NIfTI volume per row, path "
+        "in the 'image' column)",
+    ),
     features: str | None = FeaturesOpt,
     target: str | None = TargetOpt,
     unlearn: list[str] | None = UnlearnOpt,
@@ -212,13 +219,12 @@ def fit(
     from neurounlearn.evaluation.evaluate import evaluate
     from neurounlearn.training.fit import fit as run_fit
 
-    if input != "features":
-        raise InputError(f"--input {input} is not supported yet", hint="use --input features")
     if resume and config is None and (out / "config.yaml").is_file():
         config = out / "config.yaml"  # resume what was started; flags given still override
     cfg = build_config(
         config=config,
         data=data,
+        input=input,
         features=features,
         target=target,
         unlearn=unlearn,
@@ -232,7 +238,7 @@ def fit(
         lr=lr,
         overrides=set_,
     )
-    run_dir = run_fit(cfg, out, resume=resume)
+    run_dir = run_fit(cfg, out, resume=resume, echo=typer.echo)
     metrics = evaluate(run_dir)
     typer.echo(f"run written to {run_dir}")
     for line in summary_lines(metrics):
@@ -262,7 +268,7 @@ def _apply(run_dir: Path, data: Path, out: Path, which: int) -> int:
     from neurounlearn.training.run import load_run
 
     run = load_run(run_dir)
-    frame = predict_file(run, data)[which]
+    frame = predict_file(run, data, echo=typer.echo)[which]
     out.parent.mkdir(parents=True, exist_ok=True)
     write_csv(frame, out)
     return len(frame)
@@ -298,6 +304,9 @@ def embed(
 @_friendly
 def check(
     data: Path = typer.Option(..., "--data", help="manifest CSV to check"),
+    input: str | None = typer.Option(
+        None, "--input", help="features (default) | image: also open and check every volume"
+    ),
     features: str | None = FeaturesOpt,
     target: str | None = TargetOpt,
     unlearn: list[str] | None = UnlearnOpt,
@@ -306,12 +315,13 @@ def check(
     set_: list[str] | None = SetOpt,
 ) -> None:
     """Check a manifest and print every problem found, with its row and column."""
+    from neurounlearn.data.inputs import preprocess_settings, table_spec, volume_columns
     from neurounlearn.data.manifest import find_problems, read_table
-    from neurounlearn.training.fit import table_spec
 
     cfg = build_config(
         config=config,
         data=data,
+        input=input,
         features=features,
         target=target,
         unlearn=unlearn,
@@ -320,6 +330,10 @@ def check(
     )
     frame = read_table(data)
     problems = find_problems(frame, data, table_spec(cfg))
+    if cfg.data.input == "image":
+        from neurounlearn.data.volumes import find_volume_problems
+
+        problems += find_volume_problems(frame, data, volume_columns(cfg), preprocess_settings(cfg))
     errors = [p for p in problems if p.severity == "error"]
     for p in problems:
         typer.echo(f"{p.severity}: {p}", err=p.severity == "error")
@@ -331,6 +345,64 @@ def check(
     )
 
 
+def _parse_ages(text: str) -> str | list[tuple[float, float]]:
+    """``paper``, ``independent``, or per-site ranges ``45-80,20-60,60-85``."""
+    if "-" not in text:
+        return text
+    ranges = []
+    for part in text.split(","):
+        low, _, high = part.strip().partition("-")
+        try:
+            ranges.append((float(low), float(high)))
+        except ValueError:
+            raise InputError(
+                f"--ages: cannot read the range '{part.strip()}'",
+                hint="give a preset (paper, independent) or one LOW-HIGH range per site, "
+                "e.g. --ages 45-80,20-60,60-85",
+            ) from None
+    return ranges
+
+
+@app.command()
+@_friendly
+def simulate(
+    out: Path = typer.Argument(..., help="folder to write the cohort into"),
+    sites: int = typer.Option(3, "--sites", help="number of sites (scanners)"),
+    subjects: int = typer.Option(300, "--subjects", help="subjects in all, spread over the sites"),
+    shape: int = typer.Option(48, "--shape", help="side of the cubic volumes, in voxels"),
+    seed: int = typer.Option(0, "--seed", help="seed of every subject and scanner parameter"),
+    ages: str = typer.Option(
+        "paper",
+        "--ages",
+        help="per-site age ranges: paper (partly overlapping, like UK Biobank / OASIS / "
+        "Whitehall II; the default) | independent (one range for all sites) | LOW-HIGH per "
+        "site, e.g. 45-80,20-60,60-85",
+    ),
+    scanner_strength: float = typer.Option(
+        1.0, "--scanner-strength", help="scale of the scanner effects; 0: identical scanners"
+    ),
+    age_effect: float = typer.Option(
+        1.0, "--age-effect", help="scale of the age effect on anatomy (atrophy, ventricles)"
+    ),
+) -> None:
+    """Write a simulated multi-site MRI cohort (images, tissue labels, manifest.csv)."""
+    from neurounlearn.data.simulate import simulate_cohort
+
+    manifest = simulate_cohort(
+        out,
+        sites=sites,
+        subjects=subjects,
+        shape=shape,
+        seed=seed,
+        ages=_parse_ages(ages),
+        scanner_strength=scanner_strength,
+        age_effect=age_effect,
+    )
+    typer.echo(f"{subjects} subjects at {sites} sites written; manifest: {manifest}")
+    typer.echo(f"generating parameters: {manifest.parent / 'generation.json'}")
+    typer.echo(f"one mid-slice per site: {manifest.parent / 'sites.png'}")
+
+
 @app.command()
 @_friendly
 def demo(
@@ -339,11 +411,15 @@ def demo(
         None, "--epochs", help="epochs per model (default: the demo's)"
     ),
     seed: int = typer.Option(0, "--seed", help="seed of the split and the models"),
+    images: bool = typer.Option(
+        True, "--images/--no-images", help="also run the image part on a simulated cohort"
+    ),
 ) -> None:
-    """Baseline, iterative and gradient-reversal models on the bundled OpenNeuroTransfer table."""
-    from neurounlearn.demo import run_demo
+    """Baseline, iterative and gradient-reversal models on the bundled OpenNeuroTransfer table,
+    then on a simulated multi-site MRI cohort."""
+    from neurounlearn.demo import run_all
 
-    run_demo(out, epochs=epochs, seed=seed, echo=typer.echo)
+    run_all(out, epochs=epochs, seed=seed, images=images, echo=typer.echo)
 
 
 def main() -> None:  # pragma: no cover - console entry point

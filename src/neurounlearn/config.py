@@ -49,12 +49,36 @@ class DataConfig(_Strict):
     """Where the data is and which columns mean what."""
 
     path: Path | None = None
-    input: Literal["features"] = "features"
+    input: Literal["features", "image"] = Field(
+        "features",
+        description="features: a feature table (FreeSurfer volumes, thicknesses); "
+        "image: one NIfTI volume per row, path in data.image_column",
+    )
     features: str | None = Field(
         None,
         description="regex selecting the feature columns (re.search on each name); required "
         "for feature tables — never guessed, as a numeric column such as a site number or sex "
         "would silently become a feature",
+    )
+    image_column: str = Field("image", description="images: column holding each NIfTI path")
+    label_column: str | None = Field(
+        None, description="images: column holding each label map's path (segmentation)"
+    )
+    mask_column: str | None = Field(
+        None, description="images: column holding each brain mask's path (voxels outside -> 0)"
+    )
+    shape: tuple[int, int, int] | None = Field(
+        None,
+        description="images: resize/pad every volume to this shape (an int means a cube); "
+        "default: keep the images' own shape, which must then agree",
+    )
+    normalize: Literal["zscore", "minmax", "none"] = Field(
+        "zscore", description="images: intensity normalisation (zscore over brain voxels)"
+    )
+    cache_dir: Path | None = Field(
+        None,
+        description="images: folder of the preprocessed-volume cache; default "
+        "$NEUROUNLEARN_CACHE_DIR, else ~/.cache/neurounlearn",
     )
     target: str = "age"
     id_column: str | None = Field(
@@ -65,12 +89,52 @@ class DataConfig(_Strict):
     site_column: str = "site"
     task: Literal["regression"] = "regression"
 
+    @field_validator("shape", mode="before")
+    @classmethod
+    def _cube(cls, v: Any) -> Any:
+        if isinstance(v, int) and not isinstance(v, bool):
+            return (v, v, v)
+        if isinstance(v, (list, tuple)) and len(v) == 1:
+            return (v[0], v[0], v[0])
+        return v
+
+    @field_validator("shape")
+    @classmethod
+    def _positive(cls, v: tuple[int, int, int] | None) -> tuple[int, int, int] | None:
+        if v is not None and min(v) < 8:
+            raise ValueError(f"every side of shape must be >= 8 voxels, got {list(v)}")
+        return v
+
 
 class ModelConfig(_Strict):
-    """Encoder and heads (for feature tables: an MLP)."""
+    """Encoder and heads."""
 
-    encoder: Literal["mlp"] = "mlp"
-    hidden: list[int] = Field(default_factory=lambda: [128])
+    encoder: Literal["auto", "mlp", "compact", "paper", "sfcn"] = Field(
+        "auto",
+        description="auto: mlp for feature tables, compact for images; compact: a small 3D CNN "
+        "(the CPU default); paper: the VGG-like 3D CNN of Dinsdale et al. 2021; sfcn: the "
+        "SFCN of Peng et al. 2021",
+    )
+    hidden: list[int] = Field(default_factory=lambda: [128], description="mlp: hidden widths")
+    channels: list[int] | None = Field(
+        None, description="3D CNNs: channels per stage (default: the encoder's own)"
+    )
+    strides: list[int] | None = Field(
+        None, description="compact: stride of each stage (default: 2 per stage)"
+    )
+    channels_last: Literal["auto"] | bool = Field(
+        "auto",
+        description="3D CNNs: channels-last memory format (true/false); auto: on for float32 "
+        "on CPU (measured faster, benchmarks/image_speed.py), off with bf16 on CPU (NaN losses "
+        "seen) and on GPUs (not measured yet)",
+    )
+
+    @field_validator("channels_last", mode="before")
+    @classmethod
+    def _on_off(cls, v: Any) -> Any:
+        words = {"on": True, "true": True, "yes": True, "off": False, "false": False, "no": False}
+        return words.get(v.lower(), v) if isinstance(v, str) else v
+
     embedding_dim: int = Field(32, ge=1)
     dropout: float = Field(0.1, ge=0, lt=1)
     head_hidden: int = Field(32, ge=0, description="hidden width of confound heads (0: linear)")
@@ -122,9 +186,13 @@ class TrainConfig(_Strict):
     )
     val_fraction: float = Field(0.15, gt=0, lt=0.5)
     test_fraction: float = Field(0.2, gt=0, lt=0.5)
-    accelerator: str = "cpu"
+    accelerator: str = "auto"
     devices: int | str = 1
-    precision: str = "32-true"
+    precision: str = Field(
+        "auto",
+        description="Lightning precision, e.g. 32-true or bf16-mixed; auto: bf16-mixed for 3D "
+        "CNNs on a GPU that supports it, else 32-true",
+    )
     num_workers: int = Field(0, ge=0)
     progress_bar: bool = True
 

@@ -50,6 +50,8 @@ class TableSpec:
         site_column: column naming each scan's site (stratifies the split).
         min_subjects_per_site: fewest subjects (unique ids) a site needs when training, so
             that train, validation and test each get one.
+        use_features: ``False`` for image inputs: no feature columns are selected or checked
+            (the images are checked by :mod:`neurounlearn.data.volumes`).
     """
 
     target: str | None
@@ -59,6 +61,7 @@ class TableSpec:
     id_column: str | None = None
     site_column: str = "site"
     min_subjects_per_site: int = 3
+    use_features: bool = True
 
 
 # ----------------------------------------------------------------------------- small helpers
@@ -729,7 +732,10 @@ def find_problems(
         site = None
 
     exclude = {c for c in (id_col, spec.site_column, spec.target, *spec.confounds) if c}
-    features, feature_problems = _feature_problems(df, spec.features, path, exclude)
+    features: list[str] = []
+    feature_problems: list[Problem] = []
+    if spec.use_features:
+        features, feature_problems = _feature_problems(df, spec.features, path, exclude)
     problems += feature_problems
     numeric_features = [f for f in features if not any(p.column == f for p in feature_problems)]
     if numeric_features:
@@ -770,7 +776,9 @@ def load_table(
     raise_if_errors(problems)
     id_col = resolve_id_column(df, spec.id_column, path)
     exclude = {c for c in (id_col, spec.site_column, spec.target, *spec.confounds) if c}
-    features = select_features(df, spec.features, path, exclude=exclude)
+    features = (
+        select_features(df, spec.features, path, exclude=exclude) if spec.use_features else []
+    )
     warnings = [p for p in problems if p.severity != "error"]
     return df, features, warnings
 

@@ -85,7 +85,7 @@ def evaluate(run_dir: str | Path, *, data: str | Path | None = None) -> dict[str
     emb = pd.read_csv(run_dir / "embeddings.csv")
     ecols = [c for c in emb.columns if c.startswith("e") and c[1:].isdigit()]
     if data is not None:
-        from neurounlearn.training.predict import predict_table
+        from neurounlearn.training.predict import predict_file
 
         frame = read_table(data)
         missing = [c for c in [target, site, *[c.name for c in cfg.confounds]] if c not in frame]
@@ -95,7 +95,7 @@ def evaluate(run_dir: str | Path, *, data: str | Path | None = None) -> dict[str
                 file=data,
                 hint="evaluate needs the target and the confound columns",
             )
-        preds, emb = predict_table(run, frame, data)
+        preds, emb = predict_file(run, data)
         test_mask = np.ones(len(preds), dtype=bool)
         meta = frame
     else:

@@ -1,6 +1,8 @@
-"""Lightning data module over in-memory tensors (feature tables)."""
+"""Lightning data module: train/val loaders over any dataset of dict rows (tables or volumes)."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -70,7 +72,7 @@ class TableDataModule(L.LightningDataModule):
                 batch_size=self.batch_size,
                 sampler=sampler,
                 drop_last=drop_last,
-                num_workers=self.num_workers,
+                **self._loader_options(),
             )
         return DataLoader(
             self.train,
@@ -78,7 +80,7 @@ class TableDataModule(L.LightningDataModule):
             shuffle=True,
             generator=generator,
             drop_last=drop_last,
-            num_workers=self.num_workers,
+            **self._loader_options(),
         )
 
     def val_dataloader(self) -> DataLoader:
@@ -86,5 +88,14 @@ class TableDataModule(L.LightningDataModule):
             self.val,
             batch_size=max(self.batch_size, 256),
             shuffle=False,
-            num_workers=self.num_workers,
+            **self._loader_options(),
         )
+
+    def _loader_options(self) -> dict[str, Any]:
+        # workers live across epochs: re-forking them (and re-opening the memmap) every epoch
+        # costs more than a small epoch of cached volumes takes
+        return {
+            "num_workers": self.num_workers,
+            "persistent_workers": self.num_workers > 0,
+            "pin_memory": torch.cuda.is_available(),
+        }

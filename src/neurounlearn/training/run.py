@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import platform
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from neurounlearn.atomic import atomic_path
 from neurounlearn.config import RunConfig, validate_config
@@ -47,15 +49,58 @@ def versions() -> dict[str, str]:
     }
 
 
-def build_model(cfg: RunConfig, encoding: TableEncoding) -> UnlearningModel:
-    """The model a configuration describes, sized by the fitted encoding."""
+def build_model(
+    cfg: RunConfig, encoding: TableEncoding, *, input_shape: Sequence[int] | None = None
+) -> UnlearningModel:
+    """The model a configuration describes, sized by the fitted encoding and the input shape.
+
+    Args:
+        cfg: the run configuration (``model`` section).
+        encoding: fitted scaling and confound classes (sizes the MLP input and the heads).
+        input_shape: shape of one input, ``(D, H, W)`` for volumes (the paper's CNN sizes its
+            flatten layer from it); unused for tables.
+    """
     m = cfg.model
-    encoder = MLPEncoder(
-        in_features=len(encoding.feature_columns),
-        hidden=m.hidden,
-        embedding_dim=m.embedding_dim,
-        dropout=m.dropout,
-    )
+    encoder_name = m.encoder
+    if encoder_name == "auto":
+        encoder_name = "compact" if cfg.data.input == "image" else "mlp"
+    encoder: nn.Module
+    if cfg.data.input == "features":
+        if encoder_name != "mlp":
+            raise InputError(
+                f"model.encoder '{encoder_name}' is a 3D CNN, but the input is a feature table",
+                hint="use model.encoder=mlp (or auto) with --input features",
+            )
+        encoder = MLPEncoder(
+            in_features=len(encoding.feature_columns),
+            hidden=m.hidden,
+            embedding_dim=m.embedding_dim,
+            dropout=m.dropout,
+        )
+    else:
+        if encoder_name == "mlp":
+            raise InputError(
+                "model.encoder 'mlp' needs a feature table, but the input is images",
+                hint="use model.encoder=compact, paper or sfcn (or auto) with --input image",
+            )
+        if input_shape is None:
+            raise ValueError("an image model needs the input shape")
+        from neurounlearn.models.encoders import build_encoder
+
+        try:
+            encoder = build_encoder(
+                encoder_name,
+                input_shape=tuple(input_shape),
+                embedding_dim=m.embedding_dim,
+                channels=m.channels,
+                strides=m.strides,
+                dropout=m.dropout,
+            )
+        except ValueError as err:
+            raise InputError(
+                f"cannot build the '{encoder_name}' encoder: {err}",
+                hint="check model.channels and model.strides (one stride per channel stage)",
+            ) from None
     confounds = {name: len(levels) for name, levels in encoding.confound_levels.items()}
     return UnlearningModel(
         encoder,
@@ -101,7 +146,7 @@ def load_run(run_dir: str | Path) -> LoadedRun:
         blob = torch.load(run_dir / MODEL_FILE, map_location="cpu", weights_only=True)
         cfg = validate_config(json.loads(blob["config"]), str(run_dir / MODEL_FILE))
         encoding = TableEncoding.from_dict(json.loads(blob["encoding"]))
-        model = build_model(cfg, encoding)
+        model = build_model(cfg, encoding, input_shape=blob.get("input_shape"))
         model.load_state_dict(blob["state_dict"])
     except (OSError, RuntimeError, KeyError, ValueError) as err:
         raise InputError(
@@ -114,11 +159,19 @@ def load_run(run_dir: str | Path) -> LoadedRun:
     return LoadedRun(run_dir, cfg, encoding, model, info)
 
 
-def save_model(path: Path, model: UnlearningModel, cfg: RunConfig, encoding: TableEncoding) -> None:
+def save_model(
+    path: Path,
+    model: UnlearningModel,
+    cfg: RunConfig,
+    encoding: TableEncoding,
+    *,
+    input_shape: Sequence[int] | None = None,
+) -> None:
     blob = {
         "state_dict": model.state_dict(),
         "config": json.dumps(cfg.model_dump(mode="json")),
         "encoding": json.dumps(encoding.to_dict()),
+        "input_shape": list(input_shape) if input_shape is not None else None,
     }
     with atomic_path(path) as tmp:
         torch.save(blob, tmp)
@@ -126,16 +179,32 @@ def save_model(path: Path, model: UnlearningModel, cfg: RunConfig, encoding: Tab
 
 @torch.no_grad()
 def infer(
-    model: UnlearningModel, x: np.ndarray, batch_size: int = 1024
+    model: UnlearningModel,
+    data: Dataset | np.ndarray,
+    *,
+    batch_size: int = 256,
+    device: str = "cpu",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Embeddings ``f`` and task predictions (model units) for every row, in eval mode."""
-    model.eval()
+    """Embeddings ``f`` and task predictions (model units) for every row, in eval mode.
+
+    Args:
+        model: the trained model.
+        data: a dataset of dict rows with ``"x"`` (tables or cached volumes), or an array.
+        batch_size: rows per forward pass.
+        device: where to run the model (it is moved back to the CPU afterwards).
+    """
+    if isinstance(data, np.ndarray):
+        data = TensorDataset(torch.as_tensor(data, dtype=torch.float32))
+    model.eval().to(device)
     feats, preds = [], []
-    xt = torch.as_tensor(x, dtype=torch.float32)
-    for start in range(0, len(xt), batch_size):
-        f = model.encode(xt[start : start + batch_size])
-        feats.append(f.float().numpy())
-        preds.append(model.predict_task(f).float().numpy())
+    try:
+        for batch in DataLoader(data, batch_size=batch_size, shuffle=False):
+            x = batch["x"] if isinstance(batch, dict) else batch[0]
+            f = model.encode(x.to(device))
+            feats.append(f.float().cpu().numpy())
+            preds.append(model.predict_task(f).float().cpu().numpy())
+    finally:
+        model.cpu()
     if not feats:
         width = int(getattr(model.encoder, "out_features", 0))
         return np.zeros((0, width), np.float32), np.zeros(0, np.float32)

@@ -1,0 +1,248 @@
+"""From a configuration to checked model inputs: one entry point for tables and images.
+
+``fit``, ``predict``, ``embed`` and ``check`` all read data through :func:`load_inputs`, so a
+manifest is judged the same way everywhere: the table checks of :mod:`~neurounlearn.data.manifest`
+and, for images, the volume checks of :mod:`~neurounlearn.data.volumes`, every problem reported
+at once before anything is written.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+from torch.utils.data import Dataset
+
+from neurounlearn.config import RunConfig
+from neurounlearn.data.manifest import (
+    ID_CANDIDATES,
+    TableSpec,
+    find_problems,
+    read_table,
+    resolve_id_column,
+    select_features,
+)
+from neurounlearn.data.tabular import TableEncoding
+from neurounlearn.errors import InputError, Problem, raise_if_errors
+
+if TYPE_CHECKING:
+    from neurounlearn.data.volumes import PreprocessSettings, VolumeCache, VolumeColumns
+
+CACHE_ENV = "NEUROUNLEARN_CACHE_DIR"
+
+
+def table_spec(cfg: RunConfig, *, training: bool = True) -> TableSpec:
+    """What the table checks need to know of a configuration."""
+    images = cfg.data.input == "image"
+    if not images and not cfg.data.features:
+        raise InputError(
+            "no feature columns given",
+            hint="pass --features REGEX (e.g. --features '_thickness$|Vol$'), or data.features "
+            "in the config (or --input image for NIfTI volumes)",
+        )
+    return TableSpec(
+        target=cfg.data.target if training else None,
+        confounds=[c.name for c in cfg.confounds] if training else [],
+        subsets={c.name: c.subset for c in cfg.confounds if c.subset} if training else {},
+        features=None if images else cfg.data.features,
+        id_column=cfg.data.id_column,
+        site_column=cfg.data.site_column,
+        use_features=not images,
+    )
+
+
+def cache_dir(cfg: RunConfig) -> Path:
+    """Where preprocessed volumes are cached: the config's, ``$NEUROUNLEARN_CACHE_DIR``, or
+    ``~/.cache/neurounlearn`` (never the data folder, which is often read-only on clusters)."""
+    if cfg.data.cache_dir is not None:
+        return Path(cfg.data.cache_dir)
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "neurounlearn"
+
+
+def volume_columns(cfg: RunConfig) -> VolumeColumns:
+    # imported here, not at the top: MONAI is slow to import and tables never need it
+    from neurounlearn.data.volumes import VolumeColumns
+
+    return VolumeColumns(
+        image=cfg.data.image_column, label=cfg.data.label_column, mask=cfg.data.mask_column
+    )
+
+
+def preprocess_settings(cfg: RunConfig) -> PreprocessSettings:
+    from neurounlearn.data.volumes import PreprocessSettings
+
+    return PreprocessSettings(shape=cfg.data.shape, normalize=cfg.data.normalize)
+
+
+def preprocess_workers() -> int:
+    """Processes that preprocess volumes into the cache: none on a small machine (measured no
+    faster on 2 cores), else up to 8, leaving one core free."""
+    cores = os.cpu_count() or 1
+    return 0 if cores <= 2 else min(8, cores - 1)
+
+
+@dataclass
+class Inputs:
+    """A checked manifest and what was found in it."""
+
+    path: Path
+    frame: pd.DataFrame
+    id_column: str | None
+    feature_columns: list[str]
+    warnings: list[Problem]
+
+
+def load_inputs(cfg: RunConfig, path: str | Path) -> Inputs:
+    """Read ``path`` and check it for training with ``cfg``; raise every error found at once.
+
+    Args:
+        cfg: the run configuration (input kind, columns, features, target, confounds).
+        path: the manifest.
+
+    Raises:
+        InputError: the manifest or (for images) any volume has a problem; all are listed.
+    """
+    path = Path(path)
+    spec = table_spec(cfg)
+    id_names = (*ID_CANDIDATES, cfg.data.id_column) if cfg.data.id_column else ID_CANDIDATES
+    frame = read_table(path, text_columns=id_names)
+    problems = find_problems(frame, path, spec)
+    if cfg.data.input == "image":
+        from neurounlearn.data.volumes import find_volume_problems
+
+        problems += find_volume_problems(
+            frame,
+            path,
+            volume_columns(cfg),
+            preprocess_settings(cfg),
+            progress=cfg.train.progress_bar,
+        )
+    raise_if_errors(problems)
+    id_column = resolve_id_column(frame, cfg.data.id_column, path)
+    features: list[str] = []
+    if cfg.data.input == "features":
+        exclude = {c for c in (id_column, spec.site_column, spec.target, *spec.confounds) if c}
+        features = select_features(frame, spec.features, path, exclude=exclude)
+    warnings = [p for p in problems if p.severity != "error"]
+    return Inputs(path, frame, id_column, features, warnings)
+
+
+def load_new_images(cfg: RunConfig, path: str | Path) -> Inputs:
+    """Read new image data for ``predict``/``embed``: only the volumes must be sound (no target,
+    site or id needed)."""
+    from neurounlearn.data.volumes import find_volume_problems
+
+    path = Path(path)
+    id_names = (*ID_CANDIDATES, cfg.data.id_column) if cfg.data.id_column else ID_CANDIDATES
+    frame = read_table(path, text_columns=id_names)
+    raise_if_errors(
+        find_volume_problems(
+            frame, path, volume_columns(cfg), preprocess_settings(cfg), progress=False
+        )
+    )
+    id_column = next((c for c in id_names if c in frame), None)
+    return Inputs(path, frame, id_column, [], [])
+
+
+class RowData:
+    """Model inputs for every row of a manifest: ``subset(rows)`` gives a dataset over some.
+
+    For tables the standardised features live in memory; for images the preprocessed volumes
+    live in a memory-mapped cache that DataLoader workers read.
+
+    Attributes:
+        y: standardised targets (NaN where missing), one per row.
+        codes: ``(N, C)`` confound classes (``-1`` where ignored).
+        input_shape: shape of one input (``(F,)`` for tables, ``(D, H, W)`` for images).
+        cache_info: for images, what the cache did (path, reused, build seconds, bytes).
+    """
+
+    def __init__(
+        self,
+        *,
+        y: np.ndarray,
+        codes: np.ndarray,
+        input_shape: tuple[int, ...],
+        features: np.ndarray | None = None,
+        cache: VolumeCache | None = None,
+    ) -> None:
+        if (features is None) == (cache is None):
+            raise ValueError("give exactly one of features and cache")
+        self.y = y
+        self.codes = codes
+        self.input_shape = input_shape
+        self.features = features
+        self.cache = cache
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    @property
+    def cache_info(self) -> dict[str, Any]:
+        if self.cache is None:
+            return {}
+        return {
+            "path": str(self.cache.path),
+            "reused": self.cache.reused,
+            "build_seconds": self.cache.build_seconds,
+            "bytes": int(self.cache.nbytes),
+        }
+
+    def subset(self, rows: np.ndarray) -> Dataset:
+        """A dataset over ``rows`` (integer positions or a boolean mask)."""
+        rows = np.asarray(rows)
+        if rows.dtype == bool:
+            rows = np.flatnonzero(rows)
+        if self.features is not None:
+            from neurounlearn.training.datamodule import TensorDictDataset
+
+            return TensorDictDataset(self.features[rows], self.y[rows], self.codes[rows])
+        from neurounlearn.data.volumes import CachedVolumes
+
+        assert self.cache is not None
+        return CachedVolumes(self.cache, rows, self.y[rows], self.codes[rows])
+
+    def all(self) -> Dataset:
+        return self.subset(np.arange(len(self)))
+
+
+def row_data(
+    cfg: RunConfig,
+    inputs: Inputs,
+    encoding: TableEncoding,
+    *,
+    progress: bool = True,
+    echo: Callable[[str], Any] = print,
+) -> RowData:
+    """Encode every row of ``inputs``: scaled features, or volumes preprocessed into the cache.
+
+    Images are decoded and preprocessed once; later epochs, runs and ``predict`` calls on the
+    same files with the same settings read the memory-mapped cache only.
+    """
+    y = encoding.targets(inputs.frame)
+    codes = encoding.codes(inputs.frame)
+    if cfg.data.input == "features":
+        x = encoding.features(inputs.frame)
+        return RowData(y=y, codes=codes, input_shape=(x.shape[1],), features=x)
+    from neurounlearn.data.volumes import build_cache
+
+    cache = build_cache(
+        inputs.frame,
+        inputs.path,
+        volume_columns(cfg),
+        preprocess_settings(cfg),
+        cache_dir=cache_dir(cfg),
+        progress=progress,
+        echo=echo,
+        num_workers=preprocess_workers(),
+    )
+    return RowData(y=y, codes=codes, input_shape=tuple(cache.shape[1:]), cache=cache)
