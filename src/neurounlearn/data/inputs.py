@@ -69,7 +69,7 @@ def cache_dir(cfg: RunConfig) -> Path:
 
 
 def volume_columns(cfg: RunConfig) -> VolumeColumns:
-    # imported here, not at the top: MONAI is slow to import and tables never need it
+    # imported here, not at the top: MONAI is slow to import and reading a table never needs it
     from neurounlearn.data.volumes import VolumeColumns
 
     return VolumeColumns(
