@@ -29,18 +29,12 @@ from typing import Any
 
 from neurounlearn.config import apply_overrides
 from neurounlearn.data.simulate import simulate_cohort
-from neurounlearn.demo import image_config
+from neurounlearn.demo import ARMS, image_config
 from neurounlearn.evaluation.evaluate import evaluate
 from neurounlearn.training.fit import fit
 
 warnings.filterwarnings("ignore")
 RESULTS = Path(__file__).parent / "results"
-ARMS = [
-    ("baseline", "baseline", "sequential"),
-    ("iterative (sequential)", "iterative", "sequential"),
-    ("iterative (joint)", "iterative", "joint"),
-    ("grl", "grl", "sequential"),
-]
 UNLEARNED = [a[0] for a in ARMS[1:]]
 RAW = "raw voxels (8³ block means; ridge / probes)"
 TARGET_BASELINE_BACC = 0.90

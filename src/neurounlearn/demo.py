@@ -10,6 +10,7 @@ joint) and gradient reversal.
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -142,8 +143,6 @@ def run_demo(
         cfg = demo_config(data, strategy=strategy, mode=mode, seed=seed, epochs=epochs)
         run_dir = out / label.replace(" ", "_").replace("(", "").replace(")", "")
         if run_dir.exists():
-            import shutil
-
             shutil.rmtree(run_dir)
         echo(f"[{len(rows) + 1}/{len(ARMS)}] {label}: training ...")
         t0 = time.perf_counter()
@@ -240,8 +239,6 @@ def run_image_demo(
     out = Path(out)
     cohort = out / "simulated_cohort"
     if cohort.exists():
-        import shutil
-
         shutil.rmtree(cohort)
     echo(
         f"simulating {IMAGE_DEMO_SUBJECTS} subjects at {IMAGE_DEMO_SITES} sites "
@@ -270,8 +267,6 @@ def run_image_demo(
         )
         run_dir = out / ("image_" + label.replace(" ", "_").replace("(", "").replace(")", ""))
         if run_dir.exists():
-            import shutil
-
             shutil.rmtree(run_dir)
         echo(f"[{len(rows) + 1}/{len(IMAGE_ARMS)}] {label}: training ...")
         t0 = time.perf_counter()
