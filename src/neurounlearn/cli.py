@@ -57,7 +57,25 @@ DataOpt = typer.Option(None, "--data", help="manifest CSV: one row per scan")
 FeaturesOpt = typer.Option(None, "--features", help="regex selecting the feature columns")
 TargetOpt = typer.Option(None, "--target", help="column to predict (default: age)")
 UnlearnOpt = typer.Option(
-    None, "--unlearn", help="confound column to unlearn, NAME or NAME:categorical; repeatable"
+    None,
+    "--unlearn",
+    help="confound column to unlearn; repeatable. NAME[:OPTION...] with options categorical "
+    "(the default) | continuous (a number: correlation method) | binned (continuous, as "
+    "quantile classes) | conditional (keep what the target explains) | key=value for bins, "
+    "target_bins, alpha, beta; e.g. --unlearn site --unlearn age:continuous:binned:bins=5 "
+    "--unlearn 'site:conditional:target_bins=5'",
+)
+TaskOpt = typer.Option(
+    None,
+    "--task",
+    help="regression | classification (default: inferred; classification when the target is "
+    "not numeric or has two values)",
+)
+UnlabelledOpt = typer.Option(
+    None,
+    "--unlabelled-site",
+    help="site whose targets are hidden from training: its rows serve the unlearning only "
+    "(e.g. a new scanner); repeatable",
 )
 WhereOpt = typer.Option(
     None,
@@ -73,9 +91,49 @@ ConfigOpt = typer.Option(None, "--config", help="YAML run configuration")
 SetOpt = typer.Option(None, "--set", help="override any setting: key=value, e.g. train.patience=30")
 
 
+#: ``--unlearn NAME:WORD`` words and the confound settings they stand for.
+UNLEARN_WORDS: dict[str, dict[str, Any]] = {
+    "categorical": {"kind": "categorical"},
+    "continuous": {"kind": "continuous"},
+    "correlation": {"kind": "continuous", "method": "correlation"},
+    "binned": {"kind": "continuous", "method": "binned"},
+    "conditional": {"conditional": True},
+}
+UNLEARN_KEYS = ("bins", "target_bins", "alpha", "beta")
+
+
+def parse_unlearn_item(item: str, base: ConfoundConfig | None = None) -> dict[str, Any]:
+    """``NAME[:OPTION...]`` as confound settings, e.g. ``age:continuous:binned:bins=4``.
+
+    Examples:
+        >>> parse_unlearn_item("site:conditional:target_bins=5")
+        {'name': 'site', 'conditional': True, 'target_bins': '5'}
+    """
+    name, *options = item.split(":")
+    if not name:
+        raise InputError(f"--unlearn {item}: no column name", hint="e.g. --unlearn site")
+    settings: dict[str, Any] = base.model_dump(mode="json") if base else {}
+    settings["name"] = name
+    hint = (
+        f"options are {', '.join(UNLEARN_WORDS)} or KEY=VALUE with KEY one of "
+        f"{', '.join(UNLEARN_KEYS)}, e.g. --unlearn age:continuous:binned:bins=5"
+    )
+    for option in options:
+        key, eq, value = option.partition("=")
+        if eq:
+            if key not in UNLEARN_KEYS:
+                raise InputError(f"--unlearn {item}: unknown setting '{key}'", hint=hint)
+            settings[key] = value
+        elif option in UNLEARN_WORDS:
+            settings |= UNLEARN_WORDS[option]
+        else:
+            raise InputError(f"--unlearn {item}: unknown option '{option}'", hint=hint)
+    return settings
+
+
 def _parse_unlearn(
     items: list[str], wheres: list[str], base: list[ConfoundConfig]
-) -> list[ConfoundConfig]:
+) -> list[dict[str, Any]]:
     if wheres and len(wheres) not in (1, len(items)):
         raise InputError(
             f"{len(wheres)} --unlearn-where for {len(items)} --unlearn",
@@ -84,16 +142,10 @@ def _parse_unlearn(
     known = {c.name: c for c in base}
     out = []
     for i, item in enumerate(items):
-        name, _, kind = item.partition(":")
-        if kind and kind != "categorical":
-            raise InputError(
-                f"--unlearn {item}: unknown confound kind '{kind}'",
-                hint="use NAME or NAME:categorical",
-            )
-        c = known.get(name, ConfoundConfig(name=name))
+        settings = parse_unlearn_item(item, known.get(item.split(":")[0]))
         if wheres:
-            c = c.model_copy(update={"subset": wheres[0] if len(wheres) == 1 else wheres[i]})
-        out.append(c)
+            settings["subset"] = wheres[0] if len(wheres) == 1 else wheres[i]
+        out.append(settings)
     return out
 
 
@@ -104,6 +156,8 @@ def build_config(
     input: str | None = None,
     features: str | None = None,
     target: str | None = None,
+    task: str | None = None,
+    unlabelled_sites: list[str] | None = None,
     unlearn: list[str] | None = None,
     where: list[str] | None = None,
     strategy: str | None = None,
@@ -120,13 +174,18 @@ def build_config(
     raw = cfg.model_dump(mode="json")
     if data is not None:
         raw["data"]["path"] = str(data)
-    for key, value in (("input", input), ("features", features), ("target", target)):
+    for key, value in (
+        ("input", input),
+        ("features", features),
+        ("target", target),
+        ("task", task),
+    ):
         if value is not None:
             raw["data"][key] = value
+    if unlabelled_sites:
+        raw["data"]["unlabelled_sites"] = list(unlabelled_sites)
     if unlearn:
-        raw["confounds"] = [
-            c.model_dump(mode="json") for c in _parse_unlearn(unlearn, where or [], cfg.confounds)
-        ]
+        raw["confounds"] = _parse_unlearn(unlearn, where or [], cfg.confounds)
     elif where:
         raise InputError(
             "--unlearn-where needs --unlearn",
@@ -153,20 +212,37 @@ def _leak(m: dict[str, Any], confound: str, probe: str, conditional: bool = Fals
     block = m.get("leakage", {}).get(confound) or {}
     if conditional:
         block = block.get("conditional") or {}
-    value = ((block.get("probe") or {}).get(probe) or {}).get("balanced_accuracy")
+    result = (block.get("probe") or {}).get(probe) or {}
+    value = result.get("balanced_accuracy", result.get("r2"))
     return "—" if value is None else f"{value:.2f}"
 
 
+def _num(value: Any, fmt: str = ".2f") -> str:
+    return "—" if value is None else format(value, fmt)
+
+
+def _task_line(task: dict[str, Any], what: str = "test") -> str:
+    if task.get("kind") == "classification":
+        return (
+            f"{what} balanced accuracy {_num(task.get('balanced_accuracy'))} "
+            f"(chance {_num(task.get('chance'))}), AUC {_num(task.get('auc'))} (n={task['n']})"
+        )
+    return f"{what} MAE {_num(task.get('mae'))} (n={task['n']}), r={_num(task.get('pearson_r'))}"
+
+
 def summary_lines(metrics: dict[str, Any]) -> list[str]:
-    task = metrics["task"]
-    lines = [
-        f"test MAE {task['mae']:.2f} (n={task['n']}), r={task.get('pearson_r') or float('nan'):.2f}"
-    ]
+    lines = [_task_line(metrics["task"])]
+    unlabelled = metrics.get("unlabelled_sites") or {}
+    if unlabelled.get("test"):
+        sites = ", ".join(unlabelled["sites"])
+        lines.append(_task_line(unlabelled["test"], f"unlabelled site(s) {sites}: test"))
+        lines.append(_task_line(unlabelled["all_rows"], f"unlabelled site(s) {sites}: all rows"))
     for name, block in metrics.get("leakage", {}).items():
         chance = block.get("chance")
+        metric = "R²" if block.get("kind") == "continuous" else "balanced accuracy"
         parts = [
             f"{name} leakage: linear {_leak(metrics, name, 'linear')}, "
-            f"nonlinear {_leak(metrics, name, 'nonlinear')} balanced accuracy"
+            f"nonlinear {_leak(metrics, name, 'nonlinear')} {metric}"
             + (f" (chance {chance:.2f})" if chance else "")
         ]
         band = (block.get("conditional") or {}).get("band")
@@ -193,8 +269,10 @@ def fit(
     ),
     features: str | None = FeaturesOpt,
     target: str | None = TargetOpt,
+    task: str | None = TaskOpt,
     unlearn: list[str] | None = UnlearnOpt,
     unlearn_where: list[str] | None = WhereOpt,
+    unlabelled_site: list[str] | None = UnlabelledOpt,
     strategy: str | None = typer.Option(
         None, "--strategy", help="baseline | iterative | grl (default: iterative)"
     ),
@@ -227,6 +305,8 @@ def fit(
         input=input,
         features=features,
         target=target,
+        task=task,
+        unlabelled_sites=unlabelled_site,
         unlearn=unlearn,
         where=unlearn_where,
         strategy=strategy,
@@ -252,11 +332,17 @@ def evaluate_cmd(
     data: Path | None = typer.Option(
         None, "--data", help="external test manifest (default: the run's test split)"
     ),
+    labels: Path | None = typer.Option(
+        None,
+        "--labels",
+        help="CSV of subject ids and true targets for the run's unlabelled sites "
+        "(--unlabelled-site): evaluates the model there too",
+    ),
 ) -> None:
     """Task metrics and the leakage audit of a run; writes RUN_DIR/metrics.json."""
     from neurounlearn.evaluation.evaluate import evaluate
 
-    metrics = evaluate(run_dir, data=data)
+    metrics = evaluate(run_dir, data=data, labels=labels)
     typer.echo(f"metrics written to {Path(run_dir) / 'metrics.json'}")
     for line in summary_lines(metrics):
         typer.echo("  " + line)
@@ -309,8 +395,10 @@ def check(
     ),
     features: str | None = FeaturesOpt,
     target: str | None = TargetOpt,
+    task: str | None = TaskOpt,
     unlearn: list[str] | None = UnlearnOpt,
     unlearn_where: list[str] | None = WhereOpt,
+    unlabelled_site: list[str] | None = UnlabelledOpt,
     config: Path | None = ConfigOpt,
     set_: list[str] | None = SetOpt,
 ) -> None:
@@ -324,12 +412,14 @@ def check(
         input=input,
         features=features,
         target=target,
+        task=task,
+        unlabelled_sites=unlabelled_site,
         unlearn=unlearn,
         where=unlearn_where,
         overrides=set_,
     )
     frame = read_table(data)
-    problems = find_problems(frame, data, table_spec(cfg))
+    problems = find_problems(frame, data, table_spec(cfg, frame=frame))
     if cfg.data.input == "image":
         from neurounlearn.data.volumes import find_volume_problems
 
@@ -384,8 +474,49 @@ def simulate(
     age_effect: float = typer.Option(
         1.0, "--age-effect", help="scale of the age effect on anatomy (atrophy, ventricles)"
     ),
+    table: bool = typer.Option(
+        False,
+        "--table",
+        help="write a feature table of regional volumes (FreeSurfer-like; features regex "
+        "'^region_') instead of images: fast unlearning experiments on a CPU",
+    ),
+    features: int = typer.Option(60, "--features", help="--table: number of regions"),
+    sex_ratio: str = typer.Option(
+        "0.5",
+        "--sex-ratio",
+        help="--table: fraction of males, one for all sites or one per site (e.g. 0.3,0.7)",
+    ),
 ) -> None:
-    """Write a simulated multi-site MRI cohort (images, tissue labels, manifest.csv)."""
+    """Write a simulated multi-site cohort: MRI volumes with tissue labels (the default), or
+    with --table a table of regional volumes; manifest.csv and generation.json either way."""
+    if table:
+        from neurounlearn.data.simulate_table import simulate_table
+
+        try:
+            ratios = [float(v) for v in sex_ratio.split(",")]
+        except ValueError:
+            raise InputError(
+                f"--sex-ratio: cannot read '{sex_ratio}'",
+                hint="give one fraction for all sites or one per site, e.g. 0.5 or 0.3,0.7",
+            ) from None
+        simulate_table(
+            out,
+            sites=sites,
+            subjects=subjects,
+            features=features,
+            seed=seed,
+            ages=_parse_ages(ages),
+            sex_ratio=ratios[0] if len(ratios) == 1 else ratios,
+            site_strength=scanner_strength,
+            age_effect=age_effect,
+        )
+        typer.echo(
+            f"{subjects} subjects at {sites} sites written; manifest: {out / 'manifest.csv'}"
+        )
+        typer.echo(
+            f"features: --features '^region_'; generating parameters: {out / 'generation.json'}"
+        )
+        return
     from neurounlearn.data.simulate import simulate_cohort
 
     manifest = simulate_cohort(

@@ -23,6 +23,7 @@ from neurounlearn.data.manifest import (
     ID_CANDIDATES,
     TableSpec,
     find_problems,
+    infer_task,
     read_table,
     resolve_id_column,
     select_features,
@@ -36,8 +37,21 @@ if TYPE_CHECKING:
 CACHE_ENV = "NEUROUNLEARN_CACHE_DIR"
 
 
-def table_spec(cfg: RunConfig, *, training: bool = True) -> TableSpec:
-    """What the table checks need to know of a configuration."""
+def resolve_task(cfg: RunConfig, frame: pd.DataFrame | None) -> tuple[str, str]:
+    """``(task, reason)``: the configured task, or for ``auto`` the one the target's values
+    suggest (:func:`~neurounlearn.data.manifest.infer_task`)."""
+    if cfg.data.task != "auto":
+        return cfg.data.task, "set in the configuration"
+    if frame is None or cfg.data.target not in frame:
+        return "regression", "the default"
+    return infer_task(frame[cfg.data.target])
+
+
+def table_spec(
+    cfg: RunConfig, *, training: bool = True, frame: pd.DataFrame | None = None
+) -> TableSpec:
+    """What the table checks need to know of a configuration (``frame``: the manifest, to
+    infer the task when ``data.task`` is auto)."""
     images = cfg.data.input == "image"
     if not images and not cfg.data.features:
         raise InputError(
@@ -53,6 +67,10 @@ def table_spec(cfg: RunConfig, *, training: bool = True) -> TableSpec:
         id_column=cfg.data.id_column,
         site_column=cfg.data.site_column,
         use_features=not images,
+        task=resolve_task(cfg, frame)[0],
+        confound_kinds={c.name: c.kind for c in cfg.confounds},
+        conditional={c.name: c.target_bins for c in cfg.confounds if c.conditional},
+        unlabelled_sites=list(cfg.data.unlabelled_sites) if training else [],
     )
 
 
@@ -92,13 +110,23 @@ def preprocess_workers() -> int:
 
 @dataclass
 class Inputs:
-    """A checked manifest and what was found in it."""
+    """A checked manifest and what was found in it.
+
+    Attributes:
+        frame: the manifest; for training, the targets of unlabelled sites are blanked.
+        task: the task (``regression`` or ``classification``), resolved when ``auto``.
+        task_reason: why that task (shown to the user when it was inferred).
+        hidden_targets: rows whose target was blanked (``data.unlabelled_sites``).
+    """
 
     path: Path
     frame: pd.DataFrame
     id_column: str | None
     feature_columns: list[str]
     warnings: list[Problem]
+    task: str = "regression"
+    task_reason: str = ""
+    hidden_targets: int = 0
 
 
 def load_inputs(cfg: RunConfig, path: str | Path) -> Inputs:
@@ -112,9 +140,10 @@ def load_inputs(cfg: RunConfig, path: str | Path) -> Inputs:
         InputError: the manifest or (for images) any volume has a problem; all are listed.
     """
     path = Path(path)
-    spec = table_spec(cfg)
+    table_spec(cfg)  # a missing --features is reported before the file is read
     id_names = (*ID_CANDIDATES, cfg.data.id_column) if cfg.data.id_column else ID_CANDIDATES
     frame = read_table(path, text_columns=id_names)
+    spec = table_spec(cfg, frame=frame)
     problems = find_problems(frame, path, spec)
     if cfg.data.input == "image":
         from neurounlearn.data.volumes import find_volume_problems
@@ -133,7 +162,26 @@ def load_inputs(cfg: RunConfig, path: str | Path) -> Inputs:
         exclude = {c for c in (id_column, spec.site_column, spec.target, *spec.confounds) if c}
         features = select_features(frame, spec.features, path, exclude=exclude)
     warnings = [p for p in problems if p.severity != "error"]
-    return Inputs(path, frame, id_column, features, warnings)
+    task, reason = resolve_task(cfg, frame)
+    hidden = 0
+    if cfg.data.unlabelled_sites:
+        rows = frame[spec.site_column].astype(str).isin(cfg.data.unlabelled_sites)
+        rows &= frame[spec.target].notna() if spec.target else False
+        hidden = int(rows.sum())
+        if hidden:
+            frame = frame.copy()
+            frame.loc[rows, spec.target] = np.nan
+            warnings.append(
+                Problem(
+                    f"the targets of {hidden} row(s) at unlabelled site(s) "
+                    f"{', '.join(cfg.data.unlabelled_sites)} are hidden from training; those "
+                    "rows serve the unlearning only",
+                    file=path,
+                    column=spec.target,
+                    severity="warning",
+                )
+            )
+    return Inputs(path, frame, id_column, features, warnings, task, reason, hidden)
 
 
 def load_new_images(cfg: RunConfig, path: str | Path) -> Inputs:
@@ -174,11 +222,15 @@ class RowData:
         input_shape: tuple[int, ...],
         features: np.ndarray | None = None,
         cache: VolumeCache | None = None,
+        values: np.ndarray | None = None,
+        conditions: np.ndarray | None = None,
     ) -> None:
         if (features is None) == (cache is None):
             raise ValueError("give exactly one of features and cache")
         self.y = y
         self.codes = codes
+        self.values = values
+        self.conditions = conditions
         self.input_shape = input_shape
         self.features = features
         self.cache = cache
@@ -202,14 +254,29 @@ class RowData:
         rows = np.asarray(rows)
         if rows.dtype == bool:
             rows = np.flatnonzero(rows)
+        values = None if self.values is None else self.values[rows]
+        conditions = None if self.conditions is None else self.conditions[rows]
         if self.features is not None:
             from neurounlearn.training.datamodule import TensorDictDataset
 
-            return TensorDictDataset(self.features[rows], self.y[rows], self.codes[rows])
+            return TensorDictDataset(
+                self.features[rows],
+                self.y[rows],
+                self.codes[rows],
+                values=values,
+                conditions=conditions,
+            )
         from neurounlearn.data.volumes import CachedVolumes
 
         assert self.cache is not None
-        return CachedVolumes(self.cache, rows, self.y[rows], self.codes[rows])
+        return CachedVolumes(
+            self.cache,
+            rows,
+            self.y[rows],
+            self.codes[rows],
+            values=values,
+            conditions=conditions,
+        )
 
     def all(self) -> Dataset:
         return self.subset(np.arange(len(self)))
@@ -230,9 +297,17 @@ def row_data(
     """
     y = encoding.targets(inputs.frame)
     codes = encoding.codes(inputs.frame)
+    values, conditions = encoding.values(inputs.frame), encoding.conditions(inputs.frame)
     if cfg.data.input == "features":
         x = encoding.features(inputs.frame)
-        return RowData(y=y, codes=codes, input_shape=(x.shape[1],), features=x)
+        return RowData(
+            y=y,
+            codes=codes,
+            input_shape=(x.shape[1],),
+            features=x,
+            values=values,
+            conditions=conditions,
+        )
     from neurounlearn.data.volumes import build_cache
 
     cache = build_cache(
@@ -245,4 +320,11 @@ def row_data(
         echo=echo,
         num_workers=preprocess_workers(),
     )
-    return RowData(y=y, codes=codes, input_shape=tuple(cache.shape[1:]), cache=cache)
+    return RowData(
+        y=y,
+        codes=codes,
+        input_shape=tuple(cache.shape[1:]),
+        cache=cache,
+        values=values,
+        conditions=conditions,
+    )

@@ -52,6 +52,13 @@ class TableSpec:
             that train, validation and test each get one.
         use_features: ``False`` for image inputs: no feature columns are selected or checked
             (the images are checked by :mod:`neurounlearn.data.volumes`).
+        task: ``regression`` (the target must be numeric) or ``classification`` (any labels,
+            at least two classes).
+        confound_kinds: confound name -> ``categorical`` or ``continuous`` (numbers only);
+            missing names are categorical.
+        conditional: target-conditioned confounds -> their number of target bins (``None``:
+            not given, an error with a regression target).
+        unlabelled_sites: sites whose targets are hidden from training; each must exist.
     """
 
     target: str | None
@@ -62,6 +69,32 @@ class TableSpec:
     site_column: str = "site"
     min_subjects_per_site: int = 3
     use_features: bool = True
+    task: str = "regression"
+    confound_kinds: dict[str, str] = field(default_factory=dict)
+    conditional: dict[str, int | None] = field(default_factory=dict)
+    unlabelled_sites: list[str] = field(default_factory=list)
+
+
+#: A numeric target with at most this many distinct values is taken for classes (e.g. sex 0/1).
+MAX_AUTO_CLASSES = 2
+
+
+def infer_task(values: pd.Series) -> tuple[str, str]:
+    """``(task, reason)`` for a target column: classification when most of its values are not
+    numbers or it has at most :data:`MAX_AUTO_CLASSES` distinct values, else regression (a
+    numeric column with a few typos stays a regression target, and the typos are reported).
+
+    Examples:
+        >>> infer_task(pd.Series(["F", "M", "F"]))[0], infer_task(pd.Series([20.5, 31, 44]))[0]
+        ('classification', 'regression')
+    """
+    known = values.dropna()
+    n = int(known.nunique())
+    if n and _non_numeric(known).mean() > 0.5:
+        return "classification", f"its values are not numbers ({n} distinct)"
+    if n <= MAX_AUTO_CLASSES:
+        return "classification", f"it has {n} distinct values"
+    return "regression", f"it is numeric with {n} distinct values"
 
 
 # ----------------------------------------------------------------------------- small helpers
@@ -367,11 +400,45 @@ def _empty_cells(
     return _capped(problems, f"an empty '{column}'", path, hint)
 
 
-def _target_problems(
+def _class_target_problems(
     df: pd.DataFrame, path: str | Path, target: str, training: bool
 ) -> list[Problem]:
     values = df[target]
-    hint = "write a number ('.' as the decimal point), or leave the cell empty if unknown"
+    if not training:
+        return []
+    if values.isna().all():
+        return [
+            Problem(
+                f"target '{target}' is empty in every row; there is nothing to train on",
+                file=path,
+                column=target,
+                hint="fill in the target, or name another column with --target",
+            )
+        ]
+    classes = values.dropna().astype(str).unique()
+    if len(classes) < 2:
+        return [
+            Problem(
+                f"classification target '{target}' has only one class ({classes[0]!r}); there "
+                "is nothing to tell apart",
+                file=path,
+                column=target,
+                hint="use data with at least two classes, or --task regression for a number",
+            )
+        ]
+    return []
+
+
+def _target_problems(
+    df: pd.DataFrame, path: str | Path, target: str, training: bool, task: str = "regression"
+) -> list[Problem]:
+    if task == "classification":
+        return _class_target_problems(df, path, target, training)
+    values = df[target]
+    hint = (
+        "write a number ('.' as the decimal point), or leave the cell empty if unknown; for "
+        "labels such as sex or diagnosis pass --task classification"
+    )
     bad = _non_numeric(values)
     problems = [
         Problem(
@@ -580,6 +647,26 @@ def _confound_problems(df: pd.DataFrame, path: str | Path, spec: TableSpec) -> l
         if name != spec.site_column:  # the site check already reports empty sites
             hint = f"fill in '{name}' or drop the row"
             problems += _empty_cells(df, name, path, f"confound '{name}'", hint)
+        if spec.confound_kinds.get(name) == "continuous":
+            numeric = _continuous_problems(df, path, name)
+            if numeric:
+                problems += numeric
+                continue
+        if (
+            spec.target is not None
+            and spec.target in df.columns
+            and _same_values(df[name], df[spec.target])
+        ):
+            problems.append(
+                Problem(
+                    f"confound '{name}' holds the same value as the target '{spec.target}' in "
+                    "every row; a model cannot predict what it unlearns",
+                    file=path,
+                    column=name,
+                    hint=f"remove --unlearn {name} or choose another --target",
+                )
+            )
+            continue
         levels = df[name].dropna().unique()
         if len(levels) < 2:
             problems.append(
@@ -596,6 +683,8 @@ def _confound_problems(df: pd.DataFrame, path: str | Path, spec: TableSpec) -> l
         query = spec.subsets.get(name)
         if query:
             problems += _subset_problems(df, path, name, query)
+        if name in spec.conditional:
+            problems += _conditional_problems(path, name, spec)
     for name in spec.subsets:
         if name not in spec.confounds:
             problems.append(
@@ -604,6 +693,84 @@ def _confound_problems(df: pd.DataFrame, path: str | Path, spec: TableSpec) -> l
                     file=path,
                     column=name,
                     hint=f"add --unlearn {name} or remove its subset",
+                )
+            )
+    return problems
+
+
+def _same_values(a: pd.Series, b: pd.Series) -> bool:
+    """Whether two columns agree in every row where both are filled (compared as text)."""
+    both = a.notna() & b.notna()
+    if not both.any():
+        return False
+    return bool((a[both].astype(str) == b[both].astype(str)).all())
+
+
+def _continuous_problems(df: pd.DataFrame, path: str | Path, name: str) -> list[Problem]:
+    values = df[name]
+    hint = (
+        f"write a number in every '{name}' cell ('.' as the decimal point), or unlearn it as "
+        f"classes with --unlearn {name}:categorical"
+    )
+    problems = [
+        Problem(
+            f"continuous confound '{name}' is not a number: {values.iloc[r - 1]!r}",
+            file=path,
+            row=r,
+            column=name,
+            hint=hint,
+        )
+        for r in _rows(_non_numeric(values))
+    ]
+    return _capped(problems, f"a non-numeric '{name}'", path, hint)
+
+
+def _conditional_problems(path: str | Path, name: str, spec: TableSpec) -> list[Problem]:
+    if spec.task == "regression" and spec.conditional.get(name) is None:
+        index = spec.confounds.index(name)
+        return [
+            Problem(
+                f"confound '{name}' is target-conditioned, but the target '{spec.target}' is "
+                "continuous and no number of target bins is given",
+                file=path,
+                column=name,
+                hint=f"give the bins, e.g. --unlearn {name}:conditional:target_bins=5 or "
+                f"--set confounds.{index}.target_bins=5",
+            )
+        ]
+    return []
+
+
+def _unlabelled_site_problems(
+    df: pd.DataFrame, path: str | Path, spec: TableSpec, target: str | None
+) -> list[Problem]:
+    site = spec.site_column
+    if not spec.unlabelled_sites or site not in df.columns:
+        return []
+    sites = df[site].dropna().astype(str)
+    known = sorted(sites.unique().tolist())
+    problems = [
+        Problem(
+            f"--unlabelled-site names site {name!r}, which is not in column '{site}'; sites "
+            f"are: {_preview(known)}",
+            file=path,
+            column=site,
+            hint="check the spelling (site names are case-sensitive)",
+        )
+        for name in spec.unlabelled_sites
+        if name not in known
+    ]
+    if target is not None and not problems:
+        hidden = df[site].astype(str).isin(spec.unlabelled_sites)
+        labelled = df[target].notna()
+        if labelled.any() and not (labelled & ~hidden).any():
+            problems.append(
+                Problem(
+                    f"every row with a target '{target}' is at an unlabelled site "
+                    f"({', '.join(spec.unlabelled_sites)}); there is nothing to train on",
+                    file=path,
+                    column=target,
+                    hint="leave at least one labelled site out of --unlabelled-site",
                 )
             )
     return problems
@@ -620,6 +787,8 @@ def _encoded_confounds(
     for name in dict.fromkeys(spec.confounds):
         if name not in df.columns or name == spec.target or not features:
             continue
+        if spec.confound_kinds.get(name) == "continuous":
+            continue  # one value per subject: every feature would look like a restatement
         levels = df[name].dropna()
         n_levels = levels.nunique()
         if n_levels < 2:
@@ -716,7 +885,7 @@ def find_problems(
             )
             target = None
         else:
-            problems += _target_problems(df, path, target, training)
+            problems += _target_problems(df, path, target, training, spec.task)
 
     site = spec.site_column if training else None
     if site is not None and site not in df.columns:
@@ -749,6 +918,7 @@ def find_problems(
             problems += _site_problems(df, path, site, id_col, spec.min_subjects_per_site)
         problems += _confound_problems(df, path, spec)
         problems += _encoded_confounds(df, path, spec, numeric_features)
+        problems += _unlabelled_site_problems(df, path, spec, target)
     return problems
 
 

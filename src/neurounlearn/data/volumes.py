@@ -1319,6 +1319,8 @@ class CachedVolumes(Dataset):
         y: target of each sample (``NaN`` where unknown).
         codes: integer confound codes of each sample, ``(n, C)`` (a 1D array means ``C = 1``).
         with_labels: also return the label map of each sample.
+        values: optional ``(n, C)`` standardised values of continuous confounds (``NaN``: none).
+        conditions: optional ``(n, C)`` target bins of target-conditioned confounds (``-1``).
 
     Raises:
         ValueError: lengths differ, a row is outside the cache, or labels are asked for but the
@@ -1338,7 +1340,12 @@ class CachedVolumes(Dataset):
         codes: np.ndarray,
         *,
         with_labels: bool = False,
+        values: np.ndarray | None = None,
+        conditions: np.ndarray | None = None,
     ) -> None:
+        from neurounlearn.training.datamodule import confound_extras
+
+        self.extra = confound_extras(values, conditions)
         if isinstance(cache, VolumeCache):
             self.path = cache.path
             label_path = cache.label_path
@@ -1388,4 +1395,4 @@ class CachedVolumes(Dataset):
         }
         if self._labels is not None:
             item["label"] = torch.from_numpy(np.array(self._labels[row], dtype=np.int64))
-        return item
+        return item | {k: v[i] for k, v in self.extra.items()}

@@ -19,10 +19,11 @@ from sklearn.preprocessing import StandardScaler
 from neurounlearn.atomic import write_json
 from neurounlearn.config import AuditConfig
 from neurounlearn.data.manifest import read_table
+from neurounlearn.data.tabular import TableEncoding
 from neurounlearn.errors import InputError
 from neurounlearn.evaluation.leakage import LeakageAudit
-from neurounlearn.evaluation.metrics import task_metrics
-from neurounlearn.training.run import load_run
+from neurounlearn.evaluation.metrics import classification_metrics, task_metrics
+from neurounlearn.training.run import LoadedRun, load_run
 
 
 def ridge_probe_mae(
@@ -47,8 +48,15 @@ def audit_features(
     target: np.ndarray | None,
     audit: AuditConfig,
     seed: int = 0,
+    kinds: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The leakage block of ``metrics.json`` for the given (held-out) rows."""
+    """The leakage block of ``metrics.json`` for the given (held-out) rows.
+
+    Args:
+        kinds: confound -> ``categorical`` or ``continuous`` (default categorical); a
+            continuous confound is probed with ridge R² and distance correlation whichever way
+            it was unlearned (correlation or binned).
+    """
     auditor = LeakageAudit(
         folds=audit.folds,
         n_permutations=audit.n_permutations,
@@ -58,30 +66,160 @@ def audit_features(
     )
     out: dict[str, Any] = {}
     for name in confounds:
+        kind = (kinds or {}).get(name, "categorical")
         # raw values: the audit drops missing labels itself (astype(str) would make "nan" a class)
-        values = frame[name].to_numpy(dtype=object)
+        values = (
+            pd.to_numeric(frame[name], errors="coerce").to_numpy(dtype=float)
+            if kind == "continuous"
+            else frame[name].to_numpy(dtype=object)
+        )
         out[name] = auditor.audit(
             features,
             values,
-            kind="categorical",
+            kind=kind,
             target=target,
             band=tuple(audit.band) if audit.band else None,
         )
     return out
 
 
-def evaluate(run_dir: str | Path, *, data: str | Path | None = None) -> dict[str, Any]:
+def _task_block(
+    encoding: TableEncoding,
+    preds: pd.DataFrame,
+    rows: np.ndarray,
+    site: str,
+    *,
+    val: np.ndarray | None = None,
+    truth: pd.Series | None = None,
+) -> dict[str, Any]:
+    """Task metrics over ``rows`` of ``preds`` (``truth``: true targets to use instead of the
+    predictions file's own column)."""
+    target = encoding.target
+    assert target is not None
+    true = preds[target] if truth is None else truth
+    sites = preds.loc[rows, site].astype(str).to_numpy() if site in preds else None
+    if encoding.task == "classification":
+        prob = preds[[f"prob_{c}" for c in encoding.target_classes]].to_numpy(dtype=float)
+        block = classification_metrics(
+            true[rows].to_numpy(dtype=object), prob[rows], encoding.target_classes, sites
+        )
+        return {"kind": "classification", "target": target, **block}
+    y = pd.to_numeric(true, errors="coerce").to_numpy(dtype=float)
+    yhat = preds["prediction"].to_numpy(dtype=float)
+    with_val = val is not None and bool(np.isfinite(y[val]).any())
+    block = task_metrics(
+        y[rows],
+        yhat[rows],
+        sites,
+        y_true_val=y[val] if with_val and val is not None else None,
+        y_pred_val=yhat[val] if with_val and val is not None else None,
+    )
+    return {
+        "kind": "regression",
+        "target": target,
+        **{k: v for k, v in block.items() if k != "kind"},
+    }
+
+
+def _target_as_number(encoding: TableEncoding, values: pd.Series) -> np.ndarray:
+    """The target as numbers for the audit's conditional block (class index for classes)."""
+    if encoding.task == "classification":
+        lookup = {c: float(i) for i, c in enumerate(encoding.target_classes)}
+        return np.array(
+            [np.nan if pd.isna(v) else lookup.get(str(v), np.nan) for v in values], dtype=float
+        )
+    return pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
+
+
+def _read_labels(labels: str | Path, id_column: str, target: str) -> pd.Series:
+    """True targets by subject id from a labels file (for sites unlabelled in training)."""
+    frame = read_table(labels, text_columns=(id_column,))
+    missing = [c for c in (id_column, target) if c not in frame]
+    if missing:
+        raise InputError(
+            f"the labels file lacks column(s) {missing}",
+            file=labels,
+            column=missing[0],
+            hint=f"give a CSV with the subject id column '{id_column}' and the target '{target}'",
+        )
+    frame = frame.dropna(subset=[target])
+    conflicting = frame.groupby(id_column)[target].nunique() > 1
+    if conflicting.any():
+        first = conflicting.index[conflicting.to_numpy()][0]
+        row = int(np.flatnonzero((frame[id_column] == first).to_numpy())[0])
+        raise InputError(
+            f"subject {first!r} has two different targets",
+            file=labels,
+            row=int(frame.index[row]) + 1,
+            column=target,
+            hint="give one target per subject",
+        )
+    return frame.drop_duplicates(subset=[id_column]).set_index(id_column)[target]
+
+
+def _unlabelled_block(
+    run: LoadedRun, preds: pd.DataFrame, labels: str | Path | None
+) -> dict[str, Any] | None:
+    """Task metrics on the sites whose targets were hidden from training, from ``labels``."""
+    cfg = run.config
+    sites = list(cfg.data.unlabelled_sites)
+    if not sites:
+        return None
+    block: dict[str, Any] = {"sites": sites, "test": None, "all_rows": None}
+    if labels is None:
+        block["note"] = (
+            "their targets were hidden from training; pass --labels FILE (subject id and "
+            "target) to evaluate them"
+        )
+        return block
+    id_column = run.info.get("id_column") or "subject"
+    truth_by_id = _read_labels(labels, id_column, cfg.data.target)
+    ids = preds[id_column].astype(str)
+    truth_by_id.index = truth_by_id.index.astype(str)
+    truth = ids.map(truth_by_id)
+    at_sites = preds[cfg.data.site_column].astype(str).isin(sites).to_numpy()
+    found = at_sites & truth.notna().to_numpy()
+    if not found.any():
+        raise InputError(
+            f"the labels file gives no target for any subject of the unlabelled site(s) "
+            f"{', '.join(sites)}",
+            file=labels,
+            column=cfg.data.target,
+            hint=f"match the subject ids in column '{id_column}' of the training manifest",
+        )
+    test = found & (preds["split"] == "test").to_numpy()
+    block["test"] = _task_block(run.encoding, preds, test, cfg.data.site_column, truth=truth)
+    block["all_rows"] = _task_block(run.encoding, preds, found, cfg.data.site_column, truth=truth)
+    block["note"] = (
+        "test: the unlabelled sites' test-split subjects, never used in training; all_rows: "
+        "every subject of those sites (their inputs, never their targets, served the "
+        "unlearning)"
+    )
+    return block
+
+
+def evaluate(
+    run_dir: str | Path,
+    *,
+    data: str | Path | None = None,
+    labels: str | Path | None = None,
+) -> dict[str, Any]:
     """Compute and write ``RUN_DIR/metrics.json``; returns the metrics.
 
     Args:
         run_dir: a finished run.
         data: optional manifest of an external test set (with targets and confound columns);
             every row of it is then treated as test data. Default: the run's own test split.
+        labels: optional CSV of subject ids and true targets for the sites whose targets were
+            hidden from training (``data.unlabelled_sites``); adds ``unlabelled_sites``.
     """
     run = load_run(run_dir)
-    cfg, run_dir = run.config, run.run_dir
+    cfg, run_dir, encoding = run.config, run.run_dir, run.encoding
     target, site = cfg.data.target, cfg.data.site_column
-    preds = pd.read_csv(run_dir / "predictions.csv")
+    id_column = run.info.get("id_column") or "subject"
+    preds = pd.read_csv(run_dir / "predictions.csv", dtype={target: object, id_column: str})
+    if encoding.task != "classification":
+        preds[target] = pd.to_numeric(preds[target], errors="coerce")
     emb = pd.read_csv(run_dir / "embeddings.csv")
     ecols = [c for c in emb.columns if c.startswith("e") and c[1:].isdigit()]
     if data is not None:
@@ -97,36 +235,31 @@ def evaluate(run_dir: str | Path, *, data: str | Path | None = None) -> dict[str
             )
         preds, emb = predict_file(run, data)
         test_mask = np.ones(len(preds), dtype=bool)
+        val_mask = None
         meta = frame
     else:
         test_mask = (preds["split"] == "test").to_numpy()
+        val_mask = (preds["split"] == "val").to_numpy()
         meta = preds  # fit stores the confound columns there
-    val_mask = (
-        (preds["split"] == "val").to_numpy() if "split" in preds else np.zeros(len(preds), bool)
-    )
-
-    y = pd.to_numeric(preds[target], errors="coerce").to_numpy(dtype=float)
-    yhat = preds["prediction"].to_numpy(dtype=float)
-    task = task_metrics(
-        y[test_mask],
-        yhat[test_mask],
-        preds.loc[test_mask, site].astype(str).to_numpy(),
-        y_true_val=y[val_mask] if val_mask.any() else None,
-        y_pred_val=yhat[val_mask] if val_mask.any() else None,
-    )
-    task = {
-        "kind": "regression",
-        "target": target,
-        **{k: v for k, v in task.items() if k != "kind"},
-    }
-
+    task = _task_block(encoding, preds, test_mask, site, val=val_mask)
+    y_num = _target_as_number(encoding, preds[target]) if target in preds else None
     feats = emb.loc[test_mask, ecols].to_numpy(dtype=float)
     test_meta = meta.loc[test_mask].reset_index(drop=True)
     confounds = [c.name for c in cfg.confounds] or [site]
     leakage = audit_features(
-        feats, test_meta, confounds, target=y[test_mask], audit=cfg.audit, seed=cfg.train.seed
+        feats,
+        test_meta,
+        confounds,
+        target=None if y_num is None else y_num[test_mask],
+        audit=cfg.audit,
+        seed=cfg.train.seed,
+        kinds={c.name: c.kind for c in cfg.confounds},
     )
-    ridge_mae = ridge_probe_mae(feats, y[test_mask], seed=cfg.train.seed)
+    ridge_mae = (
+        ridge_probe_mae(feats, y_num[test_mask], seed=cfg.train.seed)
+        if y_num is not None and encoding.task == "regression"
+        else None
+    )
     site_probe = ((leakage.get(site) or {}).get("probe") or {}).get("linear") or {}
     site_bacc = site_probe.get("balanced_accuracy")
     metrics = {
@@ -137,6 +270,7 @@ def evaluate(run_dir: str | Path, *, data: str | Path | None = None) -> dict[str
         "n_test": int(test_mask.sum()),
         "task": task,
         "leakage": leakage,
+        "unlabelled_sites": _unlabelled_block(run, preds, labels) if data is None else None,
         "openbhb": {
             "ridge_age_probe_mae": ridge_mae,
             "site_probe_balanced_accuracy": site_bacc,

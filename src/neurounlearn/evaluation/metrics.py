@@ -214,6 +214,83 @@ def task_metrics(
     return result
 
 
+def classification_metrics(
+    y_true: Sequence[Any] | np.ndarray,
+    prob: np.ndarray,
+    classes: Sequence[str],
+    sites: ArrayLike | Sequence[Any] | None = None,
+) -> dict[str, Any]:
+    """Balanced accuracy, accuracy, AUC and (optionally) balanced accuracy per site.
+
+    Args:
+        y_true: true class labels, shape ``(n,)``; missing values (``None``/``NaN``) and labels
+            outside ``classes`` are ignored.
+        prob: predicted probabilities, shape ``(n, K)``, columns in ``classes`` order.
+        classes: the class labels (compared as text).
+        sites: optional site label per row; adds ``per_site``.
+
+    Returns:
+        ``{"kind": "classification", "balanced_accuracy", "accuracy", "auc", "chance", "n",
+        "classes", "confusion"}`` (``auc``: ROC AUC of the second class for two classes, the
+        one-vs-rest macro average otherwise; ``None`` when a class is absent), plus
+        ``per_site: {site: {"balanced_accuracy", "n"}}``.
+
+    Examples:
+        >>> p = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
+        >>> classification_metrics(["F", "M", "M", "M"], p, ["F", "M"])["balanced_accuracy"]
+        0.8333333333333333
+    """
+    from sklearn.metrics import balanced_accuracy_score, confusion_matrix, roc_auc_score
+
+    lookup = {str(c): i for i, c in enumerate(classes)}
+    labels = [None if _missing(v) else lookup.get(str(v)) for v in y_true]
+    known = np.array([v is not None for v in labels], dtype=bool)
+    y = np.array([v if v is not None else -1 for v in labels], dtype=np.int64)
+    prob = np.asarray(prob, dtype=float).reshape(len(y), -1)
+    pred = prob.argmax(axis=1) if len(y) else np.zeros(0, np.int64)
+    k = len(classes)
+    result: dict[str, Any] = {
+        "kind": "classification",
+        "balanced_accuracy": None,
+        "accuracy": None,
+        "auc": None,
+        "chance": 1.0 / k if k else None,
+        "n": int(known.sum()),
+        "classes": [str(c) for c in classes],
+        "confusion": None,
+    }
+    yk, pk = y[known], pred[known]
+    if yk.size:
+        result["balanced_accuracy"] = _float(balanced_accuracy_score(yk, pk))
+        result["accuracy"] = _float(np.mean(yk == pk))
+        result["confusion"] = confusion_matrix(yk, pk, labels=list(range(k))).tolist()
+        if len(np.unique(yk)) == k and k >= 2:
+            scores = prob[known]
+            result["auc"] = _float(
+                roc_auc_score(yk, scores[:, 1])
+                if k == 2
+                else roc_auc_score(yk, scores, multi_class="ovr", labels=list(range(k)))
+            )
+    if sites is not None:
+        keys = np.array([str(s) for s in np.asarray(sites, dtype=object)], dtype=object)
+        per_site: dict[str, dict[str, Any]] = {}
+        for site in sorted(set(keys.tolist())):
+            rows = known & (keys == site)
+            n = int(rows.sum())
+            per_site[site] = {
+                "balanced_accuracy": _float(balanced_accuracy_score(y[rows], pred[rows]))
+                if n
+                else None,
+                "n": n,
+            }
+        result["per_site"] = per_site
+    return result
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
 def _paired(y_true: ArrayLike, y_pred: ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """1-D float arrays and the mask of rows whose true value is known."""
     true = np.asarray(y_true, dtype=float).reshape(-1)

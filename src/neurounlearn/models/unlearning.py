@@ -7,8 +7,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from neurounlearn.models.grl import GradientReversal
@@ -22,7 +24,7 @@ def make_head(in_features: int, out_features: int, hidden: int = 0) -> nn.Module
 
 
 class ConfoundHead(nn.Module):
-    """``n_heads`` independent classifiers of one confound over batch-standardised features.
+    """``n_heads`` independent predictors of one confound over batch-standardised features.
 
     The input is standardised over the batch (``BatchNorm1d`` without affine parameters): without
     it the encoder can "confuse" its adversary by shrinking the confound's directions to a tiny
@@ -30,11 +32,21 @@ class ConfoundHead(nn.Module):
     them. Several heads (an ensemble of adversaries, Elazar & Goldberg 2018) are harder to fool
     all at once than one.
 
-    Returns ``(B, K)`` logits for one head, ``(H, B, K)`` for ``H > 1``.
+    A target-conditioned head (``n_conditions > 0``) also sees the one-hot target bin of each
+    row, concatenated after the standardisation: it may use what the target explains.
+
+    Returns ``(B, K)`` outputs for one head, ``(H, B, K)`` for ``H > 1`` (``K = 1`` for a
+    continuous confound's regression head).
     """
 
     def __init__(
-        self, in_features: int, n_classes: int, *, hidden: int = 32, n_heads: int = 1
+        self,
+        in_features: int,
+        n_classes: int,
+        *,
+        hidden: int = 32,
+        n_heads: int = 1,
+        n_conditions: int = 0,
     ) -> None:
         super().__init__()
         if n_heads < 1:
@@ -42,12 +54,19 @@ class ConfoundHead(nn.Module):
         # BatchNorm's default eps: a much smaller one would blow up directions the encoder has
         # collapsed to (near) zero variance into unit-variance noise
         self.norm = nn.BatchNorm1d(in_features, affine=False)
+        self.n_conditions = n_conditions
         self.heads = nn.ModuleList(
-            make_head(in_features, n_classes, hidden) for _ in range(n_heads)
+            make_head(in_features + n_conditions, n_classes, hidden) for _ in range(n_heads)
         )
 
-    def forward(self, features: Tensor) -> Tensor:
+    def forward(self, features: Tensor, condition: Tensor | None = None) -> Tensor:
         z = self.norm(features)
+        if self.n_conditions:
+            if condition is None:
+                raise ValueError("a target-conditioned head needs each row's target bin")
+            # rows without a bin (-1) get an all-zero one-hot; they are left out of its losses
+            onehot = F.one_hot(condition.clamp(min=0), self.n_conditions).to(z.dtype)
+            z = torch.cat([z, onehot * (condition >= 0).unsqueeze(1).to(z.dtype)], dim=1)
         if len(self.heads) == 1:
             return self.heads[0](z)
         return torch.stack([head(z) for head in self.heads])
@@ -106,18 +125,24 @@ class UnlearningModel(nn.Module):
 
     Args:
         encoder: any module mapping inputs to ``(B, D)`` features; must expose ``out_features``.
-        task_head: module mapping features to the task output (``(B, 1)`` for regression).
-        confounds: confound name -> number of classes (categorical).
+        task_head: module mapping features to the task output (``(B, 1)`` for regression,
+            ``(B, K)`` logits for classification).
+        confounds: confound name -> number of classes (categorical or binned confounds), in
+            the order of the batch's confound columns.
+        continuous: names of confounds whose head regresses the value (one output each; the
+            correlation method). Their entry in ``confounds`` (if any) only fixes their order.
+        conditions: confound name -> number of target bins, for target-conditioned heads.
         head_hidden: hidden width of each confound head (0: linear).
         n_heads: adversaries per confound (an ensemble; see :class:`ConfoundHead`).
 
     Examples:
         >>> import torch
         >>> enc = MLPEncoder(in_features=8, hidden=[16], embedding_dim=4)
-        >>> model = UnlearningModel(enc, nn.Linear(4, 1), confounds={"site": 3})
+        >>> model = UnlearningModel(enc, nn.Linear(4, 1), confounds={"site": 3},
+        ...                         continuous=["tiv"])
         >>> out = model(torch.zeros(2, 8))
-        >>> out.task.shape, out.confounds["site"].shape
-        (torch.Size([2]), torch.Size([2, 3]))
+        >>> out.task.shape, out.confounds["site"].shape, out.confounds["tiv"].shape
+        (torch.Size([2]), torch.Size([2, 3]), torch.Size([2]))
     """
 
     def __init__(
@@ -126,6 +151,8 @@ class UnlearningModel(nn.Module):
         task_head: nn.Module,
         confounds: Mapping[str, int],
         *,
+        continuous: Sequence[str] = (),
+        conditions: Mapping[str, int] | None = None,
         head_hidden: int = 32,
         n_heads: int = 1,
     ) -> None:
@@ -134,18 +161,30 @@ class UnlearningModel(nn.Module):
         if dim < 1:
             raise ValueError("encoder must expose a positive 'out_features' (its feature width)")
         for name, k in confounds.items():
-            if k < 2:
+            if k < 2 and name not in continuous:
                 raise ValueError(f"confound '{name}' needs at least 2 classes, got {k}")
+        conditions = dict(conditions or {})
         self.encoder = encoder
         self.task_head = task_head
-        self.confound_names = list(confounds)
+        self.continuous = list(continuous)
+        # the heads keep the order of `confounds` (the columns of codes/conditions), with
+        # continuous confounds not named there appended
+        sizes = {name: 1 if name in continuous else k for name, k in confounds.items()}
+        sizes |= {name: 1 for name in continuous if name not in sizes}
+        self.confound_names = list(sizes)
         self.confound_heads = nn.ModuleDict(
             {
-                name: ConfoundHead(dim, k, hidden=head_hidden, n_heads=n_heads)
-                for name, k in confounds.items()
+                name: ConfoundHead(
+                    dim,
+                    k,
+                    hidden=head_hidden,
+                    n_heads=n_heads,
+                    n_conditions=conditions.get(name, 0),
+                )
+                for name, k in sizes.items()
             }
         )
-        self.reversal = nn.ModuleDict({name: GradientReversal(0.0) for name in confounds})
+        self.reversal = nn.ModuleDict({name: GradientReversal(0.0) for name in sizes})
 
     def encode(self, x: Tensor) -> Tensor:
         return self.encoder(x)
@@ -154,16 +193,40 @@ class UnlearningModel(nn.Module):
         out = self.task_head(features)
         return out.squeeze(-1) if out.ndim == 2 and out.shape[-1] == 1 else out
 
-    def confound_logits(self, features: Tensor, *, reverse: bool = False) -> dict[str, Tensor]:
-        """Each confound head's logits; with ``reverse`` through that confound's reversal layer."""
-        return {
-            name: head(self.reversal[name](features) if reverse else features)
-            for name, head in self.confound_heads.items()
-        }
+    def confound_logits(
+        self,
+        features: Tensor,
+        *,
+        reverse: bool = False,
+        conditions: Tensor | None = None,
+    ) -> dict[str, Tensor]:
+        """Each confound head's output; with ``reverse`` through that confound's reversal layer.
 
-    def forward(self, x: Tensor) -> ModelOutput:
+        Args:
+            features: ``(B, D)`` encoder features.
+            reverse: pass the features through each confound's gradient-reversal layer.
+            conditions: ``(B, C)`` target bin of each row per confound (``-1``: none), in
+                :attr:`confound_names` order; needed by target-conditioned heads only.
+
+        Returns:
+            name -> ``(B, K)`` / ``(H, B, K)`` logits, or ``(B,)`` / ``(H, B)`` values for a
+            continuous confound's regression head.
+        """
+        out = {}
+        for j, (name, head) in enumerate(self.confound_heads.items()):
+            f = self.reversal[name](features) if reverse else features
+            cond = None
+            if cast(ConfoundHead, head).n_conditions:
+                if conditions is None:
+                    raise ValueError(f"confound '{name}' is target-conditioned: pass conditions")
+                cond = conditions[:, j]
+            value = head(f, cond)
+            out[name] = value.squeeze(-1) if name in self.continuous else value
+        return out
+
+    def forward(self, x: Tensor, conditions: Tensor | None = None) -> ModelOutput:
         f = self.encode(x)
-        return ModelOutput(f, self.predict_task(f), self.confound_logits(f))
+        return ModelOutput(f, self.predict_task(f), self.confound_logits(f, conditions=conditions))
 
     def task_parameters(self) -> Iterator[nn.Parameter]:
         """Encoder and task head (step 1 of the iterative strategy)."""

@@ -35,6 +35,7 @@ from neurounlearn.training.run import (
     build_model,
     embedding_frame,
     infer,
+    prediction_columns,
     save_model,
     versions,
 )
@@ -82,6 +83,44 @@ def resolve_channels_last(
     if setting != "auto":
         return bool(setting)
     return not uses_gpu(accelerator) and not precision.startswith("bf16")
+
+
+def _check_encoding(cfg: RunConfig, encoding: TableEncoding) -> None:
+    """What only the training split can tell: classes and bins to unlearn or to predict."""
+    if encoding.task == "classification" and len(encoding.target_classes) < 2:
+        raise InputError(
+            f"the training split holds fewer than 2 classes of '{cfg.data.target}'",
+            file=cfg.data.path,
+            column=cfg.data.target,
+            hint="use data with at least two classes (with targets) in the training rows",
+        )
+    for c in cfg.confounds:
+        method = encoding.method(c.name)
+        where = f" within subset '{c.subset}'" if c.subset else ""
+        if method == "binned" and len(encoding.confound_levels[c.name]) < 2:
+            raise InputError(
+                f"continuous confound '{c.name}' gives fewer than 2 distinct quantile bins in "
+                f"the training split{where}: there is nothing to unlearn",
+                column=c.name,
+                file=cfg.data.path,
+                hint="check the column, or use the correlation method",
+            )
+        if method == "categorical" and len(encoding.confound_levels[c.name]) < 2:
+            raise InputError(
+                f"confound '{c.name}' has fewer than 2 levels in the training split{where}: "
+                "there is nothing to unlearn",
+                column=c.name,
+                file=cfg.data.path,
+                hint="check the column and the subset query",
+            )
+        if c.conditional and encoding.condition_size(c.name) < 2:
+            raise InputError(
+                f"confound '{c.name}' is target-conditioned, but the training targets give "
+                "fewer than 2 distinct bins",
+                column=cfg.data.target,
+                file=cfg.data.path,
+                hint="check the target column, or drop ':conditional'",
+            )
 
 
 def config_split(cfg: RunConfig, frame: pd.DataFrame, id_column: str) -> pd.Series:
@@ -155,6 +194,10 @@ def fit(
     inputs = load_inputs(cfg, cfg.data.path)
     frame, id_column, _warnings = inputs.frame, inputs.id_column, inputs.warnings
     assert id_column is not None
+    task = inputs.task
+    if cfg.data.task == "auto":
+        echo(f"task: {task} (inferred: '{cfg.data.target}' {inputs.task_reason}; --task sets it)")
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"task": task})})
     t = cfg.train
     if resume and (out / "splits.csv").is_file():  # keep the interrupted run's split
         stored = pd.read_csv(out / "splits.csv")
@@ -164,36 +207,37 @@ def fit(
     train = (split == "train").to_numpy()
     val = (split == "val").to_numpy()
     encoding = TableEncoding.fit(
-        frame, train, inputs.feature_columns, cfg.data.target, cfg.confounds
+        frame, train, inputs.feature_columns, cfg.data.target, cfg.confounds, task=task
     )
-    for c in cfg.confounds:
-        if len(encoding.confound_levels[c.name]) < 2:
-            where = f" within subset '{c.subset}'" if c.subset else ""
-            raise InputError(
-                f"confound '{c.name}' has fewer than 2 levels in the training split{where}: "
-                "there is nothing to unlearn",
-                column=c.name,
-                file=cfg.data.path,
-                hint="check the column and the subset query",
-            )
+    _check_encoding(cfg, encoding)
     y = encoding.targets(frame)
     codes = encoding.codes(frame)
     if not np.isfinite(y[train]).any():
-        raise InputError("no training row has a target", file=cfg.data.path, column=cfg.data.target)
+        raise InputError(
+            "no training row has a target",
+            file=cfg.data.path,
+            column=cfg.data.target,
+            hint="fill in targets for some rows (rows without one serve the unlearning only)",
+        )
     # images: decoded and preprocessed once into the memory-mapped cache (reused when present)
     rows = row_data(cfg, inputs, encoding, progress=t.progress_bar, echo=echo)
 
     L.seed_everything(t.seed, workers=True, verbose=False)
     model = build_model(cfg, encoding, input_shape=rows.input_shape)
     s = cfg.strategy
+    weights = encoding.class_weights(codes[train])
+    priors = encoding.condition_priors(codes[train], encoding.conditions(frame)[train], weights)
+    task_weight = None
+    if task == "classification" and t.class_balance == "weighted":
+        task_weight = torch.as_tensor(encoding.task_class_weights(y[train]), dtype=torch.float32)
     strategy = strategy_class(s.name)(
         confounds=cfg.confounds,
         task_loss=t.task_loss,
+        task_kind=task,
+        task_class_weight=task_weight,
         adversary_steps=s.adversary_steps,
-        class_weights={
-            k: torch.as_tensor(w, dtype=torch.float32)
-            for k, w in encoding.class_weights(codes[train]).items()
-        },
+        class_weights={k: torch.as_tensor(w, dtype=torch.float32) for k, w in weights.items()},
+        priors={k: torch.as_tensor(p, dtype=torch.float32) for k, p in priors.items()},
         **({"mode": s.mode, "pretrain_epochs": s.pretrain_epochs} if s.name == "iterative" else {}),
         **({"lambda_max": s.lambda_max} if s.name == "grl" else {}),
     )
@@ -286,8 +330,7 @@ def fit(
     for c in cfg.confounds:  # the audit needs them; the run dir must not depend on the manifest
         if c.name not in preds:
             preds[c.name] = frame[c.name].to_numpy()
-    preds[cfg.data.target] = pd.to_numeric(frame[cfg.data.target], errors="coerce").to_numpy()
-    preds["prediction"] = encoding.unscale_target(pred.astype(np.float64))
+    preds = prediction_columns(preds, encoding, frame, pred)
     write_csv(preds, out / "predictions.csv")
     write_csv(embedding_frame(ids, feats), out / "embeddings.csv")
     write_json(
@@ -299,6 +342,9 @@ def fit(
             "epochs_run": epochs_run,
             "samples_per_second": seen / fit_seconds if fit_seconds > 0 else None,
             "train_rows": int(train.sum()),
+            "train_rows_labelled": int(np.isfinite(y[train]).sum()),
+            "task": task,
+            "hidden_targets": inputs.hidden_targets,
             "input": cfg.data.input,
             "input_shape": list(rows.input_shape),
             "precision": precision,

@@ -11,7 +11,7 @@ import pandas as pd
 
 from neurounlearn.data.manifest import check_new_data, read_table
 from neurounlearn.errors import InputError
-from neurounlearn.training.run import LoadedRun, embedding_frame, infer
+from neurounlearn.training.run import LoadedRun, embedding_frame, infer, prediction_columns
 
 
 def predict_table(
@@ -50,11 +50,7 @@ def _frames(
     if cfg.data.input == "image" and cfg.data.image_column in frame:
         keep.append(cfg.data.image_column)
     ids = frame[keep].reset_index(drop=True)
-    preds = ids.copy()
-    target = cfg.data.target
-    if target in frame:
-        preds[target] = pd.to_numeric(frame[target], errors="coerce").to_numpy()
-    preds["prediction"] = enc.unscale_target(pred.astype(np.float64))
+    preds = prediction_columns(ids, enc, frame.reset_index(drop=True), pred)
     return preds, embedding_frame(ids, feats)
 
 

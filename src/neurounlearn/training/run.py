@@ -101,11 +101,17 @@ def build_model(
                 f"cannot build the '{encoder_name}' encoder: {err}",
                 hint="check model.channels and model.strides (one stride per channel stage)",
             ) from None
-    confounds = {name: len(levels) for name, levels in encoding.confound_levels.items()}
+    methods = {name: encoding.method(name) for name in encoding.confound_levels}
     return UnlearningModel(
         encoder,
-        nn.Linear(m.embedding_dim, 1),
-        confounds,
+        nn.Linear(m.embedding_dim, encoding.n_outputs),
+        {name: len(levels) for name, levels in encoding.confound_levels.items()},
+        continuous=[name for name, method in methods.items() if method == "correlation"],
+        conditions={
+            name: encoding.condition_size(name)
+            for name in encoding.confound_levels
+            if encoding.condition_size(name)
+        },
         head_hidden=m.head_hidden,
         n_heads=m.adversary_heads,
     )
@@ -214,3 +220,29 @@ def infer(
 def embedding_frame(ids: pd.DataFrame, features: np.ndarray) -> pd.DataFrame:
     cols = {f"e{i}": features[:, i] for i in range(features.shape[1])}
     return pd.concat([ids.reset_index(drop=True), pd.DataFrame(cols)], axis=1)
+
+
+def prediction_columns(
+    preds: pd.DataFrame, encoding: TableEncoding, frame: pd.DataFrame, out: np.ndarray
+) -> pd.DataFrame:
+    """Add the target (when the frame has it) and the model's predictions to ``preds``.
+
+    Regression: ``prediction`` in the target's units. Classification: ``prediction`` (the most
+    probable class) and ``prob_CLASS`` for each class.
+    """
+    preds = preds.copy()
+    target = encoding.target
+    if encoding.task == "classification":
+        if target is not None and target in frame:
+            preds[target] = frame[target].to_numpy()
+        logits = torch.as_tensor(out, dtype=torch.float32).reshape(len(out), -1)
+        prob = torch.softmax(logits, dim=1).numpy()
+        classes = np.asarray(encoding.target_classes, dtype=object)
+        preds["prediction"] = classes[prob.argmax(axis=1)] if len(prob) else []
+        for k, name in enumerate(encoding.target_classes):
+            preds[f"prob_{name}"] = prob[:, k]
+        return preds
+    if target is not None and target in frame:
+        preds[target] = pd.to_numeric(frame[target], errors="coerce").to_numpy()
+    preds["prediction"] = encoding.unscale_target(out.astype(np.float64))
+    return preds

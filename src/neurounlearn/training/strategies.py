@@ -5,9 +5,13 @@ or data loading. It runs inside :class:`neurounlearn.training.system.UnlearningS
 manual optimisation) through the small :class:`StepHost` protocol, so it can be tested with a
 plain stand-in.
 
-A batch is a dict: ``x`` ``(B, ...)`` inputs, ``y`` ``(B,)`` task targets (NaN: unknown),
-``codes`` ``(B, C)`` long confound classes in the model's confound order (``-1``: ignore the row
-for that confound — missing, unseen level, or outside the confound's ``subset``).
+A batch is a dict: ``x`` ``(B, ...)`` inputs, ``y`` ``(B,)`` task targets (NaN: unknown; a
+class index for classification), ``codes`` ``(B, C)`` long confound classes in the model's
+confound order (``-1``: ignore the row for that confound — missing, unseen level, outside the
+confound's ``subset``, or a continuous confound), and optionally ``values`` ``(B, C)`` float
+standardised values of continuous (correlation) confounds (NaN: ignore) and ``conditions``
+``(B, C)`` long target bins for target-conditioned confounds (``-1``: none). Where a method takes
+``batch``, a bare ``codes`` tensor is accepted too (categorical confounds only).
 """
 
 from __future__ import annotations
@@ -22,11 +26,28 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from neurounlearn.config import ConfoundConfig
-from neurounlearn.losses import IGNORE, adversary_loss, confusion_loss, masked_regression_loss
+from neurounlearn.losses import (
+    IGNORE,
+    adversary_loss,
+    confusion_loss,
+    masked_cross_entropy,
+    masked_mse,
+    masked_regression_loss,
+    squared_correlation,
+)
 from neurounlearn.models.grl import GradientReversal, ganin_lambda
 from neurounlearn.models.unlearning import UnlearningModel
 
 Batch = Mapping[str, Tensor]
+#: What the confound losses need from a batch: the batch itself, or just its ``codes``.
+Targets = Batch | Tensor
+
+
+def _unpack(batch: Targets) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """``(codes, values, conditions)`` of a batch (or of a bare codes tensor)."""
+    if isinstance(batch, Tensor):
+        return batch, None, None
+    return batch["codes"], batch.get("values"), batch.get("conditions")
 
 
 class StepHost(Protocol):
@@ -72,9 +93,16 @@ class Strategy(ABC):
 
     Args:
         confounds: the confounds, in the model's confound order.
-        task_loss: ``"mse"`` or ``"l1"``.
+        task_loss: ``"mse"`` or ``"l1"`` (regression tasks).
+        task_kind: ``"regression"`` or ``"classification"`` (cross-entropy head).
+        task_class_weight: classification: ``(K,)`` weights of the task's cross-entropy
+            (inverse training frequency, so a rare class counts as much as a common one).
         class_weights: per confound, ``(K,)`` weights of the adversary's cross-entropy
             (inverse training frequency, so every site counts equally).
+        priors: per target-conditioned confound, ``(T, K)``: row ``b`` is the distribution the
+            confusion loss asks of the head for a row in target bin ``b`` (the training split's
+            ``p(confound | bin)``, reweighted by ``class_weights`` as the adversary's loss is).
+        adversary_steps: confound-head updates per batch.
     """
 
     name: ClassVar[str]
@@ -84,13 +112,24 @@ class Strategy(ABC):
         *,
         confounds: Sequence[ConfoundConfig],
         task_loss: str = "mse",
+        task_kind: str = "regression",
+        task_class_weight: Tensor | None = None,
         class_weights: Mapping[str, Tensor] | None = None,
+        priors: Mapping[str, Tensor] | None = None,
         adversary_steps: int = 1,
     ) -> None:
+        if task_kind not in ("regression", "classification"):
+            raise ValueError(f"task_kind must be regression or classification, got {task_kind!r}")
         self.confounds = list(confounds)
         self.adversary_steps = adversary_steps
         self.task_loss_kind = task_loss
+        self.task_kind = task_kind
+        self.task_class_weight = task_class_weight
         self.class_weights = dict(class_weights or {})
+        self.priors = dict(priors or {})
+        for c in self.confounds:
+            if c.conditional and c.name not in self.priors:
+                raise ValueError(f"confound '{c.name}' is target-conditioned: give its priors")
 
     # -- what the loop asks -------------------------------------------------------------------
     def phase(self, epoch: int) -> str:
@@ -112,7 +151,18 @@ class Strategy(ABC):
 
     # -- shared pieces ------------------------------------------------------------------------
     def task_loss(self, model: UnlearningModel, features: Tensor, y: Tensor) -> Tensor:
-        return masked_regression_loss(model.predict_task(features), y, self.task_loss_kind)
+        out = model.predict_task(features)
+        if self.task_kind == "classification":
+            w = self.task_class_weight
+            return masked_cross_entropy(out, y, None if w is None else w.to(out.device, out.dtype))
+        return masked_regression_loss(out, y, self.task_loss_kind)
+
+    @staticmethod
+    def confound_outputs(
+        model: UnlearningModel, features: Tensor, batch: Targets, *, reverse: bool = False
+    ) -> dict[str, Tensor]:
+        """The confound heads' outputs, each conditioned on the row's target bin if it is."""
+        return model.confound_logits(features, reverse=reverse, conditions=_unpack(batch)[2])
 
     def _weight(self, name: str, logits: Tensor) -> Tensor | None:
         w = self.class_weights.get(name)
@@ -125,36 +175,99 @@ class Strategy(ABC):
             return logits.reshape(-1, logits.shape[-1]), codes.repeat(logits.shape[0])
         return logits, codes
 
-    def adversary_losses(self, logits: Mapping[str, Tensor], codes: Tensor) -> dict[str, Tensor]:
+    def _column(self, i: int, c: ConfoundConfig, batch: Targets) -> Tensor:
+        """Confound ``i``'s class per row, ``-1`` where the row sits out (also: no target bin)."""
+        codes, _, conditions = _unpack(batch)
+        col = codes[:, i]
+        if c.conditional and conditions is not None:
+            col = torch.where(conditions[:, i] >= 0, col, torch.full_like(col, IGNORE))
+        return col
+
+    def _values(self, i: int, c: ConfoundConfig, batch: Targets) -> Tensor:
+        _, values, _ = _unpack(batch)
+        if values is None:
+            raise ValueError(f"continuous confound '{c.name}' needs the batch's 'values'")
+        return values[:, i]
+
+    def _prior_rows(self, i: int, c: ConfoundConfig, batch: Targets) -> Tensor | None:
+        if not c.conditional:
+            return None
+        conditions = _unpack(batch)[2]
+        if conditions is None:
+            raise ValueError(f"confound '{c.name}' is target-conditioned: the batch needs them")
+        prior = self.priors[c.name].to(conditions.device)
+        return prior[conditions[:, i].clamp(min=0)]
+
+    def adversary_losses(self, logits: Mapping[str, Tensor], batch: Targets) -> dict[str, Tensor]:
+        """Per confound: weighted cross-entropy (classes) or MSE (a continuous confound)."""
         out = {}
         for i, c in enumerate(self.confounds):
-            flat, col = self._flat(logits[c.name], codes[:, i])
+            if c.head == "regress":
+                pred = logits[c.name]
+                v = self._values(i, c, batch)
+                if pred.ndim == 2:  # ensemble (H, B)
+                    pred, v = pred.reshape(-1), v.repeat(pred.shape[0])
+                out[c.name] = masked_mse(pred, v)
+                continue
+            flat, col = self._flat(logits[c.name], self._column(i, c, batch))
             out[c.name] = adversary_loss(flat, col, self._weight(c.name, flat))
         return out
 
-    def confusion_losses(self, logits: Mapping[str, Tensor], codes: Tensor) -> dict[str, Tensor]:
+    def confusion_losses(self, logits: Mapping[str, Tensor], batch: Targets) -> dict[str, Tensor]:
+        """Per confound, what the encoder minimises: the confusion loss against the uniform
+        distribution (or, target-conditioned, against ``p(confound | target bin)``), or for a
+        continuous confound the squared correlation of the head's output with the value."""
         out = {}
         for i, c in enumerate(self.confounds):
-            flat, col = self._flat(logits[c.name], codes[:, i])
-            out[c.name] = confusion_loss(flat, col != IGNORE)
+            if c.head == "regress":
+                pred = logits[c.name]
+                v = self._values(i, c, batch)
+                preds = pred if pred.ndim == 2 else pred.unsqueeze(0)
+                out[c.name] = torch.stack([squared_correlation(p, v) for p in preds]).mean()
+                continue
+            raw = logits[c.name]
+            flat, col = self._flat(raw, self._column(i, c, batch))
+            target = self._prior_rows(i, c, batch)
+            if target is not None and raw.ndim == 3:
+                target = target.repeat(raw.shape[0], 1)
+            out[c.name] = confusion_loss(
+                flat, col != IGNORE, None if target is None else target.to(flat.dtype)
+            )
         return out
 
-    def adversary_accuracy(self, logits: Mapping[str, Tensor], codes: Tensor) -> dict[str, Tensor]:
+    def adversary_accuracy(self, logits: Mapping[str, Tensor], batch: Targets) -> dict[str, Tensor]:
+        """Per categorical (or binned) confound, the heads' accuracy on the rows that count."""
         out = {}
         for i, c in enumerate(self.confounds):
-            flat, col = self._flat(logits[c.name], codes[:, i])
+            if c.head == "regress":
+                continue
+            flat, col = self._flat(logits[c.name], self._column(i, c, batch))
             mask = col != IGNORE
             if bool(mask.any()):
                 hit = flat[mask].argmax(dim=1) == col[mask]
                 out[c.name] = hit.float().mean().detach()
         return out
 
+    def adversary_metrics(self, logits: Mapping[str, Tensor], batch: Targets) -> dict[str, Tensor]:
+        """Values to log: ``adv_acc/NAME`` (classes) and ``adv_r2/NAME`` (squared correlation
+        of a continuous confound's head with the value)."""
+        logs = {f"adv_acc/{k}": v for k, v in self.adversary_accuracy(logits, batch).items()}
+        for i, c in enumerate(self.confounds):
+            if c.head == "regress":
+                pred = logits[c.name].detach()
+                preds = pred if pred.ndim == 2 else pred.unsqueeze(0)
+                v = self._values(i, c, batch)
+                logs[f"adv_r2/{c.name}"] = torch.stack(
+                    [squared_correlation(p, v) for p in preds]
+                ).mean()
+        return logs
+
     def adversary_step(
         self,
         host: StepHost,
         opt: Optimizer,
         features: Tensor,
-        codes: Tensor,
+        batch: Targets,
         steps: int | None = None,
     ) -> dict[str, Tensor]:
         """Confound heads step on ``sum_k alpha_k L_adv,k`` of *detached* features.
@@ -170,8 +283,8 @@ class Strategy(ABC):
         losses: dict[str, Tensor] = {}
         logits: dict[str, Tensor] = {}
         for i in range(n_steps):
-            step_logits = host.model.confound_logits(detached)
-            step_losses = self.adversary_losses(step_logits, codes)
+            step_logits = self.confound_outputs(host.model, detached, batch)
+            step_losses = self.adversary_losses(step_logits, batch)
             if i == 0:
                 logits, losses = step_logits, step_losses
             total = sum((c.alpha * step_losses[c.name] for c in self.confounds), torch.zeros(()))
@@ -181,16 +294,15 @@ class Strategy(ABC):
             host.manual_backward(total)
             opt.step()
         logs = {f"adv_loss/{k}": v.detach() for k, v in losses.items()}
-        logs |= {f"adv_acc/{k}": v for k, v in self.adversary_accuracy(logits, codes).items()}
-        return logs
+        return logs | self.adversary_metrics(logits, batch)
 
     def weighted_confusion(
-        self, model: UnlearningModel, features: Tensor, codes: Tensor
+        self, model: UnlearningModel, features: Tensor, batch: Targets
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """``sum_k beta_k L_conf,k`` with the heads frozen, so only the encoder learns from it."""
         with frozen(model.confound_heads):
-            logits = model.confound_logits(features)
-        losses = self.confusion_losses(logits, codes)
+            logits = self.confound_outputs(model, features, batch)
+        losses = self.confusion_losses(logits, batch)
         total = sum((c.beta * losses[c.name] for c in self.confounds), torch.zeros(()))
         return total, {f"conf_loss/{k}": v.detach() for k, v in losses.items()}
 
@@ -223,7 +335,7 @@ class BaselineStrategy(Strategy):
         opt_task.step()
         logs = {"task_loss": loss.detach()}
         if len(opts) > 1:
-            logs |= self.adversary_step(host, opts[1], f, batch["codes"])
+            logs |= self.adversary_step(host, opts[1], f, batch)
         return logs
 
 
@@ -272,7 +384,7 @@ class IterativeStrategy(Strategy):
     def training_step(self, host: StepHost, batch: Batch) -> dict[str, Tensor]:
         opts = _as_list(host.optimizers())
         opt_task, opt_adv = opts[0], opts[1]
-        model, x, y, codes = host.model, batch["x"], batch["y"], batch["codes"]
+        model, x, y = host.model, batch["x"], batch["y"]
 
         if self.phase(host.current_epoch) == "pretrain" or self.mode == "sequential":
             # step 1: task
@@ -283,11 +395,11 @@ class IterativeStrategy(Strategy):
             opt_task.step()
             logs = {"task_loss": task.detach()}
             if self.phase(host.current_epoch) == "pretrain":
-                return logs | self.adversary_step(host, opt_adv, f, codes)
+                return logs | self.adversary_step(host, opt_adv, f, batch)
             # steps 2 and 3 share features recomputed after step 1 (step 2 leaves E unchanged)
             f = model.encode(x)
-            logs |= self.adversary_step(host, opt_adv, f, codes)
-            conf, conf_logs = self.weighted_confusion(model, f, codes)
+            logs |= self.adversary_step(host, opt_adv, f, batch)
+            conf, conf_logs = self.weighted_confusion(model, f, batch)
             opt_conf = opts[2]
             opt_conf.zero_grad()
             if conf.requires_grad:
@@ -297,9 +409,9 @@ class IterativeStrategy(Strategy):
 
         # joint: step 2 first, then one backward on task + confusion
         f = model.encode(x)
-        logs = self.adversary_step(host, opt_adv, f, codes)
+        logs = self.adversary_step(host, opt_adv, f, batch)
         task = self.task_loss(model, f, y)
-        conf, conf_logs = self.weighted_confusion(model, f, codes)
+        conf, conf_logs = self.weighted_confusion(model, f, batch)
         opt_task.zero_grad()
         host.manual_backward(task + conf)
         opt_task.step()
@@ -314,8 +426,14 @@ class GRLStrategy(Strategy):
          ``lambda(p) = lambda_max * (2 / (1 + exp(-10 p)) - 1)`` and ``p`` is training progress;
       2. loss = ``L_task + sum_k alpha_k L_adv,k(D_k(GRL_k(f)))``: the heads learn to predict
          the confounds while the encoder receives their gradient reversed, scaled so that it
-         sees ``-lambda * beta_k`` times the adversary's gradient;
+         sees ``-lambda * beta_k`` times the adversary's gradient. A target-conditioned head
+         sees the target bin beside the reversed features;
       3. one optimiser step over encoder, task head and confound heads.
+
+    A continuous (correlation) confound's head learns its MSE without reversal (weight 0), and
+    the encoder instead minimises ``lambda * beta_k`` times the squared correlation of the
+    (frozen) head's output with the value: a reversed MSE gradient would push the head to
+    anti-correlate with the confound rather than forget it.
 
     Args:
         lambda_max: the schedule's final weight.
@@ -341,26 +459,35 @@ class GRLStrategy(Strategy):
 
     def training_step(self, host: StepHost, batch: Batch) -> dict[str, Tensor]:
         (opt,) = _as_list(host.optimizers())
-        model, codes = host.model, batch["codes"]
+        model = host.model
         lam = ganin_lambda(host.progress, self.lambda_max)
         for c in self.confounds:
             reversal = cast(GradientReversal, model.reversal[c.name])
-            reversal.set_weight(lam * c.beta / c.alpha if c.alpha > 0 else 0.0)
+            scaled = lam * c.beta / c.alpha if c.alpha > 0 else 0.0
+            reversal.set_weight(0.0 if c.head == "regress" else scaled)
         f = model.encode(batch["x"])
         # extra head-only updates first; the joint step below is the adversary's last one
-        self.adversary_step(host, opt, f, codes, steps=self.adversary_steps - 1)
+        self.adversary_step(host, opt, f, batch, steps=self.adversary_steps - 1)
         task = self.task_loss(model, f, batch["y"])
-        logits = model.confound_logits(f, reverse=True)
-        adv = self.adversary_losses(logits, codes)
+        logits = self.confound_outputs(model, f, batch, reverse=True)
+        adv = self.adversary_losses(logits, batch)
         total = task + sum((c.alpha * adv[c.name] for c in self.confounds), torch.zeros(()))
+        logs: dict[str, Tensor] = {"task_loss": task.detach(), "lambda": torch.tensor(lam)}
+        if any(c.head == "regress" for c in self.confounds):
+            with frozen(model.confound_heads):
+                plain = self.confound_outputs(model, f, batch)
+            corr = self.confusion_losses(plain, batch)
+            total = total + sum(
+                (lam * c.beta * corr[c.name] for c in self.confounds if c.head == "regress"),
+                torch.zeros(()),
+            )
         opt.zero_grad()
         host.manual_backward(total)
         opt.step()
         detached = {k: v.detach() for k, v in logits.items()}
-        logs: dict[str, Tensor] = {"task_loss": task.detach(), "lambda": torch.tensor(lam)}
         logs |= {f"adv_loss/{k}": v.detach() for k, v in adv.items()}
-        logs |= {f"adv_acc/{k}": v for k, v in self.adversary_accuracy(detached, codes).items()}
+        logs |= self.adversary_metrics(detached, batch)
         logs |= {
-            f"conf_loss/{k}": v.detach() for k, v in self.confusion_losses(detached, codes).items()
+            f"conf_loss/{k}": v.detach() for k, v in self.confusion_losses(detached, batch).items()
         }
         return logs

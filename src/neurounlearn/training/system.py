@@ -92,15 +92,11 @@ class UnlearningSystem(L.LightningModule):
         s = self.strategy
         f = self.model.encode(batch["x"])
         task = s.task_loss(self.model, f, batch["y"])
-        logits = self.model.confound_logits(f)
+        logits = s.confound_outputs(self.model, f, batch)
         n = len(batch["y"])
         logs: dict[str, Tensor] = {"val/task_loss": task}
-        logs |= {
-            f"val/adv_acc/{k}": v for k, v in s.adversary_accuracy(logits, batch["codes"]).items()
-        }
-        logs |= {
-            f"val/conf_loss/{k}": v for k, v in s.confusion_losses(logits, batch["codes"]).items()
-        }
+        logs |= {f"val/{k}": v for k, v in s.adversary_metrics(logits, batch).items()}
+        logs |= {f"val/conf_loss/{k}": v for k, v in s.confusion_losses(logits, batch).items()}
         if s.stopping_active(self.current_epoch):
             logs[STOP_METRIC] = task
         self.log_dict(logs, on_step=False, on_epoch=True, batch_size=n)
