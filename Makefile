@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/tabular_knobs.py
 	$(BIN)/python benchmarks/image_speed.py
 	$(BIN)/python benchmarks/image_sim.py
+	$(BIN)/python benchmarks/paper.py
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache .ruff_cache .mypy_cache

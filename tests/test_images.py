@@ -114,6 +114,22 @@ def test_fit_evaluate_predict_embed_on_images(cohort: Path, tmp_path: Path) -> N
     ]
 
 
+def test_sex_classification_on_images_with_age_and_site_unlearned(
+    cohort: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    result = invoke(
+        ["fit", "--data", cohort, "--input", "image", "--target", "sex", "--unlearn", "site",
+         "--unlearn", "age:continuous", "--strategy", "grl", "--out", out, *QUICK]
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["task"]["kind"] == "classification"
+    assert metrics["leakage"]["age"]["kind"] == "continuous"
+    preds = pd.read_csv(out / "predictions.csv")
+    assert {"prob_F", "prob_M"} <= set(preds.columns) and set(preds["prediction"]) <= {"F", "M"}
+
+
 def test_second_fit_reuses_the_cache(cohort: Path, tmp_path: Path) -> None:
     assert fit_image(cohort, tmp_path / "a", strategy="baseline").exit_code == 0
     second = fit_image(cohort, tmp_path / "b", strategy="baseline")

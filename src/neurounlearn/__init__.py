@@ -3,7 +3,8 @@
 The public pieces, importable from here::
 
     from neurounlearn import (UnlearningModel, MLPEncoder, CompactCNN3D, PaperCNN3D, SFCN3D,
-                              GradientReversal, confusion_loss, simulate_cohort,
+                              GradientReversal, confusion_loss, squared_correlation,
+                              simulate_cohort, simulate_table,
                               BaselineStrategy, IterativeStrategy, GRLStrategy,
                               LeakageAudit, ComBatArm, RunConfig, fit, evaluate)
 
@@ -26,11 +27,14 @@ _EXPORTS = {
     "SFCN3D": "neurounlearn.models.encoders",
     "build_encoder": "neurounlearn.models.encoders",
     "simulate_cohort": "neurounlearn.data.simulate",
+    "simulate_table": "neurounlearn.data.simulate_table",
     "GradientReversal": "neurounlearn.models.grl",
     "ganin_lambda": "neurounlearn.models.grl",
     "confusion_loss": "neurounlearn.losses",
     "adversary_loss": "neurounlearn.losses",
     "masked_regression_loss": "neurounlearn.losses",
+    "masked_cross_entropy": "neurounlearn.losses",
+    "squared_correlation": "neurounlearn.losses",
     "Strategy": "neurounlearn.training.strategies",
     "BaselineStrategy": "neurounlearn.training.strategies",
     "IterativeStrategy": "neurounlearn.training.strategies",
@@ -70,8 +74,11 @@ __all__ = [
     "fit",
     "ganin_lambda",
     "load_run",
+    "masked_cross_entropy",
     "masked_regression_loss",
     "simulate_cohort",
+    "simulate_table",
+    "squared_correlation",
 ]
 
 
@@ -84,11 +91,18 @@ def __getattr__(name: str) -> Any:
 if TYPE_CHECKING:  # pragma: no cover
     from neurounlearn.config import RunConfig
     from neurounlearn.data.simulate import simulate_cohort
+    from neurounlearn.data.simulate_table import simulate_table
     from neurounlearn.errors import InputError
     from neurounlearn.evaluation.combat import ComBatArm
     from neurounlearn.evaluation.evaluate import evaluate
     from neurounlearn.evaluation.leakage import LeakageAudit
-    from neurounlearn.losses import adversary_loss, confusion_loss, masked_regression_loss
+    from neurounlearn.losses import (
+        adversary_loss,
+        confusion_loss,
+        masked_cross_entropy,
+        masked_regression_loss,
+        squared_correlation,
+    )
     from neurounlearn.models.encoders import SFCN3D, CompactCNN3D, PaperCNN3D, build_encoder
     from neurounlearn.models.grl import GradientReversal, ganin_lambda
     from neurounlearn.models.unlearning import ConfoundHead, MLPEncoder, UnlearningModel
