@@ -1,6 +1,9 @@
+import os
+import stat
+
 import pytest
 
-from neurounlearn.atomic import atomic_path, write_json
+from neurounlearn.atomic import atomic_path, write_json, write_text
 
 
 def test_failed_write_leaves_neither_the_file_nor_a_temporary(tmp_path):
@@ -18,3 +21,12 @@ def test_failed_rewrite_keeps_the_previous_file(tmp_path):
         write_json({"mae": float("nan")}, target)  # NaN is never written as a number
     assert target.read_text().strip() == '{\n  "mae": 1.0\n}'
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_written_files_get_the_usual_permissions_not_private_ones(tmp_path):
+    old = os.umask(0o022)
+    try:
+        write_text("x", tmp_path / "a.txt")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o644
