@@ -196,7 +196,8 @@ class TableEncoding:
             np.float32
         )
 
-    def _class_index(self, values: pd.Series) -> np.ndarray:
+    def class_index(self, values: pd.Series) -> np.ndarray:
+        """Class index of each label of a classification target (NaN: missing or unseen)."""
         lookup = {c: float(i) for i, c in enumerate(self.target_classes)}
         return np.array(
             [np.nan if pd.isna(v) else lookup.get(str(v), np.nan) for v in values],
@@ -209,7 +210,7 @@ class TableEncoding:
         if self.target is None or self.target not in frame:
             return np.full(len(frame), np.nan, dtype=np.float32)
         if self.task == "classification":
-            return self._class_index(frame[self.target]).astype(np.float32)
+            return self.class_index(frame[self.target]).astype(np.float32)
         y = _numeric(frame[self.target])
         return ((y - self.target_mean) / self.target_std).astype(np.float32)
 
@@ -262,7 +263,7 @@ class TableEncoding:
                 continue
             edges = self.condition_edges[name]
             if edges is None:
-                idx = self._class_index(frame[self.target])
+                idx = self.class_index(frame[self.target])
                 out[:, j] = np.where(np.isfinite(idx), np.nan_to_num(idx), IGNORE).astype(np.int64)
             else:
                 out[:, j] = _bins(_numeric(frame[self.target]), edges)

@@ -124,10 +124,7 @@ def _task_block(
 def _target_as_number(encoding: TableEncoding, values: pd.Series) -> np.ndarray:
     """The target as numbers for the audit's conditional block (class index for classes)."""
     if encoding.task == "classification":
-        lookup = {c: float(i) for i, c in enumerate(encoding.target_classes)}
-        return np.array(
-            [np.nan if pd.isna(v) else lookup.get(str(v), np.nan) for v in values], dtype=float
-        )
+        return encoding.class_index(values)
     return pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
 
 
