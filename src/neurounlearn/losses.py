@@ -99,11 +99,6 @@ def masked_cross_entropy(logits: Tensor, target: Tensor, weight: Tensor | None =
     return F.cross_entropy(logits[mask], target[mask].long(), weight=weight)
 
 
-def masked_mse(pred: Tensor, target: Tensor) -> Tensor:
-    """Mean squared error over rows whose target is not NaN (a continuous confound's head)."""
-    return masked_regression_loss(pred, target, "mse")
-
-
 def squared_correlation(pred: Tensor, target: Tensor, eps: float = 1e-6) -> Tensor:
     """Squared Pearson correlation of ``pred`` with ``target`` over rows where ``target`` is known.
 

@@ -400,13 +400,26 @@ def _empty_cells(
     return _capped(problems, f"an empty '{column}'", path, hint)
 
 
-def _class_target_problems(
-    df: pd.DataFrame, path: str | Path, target: str, training: bool
+def _one_class_problem(values: pd.Series, path: str | Path, target: str) -> list[Problem]:
+    classes = values.dropna().astype(str).unique()
+    if len(classes) >= 2:
+        return []
+    return [
+        Problem(
+            f"classification target '{target}' has only one class ({classes[0]!r}); there "
+            "is nothing to tell apart",
+            file=path,
+            column=target,
+            hint="use data with at least two classes, or --task regression for a number",
+        )
+    ]
+
+
+def _target_problems(
+    df: pd.DataFrame, path: str | Path, target: str, training: bool, task: str = "regression"
 ) -> list[Problem]:
     values = df[target]
-    if not training:
-        return []
-    if values.isna().all():
+    if training and values.isna().all():
         return [
             Problem(
                 f"target '{target}' is empty in every row; there is nothing to train on",
@@ -415,26 +428,8 @@ def _class_target_problems(
                 hint="fill in the target, or name another column with --target",
             )
         ]
-    classes = values.dropna().astype(str).unique()
-    if len(classes) < 2:
-        return [
-            Problem(
-                f"classification target '{target}' has only one class ({classes[0]!r}); there "
-                "is nothing to tell apart",
-                file=path,
-                column=target,
-                hint="use data with at least two classes, or --task regression for a number",
-            )
-        ]
-    return []
-
-
-def _target_problems(
-    df: pd.DataFrame, path: str | Path, target: str, training: bool, task: str = "regression"
-) -> list[Problem]:
     if task == "classification":
-        return _class_target_problems(df, path, target, training)
-    values = df[target]
+        return _one_class_problem(values, path, target) if training else []
     hint = (
         "write a number ('.' as the decimal point), or leave the cell empty if unknown; for "
         "labels such as sex or diagnosis pass --task classification"
@@ -456,17 +451,7 @@ def _target_problems(
         Problem(f"target '{target}' is infinite", file=path, row=r, column=target, hint=hint)
         for r in infinite
     ]
-    problems += _capped(inf_problems, f"an infinite '{target}'", path, hint)
-    if training and values.isna().all():
-        problems.append(
-            Problem(
-                f"target '{target}' is empty in every row; there is nothing to train on",
-                file=path,
-                column=target,
-                hint="fill in the target, or name another column with --target",
-            )
-        )
-    return problems
+    return problems + _capped(inf_problems, f"an infinite '{target}'", path, hint)
 
 
 def _feature_value_problems(

@@ -57,6 +57,11 @@ def _bins(values: np.ndarray, edges: Sequence[float]) -> np.ndarray:
     return out
 
 
+def _index_codes(index: np.ndarray) -> np.ndarray:
+    """Float class indices (NaN: none) as integer codes (``-1``: none)."""
+    return np.where(np.isfinite(index), np.nan_to_num(index), IGNORE).astype(np.int64)
+
+
 def _inverse_frequency(codes: np.ndarray, n_classes: int) -> np.ndarray:
     counts = np.bincount(codes[codes != IGNORE], minlength=n_classes).astype(float)
     n = counts.sum()
@@ -264,7 +269,7 @@ class TableEncoding:
             edges = self.condition_edges[name]
             if edges is None:
                 idx = self.class_index(frame[self.target])
-                out[:, j] = np.where(np.isfinite(idx), np.nan_to_num(idx), IGNORE).astype(np.int64)
+                out[:, j] = _index_codes(idx)
             else:
                 out[:, j] = _bins(_numeric(frame[self.target]), edges)
         return out
@@ -280,8 +285,7 @@ class TableEncoding:
 
     def task_class_weights(self, y: np.ndarray) -> np.ndarray:
         """Inverse-frequency weights of a classification target's classes over rows ``y``."""
-        codes = np.where(np.isfinite(y), np.nan_to_num(y), IGNORE).astype(np.int64)
-        return _inverse_frequency(codes, len(self.target_classes))
+        return _inverse_frequency(_index_codes(y), len(self.target_classes))
 
     def condition_priors(
         self, codes: np.ndarray, conditions: np.ndarray, weights: dict[str, np.ndarray]

@@ -106,13 +106,14 @@ def _task_block(
         return {"kind": "classification", "target": target, **block}
     y = pd.to_numeric(true, errors="coerce").to_numpy(dtype=float)
     yhat = preds["prediction"].to_numpy(dtype=float)
-    with_val = val is not None and bool(np.isfinite(y[val]).any())
+    if val is not None and not np.isfinite(y[val]).any():
+        val = None  # no labelled validation rows: no bias correction
     block = task_metrics(
         y[rows],
         yhat[rows],
         sites,
-        y_true_val=y[val] if with_val and val is not None else None,
-        y_pred_val=yhat[val] if with_val and val is not None else None,
+        y_true_val=None if val is None else y[val],
+        y_pred_val=None if val is None else yhat[val],
     )
     return {
         "kind": "regression",

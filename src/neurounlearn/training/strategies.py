@@ -31,7 +31,6 @@ from neurounlearn.losses import (
     adversary_loss,
     confusion_loss,
     masked_cross_entropy,
-    masked_mse,
     masked_regression_loss,
     squared_correlation,
 )
@@ -78,6 +77,13 @@ def frozen(module: nn.Module) -> Iterator[None]:
     finally:
         for p, flag in zip(module.parameters(), flags, strict=True):
             p.requires_grad_(flag)
+
+
+def _ensemble_correlation(pred: Tensor, values: Tensor) -> Tensor:
+    """Squared correlation of a regression head's ``(B,)`` (or an ensemble's ``(H, B)``) output
+    with the values, averaged over the heads."""
+    preds = pred if pred.ndim == 2 else pred.unsqueeze(0)
+    return torch.stack([squared_correlation(p, values) for p in preds]).mean()
 
 
 def _as_list(opts: list[Optimizer] | Optimizer) -> list[Optimizer]:
@@ -207,7 +213,7 @@ class Strategy(ABC):
                 v = self._values(i, c, batch)
                 if pred.ndim == 2:  # ensemble (H, B)
                     pred, v = pred.reshape(-1), v.repeat(pred.shape[0])
-                out[c.name] = masked_mse(pred, v)
+                out[c.name] = masked_regression_loss(pred, v, "mse")
                 continue
             flat, col = self._flat(logits[c.name], self._column(i, c, batch))
             out[c.name] = adversary_loss(flat, col, self._weight(c.name, flat))
@@ -220,10 +226,7 @@ class Strategy(ABC):
         out = {}
         for i, c in enumerate(self.confounds):
             if c.head == "regress":
-                pred = logits[c.name]
-                v = self._values(i, c, batch)
-                preds = pred if pred.ndim == 2 else pred.unsqueeze(0)
-                out[c.name] = torch.stack([squared_correlation(p, v) for p in preds]).mean()
+                out[c.name] = _ensemble_correlation(logits[c.name], self._values(i, c, batch))
                 continue
             raw = logits[c.name]
             flat, col = self._flat(raw, self._column(i, c, batch))
@@ -254,12 +257,9 @@ class Strategy(ABC):
         logs = {f"adv_acc/{k}": v for k, v in self.adversary_accuracy(logits, batch).items()}
         for i, c in enumerate(self.confounds):
             if c.head == "regress":
-                pred = logits[c.name].detach()
-                preds = pred if pred.ndim == 2 else pred.unsqueeze(0)
-                v = self._values(i, c, batch)
-                logs[f"adv_r2/{c.name}"] = torch.stack(
-                    [squared_correlation(p, v) for p in preds]
-                ).mean()
+                logs[f"adv_r2/{c.name}"] = _ensemble_correlation(
+                    logits[c.name].detach(), self._values(i, c, batch)
+                )
         return logs
 
     def adversary_step(
