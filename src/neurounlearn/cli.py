@@ -348,6 +348,130 @@ def evaluate_cmd(
         typer.echo("  " + line)
 
 
+def _names(text: str | None) -> tuple[str, ...]:
+    return tuple(v.strip() for v in (text or "").split(",") if v.strip())
+
+
+@app.command()
+@_friendly
+def compare(
+    out: Path = typer.Option(..., "--out", help="directory to create for the comparison"),
+    arms: str = typer.Option(
+        "raw,combat,baseline,baseline+combat,iterative,grl",
+        "--arms",
+        help="comma-separated arms: raw (linear readout of the raw features) | combat | "
+        "combat-inference (ComBat on the raw features; -inference: test subjects harmonised "
+        "without the target covariate, as at inference) | baseline | iterative | "
+        "iterative-joint | grl (networks) | baseline+combat | baseline+combat-inference "
+        "(ComBat on the baseline's embeddings)",
+    ),
+    folds: int = typer.Option(
+        5,
+        "--folds",
+        help="K-fold cross-fitting: every subject is predicted by a model that "
+        "never trained on it; at most the subject count of the smallest site",
+    ),
+    external: str | None = typer.Option(
+        None,
+        "--external",
+        help="leave-one-site-out: also hold out each site in turn and report every arm's "
+        "error on it (a scanner never seen in training)",
+    ),
+    combat_covariates: str | None = typer.Option(
+        None,
+        "--combat-covariates",
+        help="columns ComBat preserves, comma-separated (categories are one-hot coded); "
+        "default: the target. 'none' for no covariates",
+    ),
+    combat_smooth: str | None = typer.Option(
+        None,
+        "--combat-smooth",
+        help="covariates ComBat-GAM models as smooth terms, e.g. age (must be covariates)",
+    ),
+    jobs: int | None = typer.Option(
+        None,
+        "--jobs",
+        help="fits run in parallel (default: one per CPU core for feature tables, each on "
+        "one thread; images: 1)",
+    ),
+    data: Path | None = DataOpt,
+    input: str | None = typer.Option(
+        None, "--input", help="features (a feature table, the default) | image"
+    ),
+    features: str | None = FeaturesOpt,
+    target: str | None = TargetOpt,
+    task: str | None = TaskOpt,
+    unlearn: list[str] | None = UnlearnOpt,
+    unlearn_where: list[str] | None = WhereOpt,
+    unlabelled_site: list[str] | None = UnlabelledOpt,
+    band: tuple[float, float] | None = typer.Option(
+        None, "--band", help="audit also within this target band, e.g. --band 18 35"
+    ),
+    seed: int | None = SeedOpt,
+    epochs: int | None = EpochsOpt,
+    batch_size: int | None = BatchOpt,
+    lr: float | None = LrOpt,
+    config: Path | None = ConfigOpt,
+    set_: list[str] | None = SetOpt,
+) -> None:
+    """Run every arm (ComBat, baseline, unlearning strategies) on the same seeded folds and
+    write comparison.csv, comparison.md and report.html."""
+    from neurounlearn.evaluation.compare import CombatSettings
+    from neurounlearn.evaluation.compare import compare as run_compare
+
+    cfg = build_config(
+        config=config,
+        data=data,
+        input=input,
+        features=features,
+        target=target,
+        task=task,
+        unlabelled_sites=unlabelled_site,
+        unlearn=unlearn,
+        where=unlearn_where,
+        band=band,
+        seed=seed,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        overrides=set_,
+    )
+    covariates = _names(combat_covariates) if combat_covariates else (cfg.data.target,)
+    if combat_covariates and combat_covariates.strip().lower() == "none":
+        covariates = ()
+    if jobs is not None and jobs < 1:
+        raise InputError(f"--jobs must be 1 or more, got {jobs}", hint="e.g. --jobs 2")
+    run_compare(
+        cfg,
+        out,
+        arms=arms.split(","),
+        folds=folds,
+        external=external,
+        combat=CombatSettings(covariates=covariates, smooth_terms=_names(combat_smooth)),
+        jobs=jobs,
+        echo=typer.echo,
+    )
+    typer.echo(f"\n{(out / 'comparison.md').read_text()}")
+    typer.echo(f"comparison written to {out}: comparison.csv, comparison.md, report.html")
+
+
+@app.command()
+@_friendly
+def report(
+    run_dirs: list[Path] = typer.Argument(..., help="finished run directories"),
+    out: Path = typer.Option(
+        Path("report.html"), "--out", help="HTML file to write (figures embedded)"
+    ),
+    title: str | None = typer.Option(None, "--title", help="the report's title"),
+) -> None:
+    """Render finished runs into one standalone HTML report: curves, predictions, per-site
+    errors, embeddings, leakage, a comparison table and warnings."""
+    from neurounlearn.reporting.runs import render_runs
+
+    path = render_runs(list(run_dirs), out, title=title)
+    typer.echo(f"report written to {path}")
+
+
 def _apply(run_dir: Path, data: Path, out: Path, which: int) -> int:
     from neurounlearn.atomic import write_csv
     from neurounlearn.training.predict import predict_file
@@ -532,6 +656,22 @@ def simulate(
     typer.echo(f"{subjects} subjects at {sites} sites written; manifest: {manifest}")
     typer.echo(f"generating parameters: {manifest.parent / 'generation.json'}")
     typer.echo(f"one mid-slice per site: {manifest.parent / 'sites.png'}")
+
+
+@app.command()
+@_friendly
+def bundled(
+    out: Path = typer.Argument(
+        Path("openneuro_transfer.csv"), help="CSV to write (or a folder to write it into)"
+    ),
+) -> None:
+    """Write the bundled real table (OpenNeuroTransfer: 546 scans, 6 OpenNeuro sites, 245
+    FreeSurfer measures, CC0) as a manifest, and print the flags to use it."""
+    from neurounlearn.data.datasets import OPENNEURO_FEATURES, write_openneuro_transfer
+
+    path = write_openneuro_transfer(out)
+    typer.echo(f"546 scans at 6 sites written to {path} (provenance: neurounlearn.data.datasets)")
+    typer.echo(f"use it with: --data {path} --features '{OPENNEURO_FEATURES}' --target age")
 
 
 @app.command()

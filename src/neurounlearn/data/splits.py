@@ -89,19 +89,8 @@ def make_splits(
     """
     if seed < 0:
         raise InputError(f"the seed must be 0 or more, got {seed}", hint="e.g. --seed 0")
-    for column in (id_column, site_column):
-        missing = df[column].isna().to_numpy()
-        if missing.any():
-            raise InputError(
-                "is empty; every row needs a subject id and a site before splitting",
-                row=int(np.flatnonzero(missing)[0]) + 1,
-                column=column,
-                hint="fill it in or drop the row",
-            )
-    first_site = df.groupby(id_column, sort=False)[site_column].first()
     assignment: dict[object, str] = {}
-    for site in sorted(first_site.unique(), key=str):
-        ids = sorted(first_site.index[first_site == site], key=str)
+    for site, ids in _site_ids(df, id_column, site_column).items():
         order = _site_rng(seed, site).permutation(len(ids))
         _, n_val, n_test = split_sizes(len(ids), val_fraction, test_fraction)
         for rank, k in enumerate(order):
@@ -129,3 +118,126 @@ def splits_frame(
             "split": split.to_numpy(),
         }
     )
+
+
+def _site_ids(df: pd.DataFrame, id_column: str, site_column: str) -> dict[object, list[object]]:
+    """Each site's unique subject ids, sorted (an id at several sites counts at its first)."""
+    for column in (id_column, site_column):
+        missing = df[column].isna().to_numpy()
+        if missing.any():
+            raise InputError(
+                "is empty; every row needs a subject id and a site before splitting",
+                row=int(np.flatnonzero(missing)[0]) + 1,
+                column=column,
+                hint="fill it in or drop the row",
+            )
+    first_site = df.groupby(id_column, sort=False)[site_column].first()
+    return {
+        site: sorted(first_site.index[first_site == site], key=str)
+        for site in sorted(first_site.unique(), key=str)
+    }
+
+
+def kfold_splits(
+    df: pd.DataFrame,
+    *,
+    id_column: str,
+    site_column: str,
+    folds: int,
+    seed: int,
+    val_fraction: float,
+) -> list[pd.Series]:
+    """Site-stratified, subject-level K-fold cross-fitting splits.
+
+    Each site's ids (sorted, then shuffled with the same per-site stream as
+    :func:`make_splits`) are dealt to the folds in turn, so every subject is in exactly one
+    test fold and each site is spread over the folds as evenly as its size allows. In fold
+    ``k`` the other folds' subjects are split again, per site, into validation
+    (``val_fraction`` of them, at least one when the site has 3 or more) and training.
+
+    Args:
+        df: the checked manifest.
+        id_column: subject id column.
+        site_column: site column.
+        folds: number of folds, 2 or more, at most the subject count of the smallest site.
+        seed: non-negative integer.
+        val_fraction: share of each site's non-test subjects for validation.
+
+    Returns:
+        ``folds`` Series of ``"train"``/``"val"``/``"test"`` with ``df``'s index.
+
+    Raises:
+        InputError: fewer than 2 folds, or a site with fewer subjects than folds.
+
+    Examples:
+        >>> df = pd.DataFrame({"subject": list("abcdefgh"), "site": ["x"] * 4 + ["y"] * 4})
+        >>> splits = kfold_splits(df, id_column="subject", site_column="site", folds=2, seed=0,
+        ...                       val_fraction=0.2)
+        >>> [int((s == "test").sum()) for s in splits]
+        [4, 4]
+    """
+    if seed < 0:
+        raise InputError(f"the seed must be 0 or more, got {seed}", hint="e.g. --seed 0")
+    if folds < 2:
+        raise InputError(f"--folds must be 2 or more, got {folds}", hint="e.g. --folds 5")
+    by_site = _site_ids(df, id_column, site_column)
+    small = {site: len(ids) for site, ids in by_site.items() if len(ids) < folds}
+    if small:
+        site, n = min(small.items(), key=lambda kv: kv[1])
+        raise InputError(
+            f"--folds {folds} is larger than site '{site}', which has {n} subject(s): "
+            "every fold needs a test subject of every site",
+            column=site_column,
+            hint=f"use --folds {max(2, n)} or fewer, or drop or merge the smallest site(s)",
+        )
+    fold_of: dict[object, int] = {}
+    order_of: dict[object, list[object]] = {}
+    for site, ids in by_site.items():
+        shuffled = [ids[k] for k in _site_rng(seed, site).permutation(len(ids))]
+        order_of[site] = shuffled
+        for rank, subject in enumerate(shuffled):
+            fold_of[subject] = rank % folds
+    out = []
+    for k in range(folds):
+        assignment: dict[object, str] = {}
+        for shuffled in order_of.values():
+            rest = [s for s in shuffled if fold_of[s] != k]
+            n_val = max(1, round(val_fraction * len(rest))) if len(rest) >= 2 else 0
+            for rank, subject in enumerate(rest):
+                assignment[subject] = "val" if rank < n_val else "train"
+            assignment.update({s: "test" for s in shuffled if fold_of[s] == k})
+        out.append(df[id_column].map(assignment).rename("split"))
+    return out
+
+
+def leave_one_site_out_splits(
+    df: pd.DataFrame, *, id_column: str, site_column: str, seed: int, val_fraction: float
+) -> dict[str, pd.Series]:
+    """One split per site: all of that site's rows test, the other sites train/validation.
+
+    The other sites are split per site as in :func:`kfold_splits` (``val_fraction`` to
+    validation), so the held-out site is a scanner the model never saw.
+
+    Returns:
+        ``{site (as str): split Series}`` in sorted site order.
+    """
+    by_site = _site_ids(df, id_column, site_column)
+    if len(by_site) < 2:
+        raise InputError(
+            f"leave-one-site-out needs at least 2 sites; found {len(by_site)}",
+            column=site_column,
+            hint="check the site column",
+        )
+    out: dict[str, pd.Series] = {}
+    for held in by_site:
+        assignment: dict[object, str] = {}
+        for site, ids in by_site.items():
+            if site == held:
+                assignment.update({s: "test" for s in ids})
+                continue
+            shuffled = [ids[k] for k in _site_rng(seed, site).permutation(len(ids))]
+            n_val = max(1, round(val_fraction * len(ids))) if len(ids) >= 2 else 0
+            for rank, subject in enumerate(shuffled):
+                assignment[subject] = "val" if rank < n_val else "train"
+        out[str(held)] = df[id_column].map(assignment).rename("split")
+    return out

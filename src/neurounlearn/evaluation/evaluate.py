@@ -274,8 +274,8 @@ def evaluate(
             "site_probe_balanced_accuracy": site_bacc,
             "external_mae": None,
             "score": None,
-            "note": "external-site MAE (and so the score) needs a leave-one-site-out "
-            "comparison, which 'evaluate' does not run",
+            "note": "external-site MAE (and so the score) needs models trained without each "
+            "site: run 'neurounlearn compare ... --external leave-one-site-out'",
         },
         "timing": {
             "fit_seconds": run.info.get("fit_seconds"),

@@ -154,6 +154,7 @@ def fit(
     resume: bool = False,
     echo: Callable[[str], Any] = print,
     callbacks: Sequence[Callback] = (),
+    split: Sequence[str] | np.ndarray | None = None,
 ) -> Path:
     """Train one run and write its run directory; returns the directory.
 
@@ -165,6 +166,8 @@ def fit(
             where you mean to, e.g. more epochs.
         echo: where progress messages (cache built or reused) go.
         callbacks: extra Lightning callbacks (loggers of your own, timers, ...).
+        split: ``"train"``/``"val"``/``"test"`` per manifest row, to use instead of the split
+            the configuration's seed gives (``compare`` passes its cross-fitting folds).
     """
     out = Path(out)
     ckpt_path: Path | None = None
@@ -201,11 +204,18 @@ def fit(
     t = cfg.train
     if resume and (out / "splits.csv").is_file():  # keep the interrupted run's split
         stored = pd.read_csv(out / "splits.csv")
-        split = pd.Series(stored["split"].to_numpy(), index=frame.index)
+        row_split = pd.Series(stored["split"].to_numpy(), index=frame.index)
+    elif split is not None:
+        given = np.asarray(split, dtype=object)
+        if len(given) != len(frame) or not set(given.tolist()) <= {"train", "val", "test"}:
+            raise ValueError(
+                f"split must give train/val/test for each of the {len(frame)} manifest rows"
+            )
+        row_split = pd.Series(given, index=frame.index, name="split")
     else:
-        split = config_split(cfg, frame, id_column)
-    train = (split == "train").to_numpy()
-    val = (split == "val").to_numpy()
+        row_split = config_split(cfg, frame, id_column)
+    train = (row_split == "train").to_numpy()
+    val = (row_split == "val").to_numpy()
     encoding = TableEncoding.fit(
         frame, train, inputs.feature_columns, cfg.data.target, cfg.confounds, task=task
     )
@@ -266,7 +276,7 @@ def fit(
     # -- the run directory ---------------------------------------------------------------------
     out.mkdir(parents=True, exist_ok=True)
     write_text(cfg.to_yaml(), out / "config.yaml")
-    write_csv(splits_frame(frame, split, id_column, cfg.data.site_column), out / "splits.csv")
+    write_csv(splits_frame(frame, row_split, id_column, cfg.data.site_column), out / "splits.csv")
 
     quiet_lightning()
     callbacks = [
@@ -323,7 +333,7 @@ def fit(
         {
             id_column: frame[id_column].to_numpy(),
             cfg.data.site_column: frame[cfg.data.site_column].to_numpy(),
-            "split": split.to_numpy(),
+            "split": row_split.to_numpy(),
         }
     )
     preds = ids.copy()

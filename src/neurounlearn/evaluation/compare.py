@@ -1,0 +1,1195 @@
+"""``compare``: every arm on identical, seeded cross-fitting splits, side by side.
+
+Arms:
+
+* ``raw``: a linear readout (ridge; logistic regression for classification) of the raw
+  features, fit on each fold's training rows.
+* ``combat`` / ``combat-inference``: the same readout after ComBat (neuroHarmonize; ComBat-GAM
+  with smooth terms), fit on the training rows only. ``combat`` harmonises test subjects with
+  every covariate, the target included when it is one (the field's habit, which uses the test
+  subjects' true target); ``combat-inference`` harmonises them with the target covariate set to
+  its training mean, as at inference, where the target is what is being predicted.
+* ``baseline``, ``iterative``, ``iterative-joint``, ``grl``: networks trained by ``fit``.
+* ``baseline+combat`` / ``baseline+combat-inference``: ComBat on the baseline network's
+  embeddings (fit on the training rows), then the linear readout.
+
+With ``--folds K`` every subject is in exactly one test fold, so each arm gives an out-of-fold
+prediction and embedding for every subject. Task metrics are computed on the pooled
+out-of-fold predictions; the leakage audit probes each fold's test embeddings (a fresh probe per
+fold) and reports the mean over folds with a t-interval across folds. With
+``external="leave-one-site-out"`` each site is held out in turn: a scanner never seen in
+training. ComBat has no parameters for an unseen site, so its arms say so instead of giving a
+number.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from neurounlearn.atomic import write_csv, write_json, write_text
+from neurounlearn.config import RunConfig
+from neurounlearn.errors import InputError
+
+#: Model arms: name -> (strategy, iterative mode).
+MODEL_ARMS: dict[str, tuple[str, str]] = {
+    "baseline": ("baseline", "sequential"),
+    "iterative": ("iterative", "sequential"),
+    "iterative-joint": ("iterative", "joint"),
+    "grl": ("grl", "sequential"),
+}
+#: Readouts of raw features.
+RAW_ARMS = ("raw", "combat", "combat-inference")
+#: ComBat on the baseline network's embeddings.
+EMBEDDING_ARMS = ("baseline+combat", "baseline+combat-inference")
+ARM_NAMES = (*RAW_ARMS, *MODEL_ARMS, *EMBEDDING_ARMS)
+DEFAULT_ARMS = ("raw", "combat", "baseline", "baseline+combat", "iterative", "grl")
+EXTERNAL_VIEWS = ("leave-one-site-out",)
+UNSEEN_SITE = "cannot apply to an unseen site"
+RIDGE_ALPHAS = np.logspace(-2, 4, 13)
+
+
+@dataclass(frozen=True)
+class CombatSettings:
+    """ComBat's covariates (preserved, not removed) and ComBat-GAM smooth terms."""
+
+    covariates: tuple[str, ...] = ()
+    smooth_terms: tuple[str, ...] = ()
+
+
+@dataclass
+class ArmFold:
+    """One arm's result on one split (a fold or a held-out site)."""
+
+    arm: str
+    view: str  # "fold" | "external"
+    key: str  # fold number ("1".."K") or held-out site
+    test_rows: np.ndarray
+    prediction: np.ndarray | None  # regression: (n_test,); classification: (n_test, K) probs
+    corrected: np.ndarray | None = None  # regression: bias-corrected (fit on val rows)
+    leakage: dict[str, Any] | None = None
+    ridge_probe_mae: float | None = None
+    error: str | None = None
+    seconds: float = 0.0
+    run_dir: str | None = None
+    embeddings: np.ndarray | None = None  # fold 1 only: every row, for the report's plots
+
+
+@dataclass
+class Job:
+    """A unit of work for a worker: one model arm, or all raw-feature arms, on one split."""
+
+    view: str
+    key: str
+    split: np.ndarray
+    arms: tuple[str, ...]  # model arm (plus its embedding arms), or raw arms
+    cfg: RunConfig
+    run_dir: Path | None = None
+    keep_embeddings: bool = False
+
+
+@dataclass
+class Context:
+    """What every job needs besides its split: the checked data and the settings."""
+
+    frame: pd.DataFrame
+    feature_columns: list[str]
+    task: str
+    classes: list[str]
+    confounds: list[str]
+    kinds: dict[str, str]
+    combat: CombatSettings
+    target: str
+    site_column: str
+    cfg: RunConfig
+    threads: int = 1
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# -- checks --------------------------------------------------------------------------------------
+
+
+def parse_arms(text: str | Sequence[str]) -> list[str]:
+    """``"raw,combat,baseline"`` -> arm names, checked; ``baseline+combat`` adds ``baseline``."""
+    items = text.split(",") if isinstance(text, str) else list(text)
+    arms = [a.strip() for a in items if a.strip()]
+    if not arms:
+        raise InputError("--arms is empty", hint=f"e.g. --arms {','.join(DEFAULT_ARMS)}")
+    unknown = [a for a in arms if a not in ARM_NAMES]
+    if unknown:
+        raise InputError(
+            f"unknown arm(s) {', '.join(repr(a) for a in unknown)}",
+            hint=f"arms are {', '.join(ARM_NAMES)}",
+        )
+    out = list(dict.fromkeys(arms))
+    if any(a in EMBEDDING_ARMS for a in out) and "baseline" not in out:
+        out.insert(out.index(next(a for a in out if a in EMBEDDING_ARMS)), "baseline")
+    return out
+
+
+def check_arms(cfg: RunConfig, arms: Sequence[str], *, external: str | None) -> None:
+    """What ``compare`` can refuse from the settings alone, before reading any data."""
+    if cfg.data.input == "image":
+        raw = [a for a in arms if a in RAW_ARMS]
+        if raw:
+            raise InputError(
+                f"arm(s) {', '.join(raw)} need a feature table, but the input is images: "
+                "ComBat and the raw readout cannot use voxels as features",
+                hint="use baseline+combat (ComBat on a baseline network's embeddings) instead",
+            )
+    if external is not None and external not in EXTERNAL_VIEWS:
+        raise InputError(
+            f"unknown --external '{external}'", hint=f"use {' or '.join(EXTERNAL_VIEWS)}"
+        )
+    unlearning = [a for a in arms if a in MODEL_ARMS and a != "baseline"]
+    if unlearning and not cfg.confounds:
+        raise InputError(
+            f"arm(s) {', '.join(unlearning)} need something to unlearn",
+            hint="pass --unlearn COLUMN (e.g. --unlearn site)",
+        )
+
+
+def check_data(
+    cfg: RunConfig,
+    arms: Sequence[str],
+    frame: pd.DataFrame,
+    id_column: str,
+    *,
+    folds: int,
+    combat: CombatSettings,
+) -> None:
+    """What ``compare`` can refuse once the manifest is read: sites, folds, covariates."""
+    site = cfg.data.site_column
+    path = cfg.data.path
+    sites = frame[site].dropna().astype(str).unique()
+    if len(sites) < 2:
+        raise InputError(
+            f"compare needs at least two sites; '{site}' holds {len(sites)}"
+            + (f" ({sites[0]})" if len(sites) else ""),
+            file=path,
+            column=site,
+            hint="site harmonisation needs several sites; check --set data.site_column",
+        )
+    if folds < 2:
+        raise InputError(f"--folds must be 2 or more, got {folds}", hint="e.g. --folds 5")
+    per_site = frame.groupby(frame[site].astype(str))[id_column].nunique()
+    smallest = int(per_site.min())
+    if folds > smallest:
+        raise InputError(
+            f"--folds {folds} is larger than the smallest site: '{per_site.idxmin()}' has "
+            f"{smallest} subject(s), and every fold needs a test subject of every site",
+            file=path,
+            column=site,
+            hint=f"use --folds {max(2, smallest)} or fewer, or drop or merge the smallest site",
+        )
+    if any(a in ("combat", "combat-inference", *EMBEDDING_ARMS) for a in arms):
+        combat_covariates(frame, combat, path=path)  # raises on a bad covariate
+
+
+def combat_covariates(
+    frame: pd.DataFrame, combat: CombatSettings, *, path: Any = None
+) -> pd.DataFrame:
+    """The covariate columns ComBat gets: numbers as they are, categories one-hot (first level
+    dropped), e.g. ``sex`` F/M -> ``sex=M`` 0/1."""
+    out = pd.DataFrame(index=frame.index)
+    for name in combat.covariates:
+        if name not in frame:
+            raise InputError(
+                f"ComBat covariate '{name}' is not a column of the manifest",
+                file=path,
+                column=name,
+                hint=f"columns are {', '.join(map(str, frame.columns[:12]))}...",
+            )
+        values = frame[name]
+        numeric = pd.to_numeric(values, errors="coerce")
+        if numeric.notna().sum() >= values.notna().sum():
+            out[name] = numeric
+            continue
+        if name in combat.smooth_terms:
+            bad = int(np.flatnonzero(values.notna() & numeric.isna())[0])
+            raise InputError(
+                f"smooth term '{name}' must be numeric, got {values.iloc[bad]!r}",
+                file=path,
+                row=bad + 1,
+                column=name,
+                hint="ComBat-GAM fits a spline of it; drop it from --combat-smooth",
+            )
+        levels = sorted(values.dropna().astype(str).unique())
+        for level in levels[1:]:
+            out[f"{name}={level}"] = np.where(
+                values.isna(), np.nan, (values.astype(str) == level).astype(float)
+            )
+    unknown = [s for s in combat.smooth_terms if s not in combat.covariates]
+    if unknown:
+        raise InputError(
+            f"--combat-smooth {', '.join(unknown)}: a smooth term must also be a covariate",
+            hint="list it in --combat-covariates too, e.g. --combat-covariates age "
+            "--combat-smooth age",
+        )
+    return out
+
+
+# -- one job -------------------------------------------------------------------------------------
+
+_CONTEXT: Context | None = None
+
+
+def _init_worker(context: Context) -> None:
+    global _CONTEXT
+    _CONTEXT = context
+    import torch
+
+    torch.set_num_threads(context.threads)
+
+
+def _target_number(ctx: Context, rows: np.ndarray) -> np.ndarray:
+    values = ctx.frame[ctx.target].to_numpy()[rows]
+    if ctx.task == "classification":
+        lookup = {c: float(i) for i, c in enumerate(ctx.classes)}
+        return np.array(
+            [lookup.get(str(v), np.nan) if pd.notna(v) else np.nan for v in values], dtype=float
+        )
+    return pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(dtype=float)
+
+
+def _readout(
+    ctx: Context, x: np.ndarray, split: np.ndarray
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """A linear readout fit on the training rows: predictions for every row (classification:
+    probabilities in ``ctx.classes`` order)."""
+    from sklearn.linear_model import LogisticRegressionCV, RidgeCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    train = split == "train"
+    y = _target_number(ctx, np.arange(len(split)))
+    fit_rows = train & np.isfinite(y)
+    if ctx.task == "classification":
+        labels = y[fit_rows].astype(int)
+        model = make_pipeline(
+            StandardScaler(),
+            LogisticRegressionCV(
+                Cs=8,
+                cv=int(np.clip(np.bincount(labels).min(), 2, 5)),
+                class_weight="balanced",
+                max_iter=2000,
+            ),
+        ).fit(x[fit_rows], labels)
+        prob = np.zeros((len(x), len(ctx.classes)))
+        prob[:, model.classes_.astype(int)] = model.predict_proba(x)
+        return prob, None
+    reg = make_pipeline(StandardScaler(), RidgeCV(alphas=RIDGE_ALPHAS)).fit(
+        x[fit_rows], y[fit_rows]
+    )
+    return reg.predict(x), None
+
+
+def _bias_corrected(
+    y: np.ndarray, pred: np.ndarray, split: np.ndarray, test: np.ndarray
+) -> np.ndarray | None:
+    """Test predictions corrected for the age bias fit on the validation rows only."""
+    from neurounlearn.evaluation.metrics import apply_bias_correction, fit_bias_correction
+
+    val = (split == "val") & np.isfinite(y)
+    try:
+        a, b = fit_bias_correction(y[val], pred[val])
+    except InputError:
+        return None
+    return apply_bias_correction(pred[test], a, b)
+
+
+def _arm_fold(
+    ctx: Context,
+    arm: str,
+    job: Job,
+    features: np.ndarray,
+    prediction: np.ndarray,
+    *,
+    seconds: float,
+    run_dir: str | None = None,
+) -> ArmFold:
+    """Score one arm on one split from its features (every row) and predictions (every row)."""
+    from neurounlearn.evaluation.evaluate import audit_features, ridge_probe_mae
+
+    split = job.split
+    test = np.flatnonzero(split == "test")
+    y = _target_number(ctx, np.arange(len(split)))
+    result = ArmFold(
+        arm,
+        job.view,
+        job.key,
+        test,
+        prediction[test],
+        seconds=seconds,
+        run_dir=run_dir,
+        embeddings=features if job.keep_embeddings else None,
+    )
+    if ctx.task == "regression":
+        result.corrected = _bias_corrected(y, prediction, split, test)
+    if job.view == "fold":
+        from sklearn.preprocessing import StandardScaler
+
+        feats = StandardScaler().fit(features[split == "train"]).transform(features[test])
+        meta = ctx.frame.iloc[test].reset_index(drop=True)
+        result.leakage = audit_features(
+            feats,
+            meta,
+            ctx.confounds,
+            target=y[test],
+            audit=ctx.cfg.audit,
+            seed=ctx.cfg.train.seed,
+            kinds=ctx.kinds,
+        )
+        if ctx.task == "regression":
+            result.ridge_probe_mae = ridge_probe_mae(feats, y[test], seed=ctx.cfg.train.seed)
+    return result
+
+
+def _combat_arms(
+    ctx: Context, job: Job, names: Sequence[str], x: np.ndarray, prefix_seconds: float
+) -> list[ArmFold]:
+    """ComBat (fit on the training rows) then the readout, for each requested variant."""
+    from neurounlearn.evaluation.combat import ComBatArm
+
+    split = job.split
+    train = split == "train"
+    sites = ctx.frame[ctx.site_column].astype(str).to_numpy()
+    covars = combat_covariates(ctx.frame, ctx.combat)
+    target_columns = [
+        c for c in covars.columns if c == ctx.target or c.startswith(f"{ctx.target}=")
+    ]
+    fit_rows = train & covars.notna().all(axis=1).to_numpy()
+    out: list[ArmFold] = []
+    start = time.perf_counter()
+    arm = ComBatArm(
+        covariates=list(covars.columns) or None,
+        smooth_terms=list(ctx.combat.smooth_terms) or None,
+        random_state=ctx.cfg.train.seed,
+    )
+    keep = x[fit_rows].std(axis=0) > 0  # ComBat cannot fit a feature constant in training
+    x = x[:, keep]
+    cov = covars if len(covars.columns) else None
+    arm.fit(x[fit_rows], sites[fit_rows], None if cov is None else cov.loc[fit_rows])
+    fit_seconds = time.perf_counter() - start
+    means = covars.loc[fit_rows].mean()
+    unseen = sorted(set(sites[split == "test"]) - set(sites[fit_rows]))
+    for name in names:
+        t0 = time.perf_counter()
+        # rows without a covariate (unlabelled): the training mean, as at inference
+        filled = covars.fillna(means)
+        if name.endswith("-inference"):
+            for column in target_columns:
+                filled.loc[~train, column] = means[column]
+        for column in ctx.combat.smooth_terms:
+            # ComBat-GAM's splines cannot extrapolate: hold a test subject beyond the training
+            # range at its edge
+            low, high = covars.loc[fit_rows, column].agg(["min", "max"])
+            filled[column] = filled[column].clip(low, high)
+        if unseen:
+            out.append(
+                ArmFold(
+                    name,
+                    job.view,
+                    job.key,
+                    np.flatnonzero(split == "test"),
+                    None,
+                    error=UNSEEN_SITE,
+                    seconds=fit_seconds,
+                )
+            )
+            continue
+        xh = arm.transform(x, sites, None if cov is None else filled)
+        pred, _ = _readout(ctx, xh, split)
+        out.append(
+            _arm_fold(
+                ctx,
+                name,
+                job,
+                xh,
+                pred,
+                seconds=prefix_seconds + fit_seconds + time.perf_counter() - t0,
+            )
+        )
+    return out
+
+
+def run_job(job: Job, context: Context | None = None) -> list[ArmFold]:
+    """Run one job (in a worker process, or here when ``context`` is given)."""
+    ctx = context or _CONTEXT
+    assert ctx is not None, "worker not initialised"
+    if job.arms[0] in RAW_ARMS:
+        x = ctx.frame[ctx.feature_columns].to_numpy(dtype=float)
+        x = x[:, x[job.split == "train"].std(axis=0) > 0]
+        out: list[ArmFold] = []
+        if "raw" in job.arms:
+            t0 = time.perf_counter()
+            pred, _ = _readout(ctx, x, job.split)
+            out.append(_arm_fold(ctx, "raw", job, x, pred, seconds=time.perf_counter() - t0))
+        combat = [a for a in job.arms if a != "raw"]
+        if combat:
+            out += _combat_arms(ctx, job, combat, x, 0.0)
+        return out
+    return _model_job(ctx, job)
+
+
+def _model_job(ctx: Context, job: Job) -> list[ArmFold]:
+    from neurounlearn.training.fit import fit
+
+    assert job.run_dir is not None
+    arm = job.arms[0]
+    t0 = time.perf_counter()
+    fit(job.cfg, job.run_dir, echo=lambda _: None, split=job.split)
+    seconds = time.perf_counter() - t0
+    preds = pd.read_csv(job.run_dir / "predictions.csv", dtype={ctx.target: object})
+    emb = pd.read_csv(job.run_dir / "embeddings.csv")
+    features = emb[[c for c in emb.columns if c.startswith("e") and c[1:].isdigit()]].to_numpy(
+        dtype=float
+    )
+    if ctx.task == "classification":
+        prediction = np.zeros((len(preds), len(ctx.classes)))
+        for k, name in enumerate(ctx.classes):
+            if f"prob_{name}" in preds:
+                prediction[:, k] = preds[f"prob_{name}"].to_numpy(dtype=float)
+    else:
+        prediction = preds["prediction"].to_numpy(dtype=float)
+    out = [
+        _arm_fold(ctx, arm, job, features, prediction, seconds=seconds, run_dir=str(job.run_dir))
+    ]
+    embedding_arms = [a for a in job.arms[1:] if a in EMBEDDING_ARMS]
+    if embedding_arms:
+        out += _combat_arms(ctx, job, embedding_arms, features, seconds)
+    return out
+
+
+# -- aggregation ---------------------------------------------------------------------------------
+
+
+def _t_interval(values: list[float]) -> list[float] | None:
+    if len(values) < 2:
+        return None
+    mean, sd = float(np.mean(values)), float(np.std(values, ddof=1))
+    half = float(stats.t.ppf(0.975, len(values) - 1)) * sd / math.sqrt(len(values))
+    return [mean - half, mean + half]
+
+
+def _aggregate_probe(blocks: list[dict[str, Any]]) -> dict[str, Any]:
+    metric = "r2" if any("r2" in b for b in blocks) else "balanced_accuracy"
+    values = [b.get(metric) for b in blocks]
+    known = [float(v) for v in values if v is not None]
+    chance = next((b.get("chance") for b in blocks if b.get("chance") is not None), None)
+    return {
+        metric: float(np.mean(known)) if known else None,
+        "sd": float(np.std(known, ddof=1)) if len(known) > 1 else None,
+        "chance": chance,
+        "ci95": _t_interval(known),
+        "ci_method": "t-interval of the mean over folds",
+        "p_value": None,
+        "per_fold": values,
+        "p_value_per_fold": [b.get("p_value") for b in blocks],
+    }
+
+
+def aggregate_leakage(per_fold: list[dict[str, Any]]) -> dict[str, Any]:
+    """Fold audits -> one block shaped like ``metrics.json``'s ``leakage``: the mean over folds
+    of each probe's score, and a t-interval across folds as its 95% CI."""
+    out: dict[str, Any] = {}
+    if not per_fold:
+        return out
+    for name in per_fold[0]:
+        blocks = [f[name] for f in per_fold if name in f]
+        first = blocks[0]
+        entry: dict[str, Any] = {
+            "kind": first.get("kind"),
+            "chance": first.get("chance"),
+            "n": int(sum(b.get("n") or 0 for b in blocks)),
+            "folds": len(blocks),
+            "probe": {
+                p: _aggregate_probe([(b.get("probe") or {}).get(p) or {} for b in blocks])
+                for p in (first.get("probe") or {})
+            },
+            "conditional": None,
+        }
+        conds = [b["conditional"] for b in blocks if b.get("conditional")]
+        if conds and any(c.get("probe") for c in conds):
+            entry["conditional"] = {
+                "band": conds[0].get("band"),
+                "chance": conds[0].get("chance"),
+                "probe": {
+                    p: _aggregate_probe([(c.get("probe") or {}).get(p) or {} for c in conds])
+                    for p in (conds[0].get("probe") or {})
+                },
+            }
+        out[name] = entry
+    return out
+
+
+@dataclass
+class ArmSummary:
+    """An arm's figures over all folds (and held-out sites)."""
+
+    arm: str
+    task: dict[str, Any] | None
+    leakage: dict[str, Any]
+    oof: np.ndarray | None  # regression: (n,), classification: (n, K); NaN where missing
+    oof_corrected: np.ndarray | None
+    fold_task: list[float | None]
+    ridge_probe_mae: float | None
+    external: dict[str, dict[str, Any]]  # held-out site -> {"mae"/"balanced_accuracy", "n"}
+    external_mae: float | None
+    openbhb_score: float | None
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+    first_fold: ArmFold | None = None
+
+
+def _fold_score(ctx: Context, y_true: np.ndarray, pred: np.ndarray) -> dict[str, Any]:
+    from neurounlearn.evaluation.metrics import classification_metrics, regression_metrics
+
+    if ctx.task == "classification":
+        labels = np.array(
+            [ctx.classes[int(v)] if np.isfinite(v) else None for v in y_true], dtype=object
+        )
+        m = classification_metrics(labels, pred, ctx.classes)
+        return {"balanced_accuracy": m["balanced_accuracy"], "n": m["n"]}
+    m = regression_metrics(y_true, pred)
+    return {"mae": m["mae"], "n": m["n"]}
+
+
+def summarise(ctx: Context, arm: str, results: list[ArmFold]) -> ArmSummary:
+    """Pool one arm's fold results into its summary."""
+    from neurounlearn.evaluation.metrics import (
+        classification_metrics,
+        regression_metrics,
+        task_metrics,
+    )
+
+    n = len(ctx.frame)
+    folds = sorted((r for r in results if r.view == "fold"), key=lambda r: int(r.key))
+    y = _target_number(ctx, np.arange(n))
+    sites = ctx.frame[ctx.site_column].astype(str).to_numpy()
+    classification = ctx.task == "classification"
+    oof = np.full((n, len(ctx.classes)) if classification else n, np.nan)
+    corrected = None if classification else np.full(n, np.nan)
+    fold_scores: list[float | None] = []
+    for r in folds:
+        if r.prediction is None:
+            continue
+        oof[r.test_rows] = r.prediction
+        if corrected is not None and r.corrected is not None:
+            corrected[r.test_rows] = r.corrected
+        score = _fold_score(ctx, y[r.test_rows], r.prediction)
+        fold_scores.append(score.get("mae", score.get("balanced_accuracy")))
+    have = ~np.isnan(oof).any(axis=1) if classification else np.isfinite(oof)
+    task: dict[str, Any] | None = None
+    if have.any():
+        if classification:
+            labels = np.array(
+                [ctx.classes[int(v)] if np.isfinite(v) else None for v in y], dtype=object
+            )
+            task = {
+                "kind": "classification",
+                "target": ctx.target,
+                **classification_metrics(labels[have], oof[have], ctx.classes, sites[have]),
+            }
+        else:
+            task = {
+                "target": ctx.target,
+                **task_metrics(y[have], oof[have], sites[have]),
+            }
+            assert corrected is not None
+            ok = have & np.isfinite(corrected)
+            task["bias_correction"] = "fit per fold on that fold's validation rows"
+            task["bias_corrected_mae"] = (
+                regression_metrics(y[ok], corrected[ok])["mae"] if ok.sum() == have.sum() else None
+            )
+        task["folds"] = len(folds)
+        known = [s for s in fold_scores if s is not None]
+        task["per_fold"] = fold_scores
+        task["sd_over_folds"] = float(np.std(known, ddof=1)) if len(known) > 1 else None
+    leakage = aggregate_leakage([r.leakage for r in folds if r.leakage])
+    probes = [r.ridge_probe_mae for r in folds if r.ridge_probe_mae is not None]
+    external: dict[str, dict[str, Any]] = {}
+    for r in (r for r in results if r.view == "external"):
+        if r.prediction is None:
+            external[r.key] = {"error": r.error or "not available", "n": len(r.test_rows)}
+            continue
+        external[r.key] = _fold_score(ctx, y[r.test_rows], r.prediction)
+    metric = "balanced_accuracy" if classification else "mae"
+    ext_values = [e[metric] for e in external.values() if e.get(metric) is not None]
+    external_mae = (
+        float(np.mean(ext_values))
+        if not classification and ext_values and len(ext_values) == len(external)
+        else None
+    )
+    site_block = ((leakage.get(ctx.site_column) or {}).get("probe") or {}).get("linear") or {}
+    site_bacc = site_block.get("balanced_accuracy")
+    openbhb = (
+        external_mae * site_bacc**0.3
+        if external_mae is not None and site_bacc is not None
+        else None
+    )
+    notes = []
+    if any(e.get("error") == UNSEEN_SITE for e in external.values()):
+        notes.append(f"{arm}: {UNSEEN_SITE} (ComBat has no parameters for a scanner it never saw)")
+    return ArmSummary(
+        arm,
+        task,
+        leakage,
+        oof,
+        corrected,
+        fold_scores,
+        float(np.mean(probes)) if probes else None,
+        external,
+        external_mae,
+        openbhb,
+        float(sum(r.seconds for r in results)),
+        notes,
+        next((r for r in folds if r.key == "1"), None),
+    )
+
+
+# -- tables --------------------------------------------------------------------------------------
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "—"
+    if isinstance(value, str):
+        return value
+    return f"{value:.{digits}f}"
+
+
+def _probe_cells(block: dict[str, Any] | None, probe: str) -> tuple[Any, Any, Any]:
+    p = ((block or {}).get("probe") or {}).get(probe) or {}
+    value = p.get("balanced_accuracy", p.get("r2"))
+    ci = p.get("ci95") or [None, None]
+    return value, ci[0], ci[1]
+
+
+def comparison_frame(ctx: Context, summaries: list[ArmSummary]) -> pd.DataFrame:
+    """One row per arm: task figures, brain-age conventions, leakage, OpenBHB figures."""
+    rows = []
+    for s in summaries:
+        t = s.task or {}
+        row: dict[str, Any] = {"arm": s.arm}
+        if ctx.task == "classification":
+            row |= {
+                "balanced_accuracy": t.get("balanced_accuracy"),
+                "sd_over_folds": t.get("sd_over_folds"),
+                "auc": t.get("auc"),
+                "chance": t.get("chance"),
+            }
+        else:
+            bias = t.get("bias") or {}
+            row |= {
+                "mae": t.get("mae"),
+                "sd_over_folds": t.get("sd_over_folds"),
+                "r2": t.get("r2"),
+                "bias_slope": bias.get("slope"),
+                "spearman_delta_target": bias.get("spearman_delta_age"),
+                "bias_corrected_mae": t.get("bias_corrected_mae"),
+            }
+        for name, block in s.leakage.items():
+            for probe in ("linear", "nonlinear"):
+                value, low, high = _probe_cells(block, probe)
+                row[f"{name}_{probe}"] = value
+                row[f"{name}_{probe}_ci_low"] = low
+                row[f"{name}_{probe}_ci_high"] = high
+                if block.get("conditional"):
+                    value, low, high = _probe_cells(block["conditional"], probe)
+                    row[f"{name}_{probe}_band"] = value
+        if ctx.task == "regression":
+            row["ridge_probe_mae"] = s.ridge_probe_mae
+        if s.external:
+            row["external_mae"] = s.external_mae
+            if ctx.task == "regression":
+                row["openbhb_score"] = s.openbhb_score
+            for site, e in s.external.items():
+                row[f"external_{site}"] = e.get("error") or e.get(
+                    "balanced_accuracy" if ctx.task == "classification" else "mae"
+                )
+        row["seconds"] = s.seconds
+        row["note"] = "; ".join(s.notes) or None
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def comparison_table(
+    ctx: Context, summaries: list[ArmSummary], *, external: bool
+) -> tuple[list[str], list[list[str]]]:
+    """The main comparison table as text cells: ``(header, rows)``, one row per arm."""
+    confounds = list(summaries[0].leakage) if summaries else []
+    banded = {
+        name
+        for name in confounds
+        if any((s.leakage.get(name) or {}).get("conditional") for s in summaries)
+    }
+    classification = ctx.task == "classification"
+    head = ["arm"]
+    if classification:
+        head += ["BAcc (± sd over folds)", "AUC"]
+    else:
+        head += ["MAE (± sd over folds)", "bias slope", "ρ(delta, target)", "corrected MAE"]
+    for name in confounds:
+        head += [f"{name} linear [95% CI]", f"{name} nonlinear"]
+        if name in banded:
+            head += [f"{name} in band lin/nonlin"]
+    if not classification:
+        head += ["ridge probe MAE"]
+        if external:
+            head += ["external MAE", "score"]
+    rows = []
+    for s in summaries:
+        t = s.task or {}
+        main = t.get("balanced_accuracy" if classification else "mae")
+        cells = [s.arm, f"{_fmt(main)} ± {_fmt(t.get('sd_over_folds'))}"]
+        if classification:
+            cells.append(_fmt(t.get("auc")))
+        else:
+            bias = t.get("bias") or {}
+            cells += [
+                _fmt(bias.get("slope")),
+                _fmt(bias.get("spearman_delta_age")),
+                _fmt(t.get("bias_corrected_mae")),
+            ]
+        for name in confounds:
+            block = s.leakage.get(name)
+            value, low, high = _probe_cells(block, "linear")
+            cells.append(f"{_fmt(value)} [{_fmt(low)}, {_fmt(high)}]")
+            cells.append(_fmt(_probe_cells(block, "nonlinear")[0]))
+            if name in banded:
+                cond = (block or {}).get("conditional")
+                cells.append(
+                    f"{_fmt(_probe_cells(cond, 'linear')[0])} / "
+                    f"{_fmt(_probe_cells(cond, 'nonlinear')[0])}"
+                )
+        if not classification:
+            cells.append(_fmt(s.ridge_probe_mae))
+            if external:
+                unseen = any("error" in e for e in s.external.values())
+                cells += [UNSEEN_SITE if unseen else _fmt(s.external_mae), _fmt(s.openbhb_score)]
+        rows.append(cells)
+    return head, rows
+
+
+def comparison_notes(
+    ctx: Context, summaries: list[ArmSummary], *, folds: int, external: bool
+) -> list[str]:
+    """How to read the comparison table."""
+    site = ctx.site_column
+    classification = ctx.task == "classification"
+    chance = next(
+        (
+            (s.leakage.get(site) or {}).get("chance")
+            for s in summaries
+            if (s.leakage.get(site) or {}).get("chance")
+        ),
+        None,
+    )
+    notes = [
+        f"{folds}-fold cross-fitting, site-stratified and subject-level; every subject is "
+        "predicted once, by the fold model that never trained on it.",
+        ("Balanced accuracy" if classification else "MAE")
+        + " is computed on the pooled out-of-fold predictions; ± is the sd of the per-fold "
+        "values.",
+    ]
+    if not classification:
+        notes.append(
+            "Bias slope: slope of (prediction − target) on the target; ρ: Spearman of the delta "
+            "with the target (PAC-2019); corrected MAE: the linear bias correction fit on each "
+            "fold's validation rows only, applied to its test rows."
+        )
+    notes.append(
+        "Leakage: balanced accuracy (R² for a continuous confound) of fresh probes trained by "
+        "cross-validation on each fold's held-out embeddings, mean over folds, with a "
+        "t-interval of that mean across folds"
+        + (f"; chance for {site} is {chance:.2f}." if chance else ".")
+    )
+    if not classification:
+        notes.append(
+            "Ridge probe MAE: a ridge regression of the target on the held-out embeddings "
+            "(OpenBHB's age probe), cross-validated within each test fold, mean over folds."
+        )
+    if external:
+        notes.append(
+            "External: leave-one-site-out, each site held out in turn (a scanner never seen "
+            "in training); external MAE is the mean of the per-site MAEs; score = external "
+            f"MAE × (linear {site} BAcc)^0.3 (OpenBHB, Dufumier et al. 2022; lower is better). "
+            f"ComBat arms {UNSEEN_SITE}."
+        )
+    return notes
+
+
+def _markdown_table(head: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def comparison_markdown(
+    ctx: Context, summaries: list[ArmSummary], *, folds: int, external: bool
+) -> str:
+    """The ``comparison.md`` text: the main table, the held-out-site table, and how to read
+    them."""
+    text = _markdown_table(*comparison_table(ctx, summaries, external=external))
+    if external:
+        text += "\n\n" + _external_markdown(ctx, summaries)
+    notes = comparison_notes(ctx, summaries, folds=folds, external=external)
+    return text + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
+
+
+def external_table(ctx: Context, summaries: list[ArmSummary]) -> tuple[list[str], list[list[str]]]:
+    """Held-out-site error per arm (leave-one-site-out): ``(header, rows)``."""
+    sites = sorted({k for s in summaries for k in s.external})
+    metric = "balanced_accuracy" if ctx.task == "classification" else "mae"
+    rows = [
+        [s.arm]
+        + [
+            (s.external.get(site) or {}).get("error")
+            or _fmt((s.external.get(site) or {}).get(metric))
+            for site in sites
+        ]
+        for s in summaries
+    ]
+    return ["arm", *[f"{site} held out" for site in sites]], rows
+
+
+def _external_markdown(ctx: Context, summaries: list[ArmSummary]) -> str:
+    label = "balanced accuracy" if ctx.task == "classification" else "MAE"
+    return f"Held-out site {label} (leave-one-site-out):\n\n" + _markdown_table(
+        *external_table(ctx, summaries)
+    )
+
+
+# -- the whole comparison -----------------------------------------------------------------------
+
+
+def default_jobs(input_kind: str) -> int:
+    """Parallel fits: tables train one small MLP per core (measured 2x on 2 cores: a single
+    thread trains them as fast as two); images train one at a time with every thread."""
+    if input_kind == "image":
+        return 1
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores)
+
+
+def compare(
+    cfg: RunConfig,
+    out: str | Path,
+    *,
+    arms: Sequence[str] = DEFAULT_ARMS,
+    folds: int = 5,
+    external: str | None = None,
+    combat: CombatSettings | None = None,
+    jobs: int | None = None,
+    report: bool = True,
+    echo: Callable[[str], Any] = print,
+) -> dict[str, Any]:
+    """Run every arm on the same seeded folds and write the comparison into ``out``.
+
+    Args:
+        cfg: the base configuration (data, confounds, model, training); each model arm sets
+            its own strategy.
+        out: the output directory (created; must be new or empty).
+        arms: arm names (:data:`ARM_NAMES`).
+        folds: K of the cross-fitting.
+        external: ``"leave-one-site-out"`` adds the unseen-site view.
+        combat: ComBat covariates and smooth terms; default: the target as covariate.
+        jobs: parallel worker processes (default :func:`default_jobs`).
+        report: also write ``report.html``.
+        echo: where progress lines go.
+
+    Returns:
+        The ``comparison.json`` content.
+    """
+    from neurounlearn.data.inputs import load_inputs
+    from neurounlearn.data.splits import kfold_splits, leave_one_site_out_splits
+
+    start = time.perf_counter()
+    out = Path(out)
+    arms = parse_arms(arms)
+    if out.exists() and any(out.iterdir()):
+        raise InputError(
+            "the output directory already exists and is not empty",
+            file=out,
+            hint="choose a new --out, or delete it",
+        )
+    if cfg.data.path is None:
+        raise InputError("no data given", hint="pass --data MANIFEST.csv")
+    combat = combat or CombatSettings(covariates=(cfg.data.target,))
+    check_arms(cfg, arms, external=external)
+    inputs = load_inputs(cfg, cfg.data.path)
+    frame, id_column = inputs.frame, inputs.id_column
+    assert id_column is not None
+    check_data(cfg, arms, frame, id_column, folds=folds, combat=combat)
+    cfg = cfg.model_copy(
+        update={
+            "data": cfg.data.model_copy(update={"task": inputs.task}),
+            "train": cfg.train.model_copy(update={"progress_bar": False}),
+        }
+    )
+    site = cfg.data.site_column
+    fold_splits = kfold_splits(
+        frame,
+        id_column=id_column,
+        site_column=site,
+        folds=folds,
+        seed=cfg.train.seed,
+        val_fraction=cfg.train.val_fraction,
+    )
+    ext_splits = (
+        leave_one_site_out_splits(
+            frame,
+            id_column=id_column,
+            site_column=site,
+            seed=cfg.train.seed,
+            val_fraction=cfg.train.val_fraction,
+        )
+        if external
+        else {}
+    )
+    confounds = [c.name for c in cfg.confounds]
+    if site not in confounds:
+        confounds.append(site)  # the site probe is always reported (OpenBHB)
+    classes = (
+        sorted(frame[cfg.data.target].dropna().astype(str).unique())
+        if inputs.task == "classification"
+        else []
+    )
+    n_jobs = jobs or default_jobs(cfg.data.input)
+    if cfg.data.input == "image" and n_jobs > 1:
+        # one 3D CNN uses every core (and the GPU); parallel fits would also race on the cache
+        echo(f"images train one at a time: --jobs {n_jobs} ignored")
+        n_jobs = 1
+    ctx = Context(
+        frame=frame,
+        feature_columns=inputs.feature_columns,
+        task=inputs.task,
+        classes=classes,
+        confounds=confounds,
+        kinds={c.name: c.kind for c in cfg.confounds},
+        combat=combat,
+        target=cfg.data.target,
+        site_column=site,
+        cfg=cfg,
+        threads=1 if n_jobs > 1 else max(1, _torch_threads()),
+    )
+
+    # -- the jobs -------------------------------------------------------------------------------
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(cfg.to_yaml(), out / "config.yaml")
+    fold_of = np.zeros(len(frame), dtype=int)
+    for k, s in enumerate(fold_splits, start=1):
+        fold_of[(s == "test").to_numpy()] = k
+    write_csv(
+        pd.DataFrame(
+            {
+                "row": np.arange(1, len(frame) + 1),
+                id_column: frame[id_column].to_numpy(),
+                site: frame[site].to_numpy(),
+                "fold": fold_of,
+            }
+        ),
+        out / "folds.csv",
+    )
+    raw_arms = tuple(a for a in arms if a in RAW_ARMS)
+    emb_arms = tuple(a for a in arms if a in EMBEDDING_ARMS)
+    model_arms = [a for a in arms if a in MODEL_ARMS]
+    views = [("fold", str(k), s.to_numpy()) for k, s in enumerate(fold_splits, start=1)]
+    views += [("external", key, s.to_numpy()) for key, s in ext_splits.items()]
+    jobs_list: list[Job] = []
+    for view, key, split in views:
+        label = f"fold{key}" if view == "fold" else f"external/{_safe(key)}"
+        for arm in model_arms:
+            strategy, mode = MODEL_ARMS[arm]
+            job_cfg = cfg.model_copy(
+                update={
+                    "strategy": cfg.strategy.model_copy(update={"name": strategy, "mode": mode})
+                }
+            )
+            jobs_list.append(
+                Job(
+                    view,
+                    key,
+                    split,
+                    (arm, *(emb_arms if arm == "baseline" else ())),
+                    job_cfg,
+                    out / "runs" / label / arm,
+                    keep_embeddings=view == "fold" and key == "1",
+                )
+            )
+        if raw_arms:
+            jobs_list.append(
+                Job(view, key, split, raw_arms, cfg, keep_embeddings=view == "fold" and key == "1")
+            )
+    echo(
+        f"compare: {len(arms)} arm(s) x {folds} folds"
+        + (f" + {len(ext_splits)} held-out sites" if ext_splits else "")
+        + f" = {len(jobs_list)} job(s), {n_jobs} at a time; task: {inputs.task}"
+    )
+    results = _run_jobs(jobs_list, ctx, n_jobs, echo)
+
+    # -- summaries and files --------------------------------------------------------------------
+    summaries = [summarise(ctx, arm, [r for r in results if r.arm == arm]) for arm in arms]
+    table = comparison_frame(ctx, summaries)
+    markdown = comparison_markdown(ctx, summaries, folds=folds, external=bool(ext_splits))
+    write_csv(table, out / "comparison.csv")
+    write_text(markdown, out / "comparison.md")
+    oof = pd.DataFrame(
+        {
+            id_column: frame[id_column].to_numpy(),
+            site: frame[site].to_numpy(),
+            "fold": fold_of,
+            cfg.data.target: frame[cfg.data.target].to_numpy(),
+        }
+    )
+    for s in summaries:
+        if s.oof is None:
+            continue
+        if inputs.task == "classification":
+            oof[s.arm] = [None if np.isnan(p).any() else classes[int(p.argmax())] for p in s.oof]
+        else:
+            oof[s.arm] = s.oof
+            if s.oof_corrected is not None:
+                oof[f"{s.arm} (corrected)"] = s.oof_corrected
+    write_csv(oof, out / "oof_predictions.csv")
+    warnings = compare_warnings(ctx, arms)
+    result = {
+        "arms": arms,
+        "folds": folds,
+        "external": external,
+        "task": inputs.task,
+        "target": cfg.data.target,
+        "site_column": site,
+        "confounds": confounds,
+        "combat": {
+            "covariates": list(combat.covariates),
+            "smooth_terms": list(combat.smooth_terms),
+        },
+        "jobs": n_jobs,
+        "summaries": {
+            s.arm: {
+                "task": s.task,
+                "leakage": s.leakage,
+                "openbhb": {
+                    "ridge_age_probe_mae": s.ridge_probe_mae,
+                    "site_probe_balanced_accuracy": _probe_cells(s.leakage.get(site), "linear")[0],
+                    "external_mae": s.external_mae,
+                    "score": s.openbhb_score,
+                },
+                "external": s.external,
+                "seconds": s.seconds,
+                "notes": s.notes,
+            }
+            for s in summaries
+        },
+        "warnings": warnings,
+        "seconds": None,
+    }
+    if report:
+        from neurounlearn.reporting.compare import render_comparison
+
+        echo("writing the report ...")
+        render_comparison(
+            ctx,
+            summaries,
+            out / "report.html",
+            folds=folds,
+            external=bool(ext_splits),
+            warnings=warnings,
+        )
+    result["seconds"] = time.perf_counter() - start
+    write_json(result, out / "comparison.json")
+    return result
+
+
+def compare_warnings(ctx: Context, arms: Sequence[str]) -> list[str]:
+    """Warnings only the comparison's settings can give (the report adds its own)."""
+    out = []
+    uses_combat = [a for a in arms if "combat" in a and not a.endswith("-inference")]
+    if uses_combat and ctx.target in ctx.combat.covariates:
+        out.append(
+            f"ComBat arm(s) {', '.join(uses_combat)} use the target '{ctx.target}' as a "
+            "covariate: harmonising a test subject then uses its true target, which leaks the "
+            "answer into the features (an optimistic score). The -inference variants harmonise "
+            "test subjects without it, as at inference."
+        )
+    return out
+
+
+def _safe(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return int(torch.get_num_threads())
+
+
+def _describe(ctx: Context, r: ArmFold) -> str:
+    where = f"fold {r.key}" if r.view == "fold" else f"{r.key} held out"
+    if r.error:
+        return f"{where} · {r.arm}: {r.error}"
+    assert r.prediction is not None
+    score = _fold_score(ctx, _target_number(ctx, r.test_rows), r.prediction)
+    metric = "balanced_accuracy" if ctx.task == "classification" else "mae"
+    text = f"{'BAcc' if metric != 'mae' else 'MAE'} {_fmt(score[metric])}"
+    site = (r.leakage or {}).get(ctx.site_column)
+    if site:
+        text += f", {ctx.site_column} BAcc {_fmt(_probe_cells(site, 'linear')[0])}"
+    return f"{where} · {r.arm}: {text} ({r.seconds:.0f} s)"
+
+
+def _run_jobs(
+    jobs: list[Job], ctx: Context, n_jobs: int, echo: Callable[[str], Any]
+) -> list[ArmFold]:
+    results: list[ArmFold] = []
+    total = len(jobs)
+
+    def report(done: int, items: list[ArmFold]) -> None:
+        for r in items:
+            echo(f"[{done:>{len(str(total))}}/{total}] {_describe(ctx, r)}")
+
+    if n_jobs <= 1:
+        for i, job in enumerate(jobs, start=1):
+            items = run_job(job, ctx)
+            results += items
+            report(i, items)
+        return results
+    pool = ProcessPoolExecutor(
+        max_workers=min(n_jobs, total),
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_init_worker,
+        initargs=(ctx,),
+    )
+    try:
+        # models first (the long jobs), so the quick raw-feature jobs fill the gaps at the end
+        order = sorted(jobs, key=lambda j: j.arms[0] in RAW_ARMS)
+        pending: set[Future[list[ArmFold]]] = {pool.submit(run_job, j) for j in order}
+        done_count = 0
+        while pending:
+            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in finished:
+                items = future.result()
+                done_count += 1
+                results += items
+                report(done_count, items)
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
+    return results
