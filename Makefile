@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/image_sim.py
 	$(BIN)/python benchmarks/paper.py
 	$(BIN)/python benchmarks/compare_openneuro.py
+	$(BIN)/python benchmarks/report_image.py
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache .ruff_cache .mypy_cache

@@ -44,7 +44,7 @@ def _config(path: Path, **data: object) -> object:
         {
             "data": {"path": str(path), "features": r"^f\d$", "target": "age", **data},
             "confounds": [{"name": "site"}],
-            "train": {"epochs": 2, "batch_size": 8},
+            "train": {"epochs": 2, "batch_size": 8, "progress_bar": False},
             "strategy": {"pretrain_epochs": 1, "adversary_steps": 2},
             "audit": {"n_permutations": 5, "n_permutations_nonlinear": 2, "n_bootstrap": 50},
         }
@@ -251,46 +251,20 @@ def test_parallel_jobs_give_the_same_folds(tmp_path: Path, manifest_factory: Cal
 # -- bad input through the command line: exit 2, one clear line, nothing written -----------------
 
 
-def _cli(args: list[str]) -> object:
-    return runner.invoke(app, ["compare", *args, *FAST])
+def _cli(data: Path, out: Path, *extra: str, unlearn: bool = True) -> object:
+    """``neurounlearn compare`` on ``data`` with the fast settings and ``extra`` flags."""
+    base = ["compare", "--data", str(data), "--features", r"^f\d$", "--out", str(out)]
+    return runner.invoke(app, [*base, *(["--unlearn", "site"] if unlearn else []), *extra, *FAST])
 
 
 def test_cli_unknown_arm(write_manifest: Callable, tmp_path: Path) -> None:
-    data = write_manifest()
-    r = _cli(
-        [
-            "--data",
-            str(data),
-            "--features",
-            r"^f\d$",
-            "--unlearn",
-            "site",
-            "--arms",
-            "raw,combot",
-            "--out",
-            str(tmp_path / "o"),
-        ]
-    )
+    r = _cli(write_manifest(), tmp_path / "o", "--arms", "raw,combot")
     assert r.exit_code == 2 and "unknown arm(s) 'combot'" in r.output
     assert not (tmp_path / "o").exists()
 
 
 def test_cli_combat_on_images_needs_a_baseline(write_manifest: Callable, tmp_path: Path) -> None:
-    data = write_manifest()
-    r = _cli(
-        [
-            "--data",
-            str(data),
-            "--input",
-            "image",
-            "--unlearn",
-            "site",
-            "--arms",
-            "combat,iterative",
-            "--out",
-            str(tmp_path / "o"),
-        ]
-    )
+    r = _cli(write_manifest(), tmp_path / "o", "--input", "image", "--arms", "combat,iterative")
     assert r.exit_code == 2
     assert "input is images" in r.output and "baseline+combat" in r.output
     assert "Traceback" not in r.output
@@ -300,79 +274,31 @@ def test_cli_fewer_than_two_sites(
     write_manifest: Callable, manifest_frame: pd.DataFrame, tmp_path: Path
 ) -> None:
     manifest_frame["site"] = "only"
-    data = write_manifest(manifest_frame)
     r = _cli(
-        [
-            "--data",
-            str(data),
-            "--features",
-            r"^f\d$",
-            "--arms",
-            "raw,combat,baseline",
-            "--out",
-            str(tmp_path / "o"),
-        ]
+        write_manifest(manifest_frame),
+        tmp_path / "o",
+        "--arms",
+        "raw,combat,baseline",
+        unlearn=False,
     )
     assert r.exit_code == 2 and "at least two sites" in r.output
     assert not (tmp_path / "o").exists()
 
 
 def test_cli_folds_larger_than_the_smallest_site(write_manifest: Callable, tmp_path: Path) -> None:
-    data = write_manifest()  # 6 subjects per site
-    r = _cli(
-        [
-            "--data",
-            str(data),
-            "--features",
-            r"^f\d$",
-            "--unlearn",
-            "site",
-            "--folds",
-            "7",
-            "--out",
-            str(tmp_path / "o"),
-        ]
-    )
+    r = _cli(write_manifest(), tmp_path / "o", "--folds", "7")  # 6 subjects per site
     assert r.exit_code == 2
     assert "--folds 7" in r.output and "6 subject(s)" in r.output and "--folds 6" in r.output
     assert not (tmp_path / "o").exists()
 
 
 def test_cli_unknown_external_view(write_manifest: Callable, tmp_path: Path) -> None:
-    data = write_manifest()
-    r = _cli(
-        [
-            "--data",
-            str(data),
-            "--features",
-            r"^f\d$",
-            "--unlearn",
-            "site",
-            "--external",
-            "leave-one-out",
-            "--out",
-            str(tmp_path / "o"),
-        ]
-    )
+    r = _cli(write_manifest(), tmp_path / "o", "--external", "leave-one-out")
     assert r.exit_code == 2 and "leave-one-site-out" in r.output
 
 
 def test_cli_unknown_combat_covariate(write_manifest: Callable, tmp_path: Path) -> None:
-    data = write_manifest()
-    r = _cli(
-        [
-            "--data",
-            str(data),
-            "--features",
-            r"^f\d$",
-            "--unlearn",
-            "site",
-            "--combat-covariates",
-            "age,bmi",
-            "--out",
-            str(tmp_path / "o"),
-        ]
-    )
+    r = _cli(write_manifest(), tmp_path / "o", "--combat-covariates", "age,bmi")
     assert r.exit_code == 2 and "'bmi'" in r.output
     assert not (tmp_path / "o").exists()
 

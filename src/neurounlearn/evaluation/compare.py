@@ -935,10 +935,18 @@ def compare(
     frame, id_column = inputs.frame, inputs.id_column
     assert id_column is not None
     check_data(cfg, arms, frame, id_column, folds=folds, combat=combat)
+    n_jobs = jobs or default_jobs(cfg.data.input)
+    if cfg.data.input == "image" and n_jobs > 1:
+        # one 3D CNN uses every core (and the GPU); parallel fits would also race on the cache
+        echo(f"images train one at a time: --jobs {n_jobs} ignored")
+        n_jobs = 1
+    # one progress bar per fit when fits run one at a time; parallel fits print a line each
     cfg = cfg.model_copy(
         update={
             "data": cfg.data.model_copy(update={"task": inputs.task}),
-            "train": cfg.train.model_copy(update={"progress_bar": False}),
+            "train": cfg.train.model_copy(
+                update={"progress_bar": cfg.train.progress_bar and n_jobs == 1}
+            ),
         }
     )
     site = cfg.data.site_column
@@ -969,11 +977,6 @@ def compare(
         if inputs.task == "classification"
         else []
     )
-    n_jobs = jobs or default_jobs(cfg.data.input)
-    if cfg.data.input == "image" and n_jobs > 1:
-        # one 3D CNN uses every core (and the GPU); parallel fits would also race on the cache
-        echo(f"images train one at a time: --jobs {n_jobs} ignored")
-        n_jobs = 1
     ctx = Context(
         frame=frame,
         feature_columns=inputs.feature_columns,
@@ -1005,36 +1008,9 @@ def compare(
         ),
         out / "folds.csv",
     )
-    raw_arms = tuple(a for a in arms if a in RAW_ARMS)
-    emb_arms = tuple(a for a in arms if a in EMBEDDING_ARMS)
-    model_arms = [a for a in arms if a in MODEL_ARMS]
     views = [("fold", str(k), s.to_numpy()) for k, s in enumerate(fold_splits, start=1)]
     views += [("external", key, s.to_numpy()) for key, s in ext_splits.items()]
-    jobs_list: list[Job] = []
-    for view, key, split in views:
-        label = f"fold{key}" if view == "fold" else f"external/{_safe(key)}"
-        for arm in model_arms:
-            strategy, mode = MODEL_ARMS[arm]
-            job_cfg = cfg.model_copy(
-                update={
-                    "strategy": cfg.strategy.model_copy(update={"name": strategy, "mode": mode})
-                }
-            )
-            jobs_list.append(
-                Job(
-                    view,
-                    key,
-                    split,
-                    (arm, *(emb_arms if arm == "baseline" else ())),
-                    job_cfg,
-                    out / "runs" / label / arm,
-                    keep_embeddings=view == "fold" and key == "1",
-                )
-            )
-        if raw_arms:
-            jobs_list.append(
-                Job(view, key, split, raw_arms, cfg, keep_embeddings=view == "fold" and key == "1")
-            )
+    jobs_list = make_jobs(cfg, arms, views, out / "runs")
     echo(
         f"compare: {len(arms)} arm(s) x {folds} folds"
         + (f" + {len(ext_splits)} held-out sites" if ext_splits else "")
@@ -1048,23 +1024,7 @@ def compare(
     markdown = comparison_markdown(ctx, summaries, folds=folds, external=bool(ext_splits))
     write_csv(table, out / "comparison.csv")
     write_text(markdown, out / "comparison.md")
-    oof = pd.DataFrame(
-        {
-            id_column: frame[id_column].to_numpy(),
-            site: frame[site].to_numpy(),
-            "fold": fold_of,
-            cfg.data.target: frame[cfg.data.target].to_numpy(),
-        }
-    )
-    for s in summaries:
-        if s.oof is None:
-            continue
-        if inputs.task == "classification":
-            oof[s.arm] = [None if np.isnan(p).any() else classes[int(p.argmax())] for p in s.oof]
-        else:
-            oof[s.arm] = s.oof
-            if s.oof_corrected is not None:
-                oof[f"{s.arm} (corrected)"] = s.oof_corrected
+    oof = oof_frame(ctx, summaries, id_column, fold_of)
     write_csv(oof, out / "oof_predictions.csv")
     warnings = compare_warnings(ctx, arms)
     result = {
@@ -1114,6 +1074,59 @@ def compare(
     result["seconds"] = time.perf_counter() - start
     write_json(result, out / "comparison.json")
     return result
+
+
+def make_jobs(
+    cfg: RunConfig, arms: Sequence[str], views: list[tuple[str, str, np.ndarray]], runs: Path
+) -> list[Job]:
+    """One job per model arm and split (the baseline's job also runs the ComBat-on-embedding
+    arms), and one per split for all raw-feature arms."""
+    raw_arms = tuple(a for a in arms if a in RAW_ARMS)
+    emb_arms = tuple(a for a in arms if a in EMBEDDING_ARMS)
+    jobs: list[Job] = []
+    for view, key, split in views:
+        first = view == "fold" and key == "1"  # its embeddings go into the report
+        label = f"fold{key}" if view == "fold" else f"external/{_safe(key)}"
+        for arm in (a for a in arms if a in MODEL_ARMS):
+            strategy, mode = MODEL_ARMS[arm]
+            job_cfg = cfg.model_copy(
+                update={
+                    "strategy": cfg.strategy.model_copy(update={"name": strategy, "mode": mode})
+                }
+            )
+            own = (arm, *(emb_arms if arm == "baseline" else ()))
+            jobs.append(Job(view, key, split, own, job_cfg, runs / label / arm, first))
+        if raw_arms:
+            jobs.append(Job(view, key, split, raw_arms, cfg, keep_embeddings=first))
+    return jobs
+
+
+def oof_frame(
+    ctx: Context, summaries: list[ArmSummary], id_column: str, fold_of: np.ndarray
+) -> pd.DataFrame:
+    """``oof_predictions.csv``: every subject's out-of-fold prediction by each arm (and the
+    bias-corrected one for regression)."""
+    frame = ctx.frame
+    oof = pd.DataFrame(
+        {
+            id_column: frame[id_column].to_numpy(),
+            ctx.site_column: frame[ctx.site_column].to_numpy(),
+            "fold": fold_of,
+            ctx.target: frame[ctx.target].to_numpy(),
+        }
+    )
+    for s in summaries:
+        if s.oof is None:
+            continue
+        if ctx.task == "classification":
+            oof[s.arm] = [
+                None if np.isnan(p).any() else ctx.classes[int(p.argmax())] for p in s.oof
+            ]
+        else:
+            oof[s.arm] = s.oof
+            if s.oof_corrected is not None:
+                oof[f"{s.arm} (corrected)"] = s.oof_corrected
+    return oof
 
 
 def compare_warnings(ctx: Context, arms: Sequence[str]) -> list[str]:
