@@ -59,11 +59,10 @@ def run_variant(name: str, data: Path, out: Path) -> dict[str, object]:
     start = time.perf_counter()
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL, env=dict(os.environ))
     seconds = time.perf_counter() - start
+    shown = [c.replace(f"{data.parent}/", "") for c in command[1:]]  # no temporary paths
     return {
         "variant": name,
-        "command": " ".join(
-            f"'{c}'" if any(ch in c for ch in " |()$<=") else c for c in command[1:]
-        ),
+        "command": " ".join(f"'{c}'" if any(ch in c for ch in " |()$<=") else c for c in shown),
         "wall_seconds": seconds,
         "comparison_md": (out / "comparison.md").read_text(),
         "comparison": json.loads((out / "comparison.json").read_text())["summaries"],
