@@ -114,7 +114,6 @@ class Context:
     site_column: str
     cfg: RunConfig
     threads: int = 1
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 # -- checks --------------------------------------------------------------------------------------
@@ -263,9 +262,7 @@ def _target_number(ctx: Context, rows: np.ndarray) -> np.ndarray:
     return pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(dtype=float)
 
 
-def _readout(
-    ctx: Context, x: np.ndarray, split: np.ndarray
-) -> tuple[np.ndarray, np.ndarray | None]:
+def _readout(ctx: Context, x: np.ndarray, split: np.ndarray) -> np.ndarray:
     """A linear readout fit on the training rows: predictions for every row (classification:
     probabilities in ``ctx.classes`` order)."""
     from sklearn.linear_model import LogisticRegressionCV, RidgeCV
@@ -288,11 +285,11 @@ def _readout(
         ).fit(x[fit_rows], labels)
         prob = np.zeros((len(x), len(ctx.classes)))
         prob[:, model.classes_.astype(int)] = model.predict_proba(x)
-        return prob, None
+        return prob
     reg = make_pipeline(StandardScaler(), RidgeCV(alphas=RIDGE_ALPHAS)).fit(
         x[fit_rows], y[fit_rows]
     )
-    return reg.predict(x), None
+    return reg.predict(x)
 
 
 def _bias_corrected(
@@ -410,7 +407,7 @@ def _combat_arms(
             )
             continue
         xh = arm.transform(x, sites, None if cov is None else filled)
-        pred, _ = _readout(ctx, xh, split)
+        pred = _readout(ctx, xh, split)
         out.append(
             _arm_fold(
                 ctx,
@@ -434,7 +431,7 @@ def run_job(job: Job, context: Context | None = None) -> list[ArmFold]:
         out: list[ArmFold] = []
         if "raw" in job.arms:
             t0 = time.perf_counter()
-            pred, _ = _readout(ctx, x, job.split)
+            pred = _readout(ctx, x, job.split)
             out.append(_arm_fold(ctx, "raw", job, x, pred, seconds=time.perf_counter() - t0))
         combat = [a for a in job.arms if a != "raw"]
         if combat:
@@ -445,6 +442,7 @@ def run_job(job: Job, context: Context | None = None) -> list[ArmFold]:
 
 def _model_job(ctx: Context, job: Job) -> list[ArmFold]:
     from neurounlearn.training.fit import fit
+    from neurounlearn.training.run import embedding_columns
 
     assert job.run_dir is not None
     arm = job.arms[0]
@@ -453,9 +451,7 @@ def _model_job(ctx: Context, job: Job) -> list[ArmFold]:
     seconds = time.perf_counter() - t0
     preds = pd.read_csv(job.run_dir / "predictions.csv", dtype={ctx.target: object})
     emb = pd.read_csv(job.run_dir / "embeddings.csv")
-    features = emb[[c for c in emb.columns if c.startswith("e") and c[1:].isdigit()]].to_numpy(
-        dtype=float
-    )
+    features = emb[embedding_columns(emb)].to_numpy(dtype=float)
     if ctx.task == "classification":
         prediction = np.zeros((len(preds), len(ctx.classes)))
         for k, name in enumerate(ctx.classes):

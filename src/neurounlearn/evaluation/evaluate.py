@@ -23,7 +23,7 @@ from neurounlearn.data.tabular import TableEncoding
 from neurounlearn.errors import InputError
 from neurounlearn.evaluation.leakage import LeakageAudit
 from neurounlearn.evaluation.metrics import classification_metrics, task_metrics
-from neurounlearn.training.run import LoadedRun, load_run
+from neurounlearn.training.run import LoadedRun, embedding_columns, load_run
 
 
 def ridge_probe_mae(
@@ -219,7 +219,7 @@ def evaluate(
     if encoding.task != "classification":
         preds[target] = pd.to_numeric(preds[target], errors="coerce")
     emb = pd.read_csv(run_dir / "embeddings.csv")
-    ecols = [c for c in emb.columns if c.startswith("e") and c[1:].isdigit()]
+    ecols = embedding_columns(emb)
     if data is not None:
         from neurounlearn.training.predict import predict_file
 

@@ -238,11 +238,11 @@ def _load_run(run_dir: Path, name: str | None) -> _Run:
     )
     test = (preds["split"].astype(str) == "test").to_numpy()
 
+    from neurounlearn.training.run import embedding_columns
+
     emb_path = run_dir / "embeddings.csv"
     emb = _read_csv(emb_path, (id_column, site))
-    columns = sorted(
-        (c for c in emb.columns if c.startswith("e") and c[1:].isdigit()), key=lambda c: int(c[1:])
-    )
+    columns = embedding_columns(emb)
     if not columns:
         raise InputError(
             "has no embedding columns (e0, e1, ...)",

@@ -217,6 +217,12 @@ def infer(
     return np.concatenate(feats), np.concatenate(preds)
 
 
+def embedding_columns(frame: pd.DataFrame) -> list[str]:
+    """The embedding columns ``e0, e1, ...`` of an ``embeddings.csv``, in order."""
+    columns = [c for c in frame.columns if str(c).startswith("e") and str(c)[1:].isdigit()]
+    return sorted(columns, key=lambda c: int(str(c)[1:]))
+
+
 def embedding_frame(ids: pd.DataFrame, features: np.ndarray) -> pd.DataFrame:
     cols = {f"e{i}": features[:, i] for i in range(features.shape[1])}
     return pd.concat([ids.reset_index(drop=True), pd.DataFrame(cols)], axis=1)
