@@ -335,3 +335,20 @@ def test_cli_report_of_a_missing_run_exits_2(tmp_path: Path) -> None:
     r = runner.invoke(app, ["report", str(tmp_path / "nope"), "--out", str(tmp_path / "r.html")])
     assert r.exit_code == 2 and "nope" in r.output
     assert not (tmp_path / "r.html").exists()
+
+
+def test_balanced_accuracy_interval_stays_within_0_and_1() -> None:
+    folds = [
+        {
+            "site": {
+                "kind": "categorical",
+                "chance": 0.5,
+                "n": 10,
+                "conditional": None,
+                "probe": {"linear": {"balanced_accuracy": v, "chance": 0.5}},
+            }
+        }
+        for v in (0.2, 0.95)
+    ]
+    low, high = aggregate_leakage(folds)["site"]["probe"]["linear"]["ci95"]
+    assert low == 0.0 and high == 1.0  # t(0.975, 1) = 12.7 would reach far beyond both

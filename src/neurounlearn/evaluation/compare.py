@@ -471,12 +471,18 @@ def _model_job(ctx: Context, job: Job) -> list[ArmFold]:
 # -- aggregation ---------------------------------------------------------------------------------
 
 
-def _t_interval(values: list[float]) -> list[float] | None:
+def _t_interval(
+    values: list[float], *, bounds: tuple[float, float] | None = None
+) -> list[float] | None:
+    """95% t-interval of the mean (clipped to ``bounds``: a balanced accuracy stays in [0, 1])."""
     if len(values) < 2:
         return None
     mean, sd = float(np.mean(values)), float(np.std(values, ddof=1))
     half = float(stats.t.ppf(0.975, len(values) - 1)) * sd / math.sqrt(len(values))
-    return [mean - half, mean + half]
+    low, high = mean - half, mean + half
+    if bounds is not None:
+        low, high = max(low, bounds[0]), min(high, bounds[1])
+    return [low, high]
 
 
 def _aggregate_probe(blocks: list[dict[str, Any]]) -> dict[str, Any]:
@@ -488,7 +494,7 @@ def _aggregate_probe(blocks: list[dict[str, Any]]) -> dict[str, Any]:
         metric: float(np.mean(known)) if known else None,
         "sd": float(np.std(known, ddof=1)) if len(known) > 1 else None,
         "chance": chance,
-        "ci95": _t_interval(known),
+        "ci95": _t_interval(known, bounds=(0.0, 1.0) if metric == "balanced_accuracy" else None),
         "ci_method": "t-interval of the mean over folds",
         "p_value": None,
         "per_fold": values,
