@@ -113,19 +113,15 @@ def test_categorical_covariates_are_one_hot_coded(manifest_frame: pd.DataFrame) 
     assert set(cov["sex=M"]) == {0.0, 1.0}
 
 
+def _site_audits(*values: float) -> list[dict]:
+    """Per-fold leakage blocks whose linear site probe scored ``values`` (chance 0.5)."""
+    linear = [{"balanced_accuracy": v, "chance": 0.5} for v in values]
+    site = {"kind": "categorical", "chance": 0.5, "n": 10, "conditional": None}
+    return [{"site": {**site, "probe": {"linear": p}}} for p in linear]
+
+
 def test_aggregate_leakage_gives_the_mean_and_a_t_interval() -> None:
-    folds = [
-        {
-            "site": {
-                "kind": "categorical",
-                "chance": 0.5,
-                "n": 10,
-                "conditional": None,
-                "probe": {"linear": {"balanced_accuracy": v, "chance": 0.5}},
-            }
-        }
-        for v in (0.6, 0.7, 0.8)
-    ]
+    folds = _site_audits(0.6, 0.7, 0.8)
     block = aggregate_leakage(folds)["site"]["probe"]["linear"]
     assert block["balanced_accuracy"] == pytest.approx(0.7)
     low, high = block["ci95"]
@@ -338,17 +334,6 @@ def test_cli_report_of_a_missing_run_exits_2(tmp_path: Path) -> None:
 
 
 def test_balanced_accuracy_interval_stays_within_0_and_1() -> None:
-    folds = [
-        {
-            "site": {
-                "kind": "categorical",
-                "chance": 0.5,
-                "n": 10,
-                "conditional": None,
-                "probe": {"linear": {"balanced_accuracy": v, "chance": 0.5}},
-            }
-        }
-        for v in (0.2, 0.95)
-    ]
+    folds = _site_audits(0.2, 0.95)
     low, high = aggregate_leakage(folds)["site"]["probe"]["linear"]["ci95"]
     assert low == 0.0 and high == 1.0  # t(0.975, 1) = 12.7 would reach far beyond both

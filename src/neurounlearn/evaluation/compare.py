@@ -361,63 +361,43 @@ def _combat_arms(
 
     split = job.split
     train = split == "train"
+    test = np.flatnonzero(split == "test")
     sites = ctx.frame[ctx.site_column].astype(str).to_numpy()
     covars = combat_covariates(ctx.frame, ctx.combat)
-    target_columns = [
-        c for c in covars.columns if c == ctx.target or c.startswith(f"{ctx.target}=")
-    ]
     fit_rows = train & covars.notna().all(axis=1).to_numpy()
-    out: list[ArmFold] = []
+    if set(sites[test]) - set(sites[fit_rows]):  # a held-out site: no batch parameters for it
+        return [ArmFold(name, job.view, job.key, test, None, error=UNSEEN_SITE) for name in names]
     start = time.perf_counter()
     arm = ComBatArm(
         covariates=list(covars.columns) or None,
         smooth_terms=list(ctx.combat.smooth_terms) or None,
         random_state=ctx.cfg.train.seed,
     )
-    keep = x[fit_rows].std(axis=0) > 0  # ComBat cannot fit a feature constant in training
-    x = x[:, keep]
-    cov = covars if len(covars.columns) else None
-    arm.fit(x[fit_rows], sites[fit_rows], None if cov is None else cov.loc[fit_rows])
+    x = x[:, x[fit_rows].std(axis=0) > 0]  # ComBat cannot fit a feature constant in training
+    has_covars = len(covars.columns) > 0
+    arm.fit(x[fit_rows], sites[fit_rows], covars.loc[fit_rows] if has_covars else None)
     fit_seconds = time.perf_counter() - start
     means = covars.loc[fit_rows].mean()
-    unseen = sorted(set(sites[split == "test"]) - set(sites[fit_rows]))
+    # rows without a covariate (unlabelled): the training mean, as at inference
+    filled = covars.fillna(means)
+    for column in ctx.combat.smooth_terms:
+        # ComBat-GAM's splines cannot extrapolate: hold a subject beyond the training range at
+        # its edge
+        low, high = covars.loc[fit_rows, column].agg(["min", "max"])
+        filled[column] = filled[column].clip(low, high)
+    target_columns = [
+        c for c in covars.columns if c == ctx.target or c.startswith(f"{ctx.target}=")
+    ]
+    out: list[ArmFold] = []
     for name in names:
         t0 = time.perf_counter()
-        # rows without a covariate (unlabelled): the training mean, as at inference
-        filled = covars.fillna(means)
+        given = filled.copy()
         if name.endswith("-inference"):
-            for column in target_columns:
-                filled.loc[~train, column] = means[column]
-        for column in ctx.combat.smooth_terms:
-            # ComBat-GAM's splines cannot extrapolate: hold a test subject beyond the training
-            # range at its edge
-            low, high = covars.loc[fit_rows, column].agg(["min", "max"])
-            filled[column] = filled[column].clip(low, high)
-        if unseen:
-            out.append(
-                ArmFold(
-                    name,
-                    job.view,
-                    job.key,
-                    np.flatnonzero(split == "test"),
-                    None,
-                    error=UNSEEN_SITE,
-                    seconds=fit_seconds,
-                )
-            )
-            continue
-        xh = arm.transform(x, sites, None if cov is None else filled)
+            given.loc[~train, target_columns] = means[target_columns].to_numpy()
+        xh = arm.transform(x, sites, given if has_covars else None)
         pred = _readout(ctx, xh, split)
-        out.append(
-            _arm_fold(
-                ctx,
-                name,
-                job,
-                xh,
-                pred,
-                seconds=prefix_seconds + fit_seconds + time.perf_counter() - t0,
-            )
-        )
+        seconds = prefix_seconds + fit_seconds + time.perf_counter() - t0
+        out.append(_arm_fold(ctx, name, job, xh, pred, seconds=seconds))
     return out
 
 
@@ -545,14 +525,23 @@ class ArmSummary:
     leakage: dict[str, Any]
     oof: np.ndarray | None  # regression: (n,), classification: (n, K); NaN where missing
     oof_corrected: np.ndarray | None
-    fold_task: list[float | None]
     ridge_probe_mae: float | None
+    site_bacc: float | None  # the linear site probe, mean over folds
     external: dict[str, dict[str, Any]]  # held-out site -> {"mae"/"balanced_accuracy", "n"}
     external_mae: float | None
     openbhb_score: float | None
     seconds: float
     notes: list[str] = field(default_factory=list)
     first_fold: ArmFold | None = None
+
+    def openbhb(self) -> dict[str, float | None]:
+        """The OpenBHB sub-scores and score (``metrics.json``'s ``openbhb`` keys)."""
+        return {
+            "ridge_age_probe_mae": self.ridge_probe_mae,
+            "site_probe_balanced_accuracy": self.site_bacc,
+            "external_mae": self.external_mae,
+            "score": self.openbhb_score,
+        }
 
 
 def _fold_score(ctx: Context, y_true: np.ndarray, pred: np.ndarray) -> dict[str, Any]:
@@ -634,8 +623,7 @@ def summarise(ctx: Context, arm: str, results: list[ArmFold]) -> ArmSummary:
         if not classification and ext_values and len(ext_values) == len(external)
         else None
     )
-    site_block = ((leakage.get(ctx.site_column) or {}).get("probe") or {}).get("linear") or {}
-    site_bacc = site_block.get("balanced_accuracy")
+    site_bacc = _probe_cells(leakage.get(ctx.site_column), "linear")[0]
     openbhb = (
         external_mae * site_bacc**0.3
         if external_mae is not None and site_bacc is not None
@@ -650,8 +638,8 @@ def summarise(ctx: Context, arm: str, results: list[ArmFold]) -> ArmSummary:
         leakage,
         oof,
         corrected,
-        fold_scores,
         float(np.mean(probes)) if probes else None,
+        site_bacc,
         external,
         external_mae,
         openbhb,
@@ -1046,12 +1034,7 @@ def compare(
             s.arm: {
                 "task": s.task,
                 "leakage": s.leakage,
-                "openbhb": {
-                    "ridge_age_probe_mae": s.ridge_probe_mae,
-                    "site_probe_balanced_accuracy": _probe_cells(s.leakage.get(site), "linear")[0],
-                    "external_mae": s.external_mae,
-                    "score": s.openbhb_score,
-                },
+                "openbhb": s.openbhb(),
                 "external": s.external,
                 "seconds": s.seconds,
                 "notes": s.notes,

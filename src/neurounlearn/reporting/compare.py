@@ -60,14 +60,7 @@ def _arm(ctx: Context, s: ArmSummary) -> ReportArm:
             "curves and embeddings from": "fold 1"
             + (f" ({first.run_dir})" if first is not None and first.run_dir else ""),
         },
-        openbhb={
-            "ridge_age_probe_mae": s.ridge_probe_mae,
-            "site_probe_balanced_accuracy": (
-                ((s.leakage.get(ctx.site_column) or {}).get("probe") or {}).get("linear") or {}
-            ).get("balanced_accuracy"),
-            "external_mae": s.external_mae,
-            "score": s.openbhb_score,
-        },
+        openbhb=s.openbhb(),
     )
 
 
