@@ -37,6 +37,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/paper.py
 	$(BIN)/python benchmarks/compare_openneuro.py
 	$(BIN)/python benchmarks/report_image.py
+	$(BIN)/python benchmarks/segmentation.py
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache .ruff_cache .mypy_cache

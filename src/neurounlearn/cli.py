@@ -7,6 +7,7 @@ column, how to fix it) and exits with code 2 — never a traceback.
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -68,8 +69,21 @@ UnlearnOpt = typer.Option(
 TaskOpt = typer.Option(
     None,
     "--task",
-    help="regression | classification (default: inferred; classification when the target is "
-    "not numeric or has two values)",
+    help="regression | classification | segmentation (images: --target names the column of "
+    "label-map paths; rows left empty serve the unlearning only). Default: inferred, "
+    "classification when the target is not numeric or has two values",
+)
+AttachOpt = typer.Option(
+    None,
+    "--attach",
+    help="segmentation: where the confound heads attach, comma-separated: bottleneck | final "
+    "(the default, last decoder features) | bottleneck,final",
+)
+ClassesOpt = typer.Option(
+    None,
+    "--classes",
+    help="segmentation: class names by label value, background first, e.g. "
+    "background,CSF,GM,WM (default: 0 up to the largest label found)",
 )
 UnlabelledOpt = typer.Option(
     None,
@@ -168,6 +182,8 @@ def build_config(
     batch_size: int | None = None,
     lr: float | None = None,
     overrides: list[str] | None = None,
+    attach: str | None = None,
+    classes: str | None = None,
 ) -> RunConfig:
     """Defaults, then the config file, then flags, then ``--set``."""
     cfg = load_config(config) if config else RunConfig()
@@ -184,6 +200,10 @@ def build_config(
             raw["data"][key] = value
     if unlabelled_sites:
         raw["data"]["unlabelled_sites"] = list(unlabelled_sites)
+    if classes is not None:
+        raw["data"]["classes"] = list(_names(classes))
+    if attach is not None:
+        raw["model"]["attach"] = list(_names(attach))
     if unlearn:
         raw["confounds"] = _parse_unlearn(unlearn, where or [], cfg.confounds)
     elif where:
@@ -222,6 +242,15 @@ def _num(value: Any, fmt: str = ".2f") -> str:
 
 
 def _task_line(task: dict[str, Any], what: str = "test") -> str:
+    if task.get("kind") == "segmentation":
+        per_class = ", ".join(f"{k} {_num(v)}" for k, v in task["dice"].items())
+        sites = ", ".join(
+            f"{k} {_num(v['mean_dice'])} (n={v['n']})" for k, v in task.get("per_site", {}).items()
+        )
+        return (
+            f"{what} Dice {per_class} (mean {_num(task.get('mean_dice'))}, n={task['n']} "
+            f"labelled); mean Dice per site: {sites or '—'}"
+        )
     if task.get("kind") == "classification":
         return (
             f"{what} balanced accuracy {_num(task.get('balanced_accuracy'))} "
@@ -286,6 +315,8 @@ def fit(
         None, "--band", help="audit also within this target band, e.g. --band 18 35"
     ),
     resume: bool = typer.Option(False, "--resume", help="continue the interrupted run in --out"),
+    attach: str | None = AttachOpt,
+    classes: str | None = ClassesOpt,
     seed: int | None = SeedOpt,
     epochs: int | None = EpochsOpt,
     batch_size: int | None = BatchOpt,
@@ -317,6 +348,8 @@ def fit(
         batch_size=batch_size,
         lr=lr,
         overrides=set_,
+        attach=attach,
+        classes=classes,
     )
     run_dir = run_fit(cfg, out, resume=resume, echo=typer.echo)
     metrics = evaluate(run_dir)
@@ -489,9 +522,25 @@ def _apply(run_dir: Path, data: Path, out: Path, which: int) -> int:
 def predict(
     run_dir: Path = typer.Argument(..., help="a finished run directory"),
     data: Path = typer.Option(..., "--data", help="manifest of new data (no site column needed)"),
-    out: Path = typer.Option(..., "--out", help="CSV to write"),
+    out: Path = typer.Option(
+        ...,
+        "--out",
+        help="CSV to write; for a segmentation run, a folder: one label map per subject "
+        "(ID_seg.nii.gz, on the input's grid with its affine) and segmentations.csv",
+    ),
 ) -> None:
-    """Predict the target for new data with a finished run."""
+    """Predict the target for new data with a finished run (segmentation: label maps)."""
+    from neurounlearn.training.run import load_run
+
+    run = load_run(run_dir)
+    if run.encoding.task == "segmentation":
+        from neurounlearn.atomic import write_csv
+        from neurounlearn.training.predict import segment_images
+
+        frame, _ = segment_images(run, data, out_dir=out, echo=typer.echo)
+        write_csv(frame, out / "segmentations.csv")
+        typer.echo(f"{len(frame)} label maps written to {out} (list: {out / 'segmentations.csv'})")
+        return
     n = _apply(run_dir, data, out, 0)
     typer.echo(f"{n} predictions written to {out}")
 
@@ -505,7 +554,9 @@ def embed(
     ),
     out: Path = typer.Option(..., "--out", help="CSV to write"),
 ) -> None:
-    """Write the harmonised embeddings (encoder features) of new data."""
+    """Write the harmonised embeddings (encoder features) of new data; for a segmentation run,
+    each attach point's pooled feature map (POINT_e0, ...: channel means, then standard
+    deviations)."""
     n = _apply(run_dir, data, out, 1)
     typer.echo(f"{n} embeddings written to {out}")
 
@@ -527,7 +578,12 @@ def check(
     set_: list[str] | None = SetOpt,
 ) -> None:
     """Check a manifest and print every problem found, with its row and column."""
-    from neurounlearn.data.inputs import preprocess_settings, table_spec, volume_columns
+    from neurounlearn.data.inputs import (
+        check_segmentation_config,
+        preprocess_settings,
+        table_spec,
+        volume_columns,
+    )
     from neurounlearn.data.manifest import find_problems, read_table
 
     cfg = build_config(
@@ -542,12 +598,21 @@ def check(
         where=unlearn_where,
         overrides=set_,
     )
+    check_segmentation_config(cfg)
     frame = read_table(data)
     problems = find_problems(frame, data, table_spec(cfg, frame=frame))
     if cfg.data.input == "image":
         from neurounlearn.data.volumes import find_volume_problems
 
-        problems += find_volume_problems(frame, data, volume_columns(cfg), preprocess_settings(cfg))
+        segmentation = cfg.data.task == "segmentation"
+        problems += find_volume_problems(
+            frame,
+            data,
+            volume_columns(cfg),
+            preprocess_settings(cfg),
+            labels_optional=segmentation,
+            classes=cfg.data.classes if segmentation else None,
+        )
     errors = [p for p in problems if p.severity == "error"]
     for p in problems:
         typer.echo(f"{p.severity}: {p}", err=p.severity == "error")
@@ -581,16 +646,25 @@ def _parse_ages(text: str) -> str | list[tuple[float, float]]:
 @_friendly
 def simulate(
     out: Path = typer.Argument(..., help="folder to write the cohort into"),
-    sites: int = typer.Option(3, "--sites", help="number of sites (scanners)"),
+    sites: int | None = typer.Option(
+        None, "--sites", help="number of sites (scanners); default 3, or the preset's"
+    ),
     subjects: int = typer.Option(300, "--subjects", help="subjects in all, spread over the sites"),
     shape: int = typer.Option(48, "--shape", help="side of the cubic volumes, in voxels"),
     seed: int = typer.Option(0, "--seed", help="seed of every subject and scanner parameter"),
-    ages: str = typer.Option(
-        "paper",
+    ages: str | None = typer.Option(
+        None,
         "--ages",
         help="per-site age ranges: paper (partly overlapping, like UK Biobank / OASIS / "
-        "Whitehall II; the default) | independent (one range for all sites) | LOW-HIGH per "
-        "site, e.g. 45-80,20-60,60-85",
+        "Whitehall II; the default without --preset) | independent (one range for all sites) | "
+        "LOW-HIGH per site, e.g. 45-80,20-60,60-85",
+    ),
+    preset: str | None = typer.Option(
+        None,
+        "--preset",
+        help="images: fixed scanners instead of evenly spread ones. segmentation: two sites "
+        "whose contrast and bias field differ strongly, ages independent of site (the paper's "
+        "segmentation setting)",
     ),
     scanner_strength: float = typer.Option(
         1.0, "--scanner-strength", help="scale of the scanner effects; 0: identical scanners"
@@ -623,13 +697,16 @@ def simulate(
                 f"--sex-ratio: cannot read '{sex_ratio}'",
                 hint="give one fraction for all sites or one per site, e.g. 0.5 or 0.3,0.7",
             ) from None
+        if preset is not None:
+            raise InputError("--preset applies to images, not to --table")
+        sites = 3 if sites is None else sites
         simulate_table(
             out,
             sites=sites,
             subjects=subjects,
             features=features,
             seed=seed,
-            ages=_parse_ages(ages),
+            ages=_parse_ages(ages or "paper"),
             sex_ratio=ratios[0] if len(ratios) == 1 else ratios,
             site_strength=scanner_strength,
             age_effect=age_effect,
@@ -649,11 +726,13 @@ def simulate(
         subjects=subjects,
         shape=shape,
         seed=seed,
-        ages=_parse_ages(ages),
+        ages=None if ages is None else _parse_ages(ages),
         scanner_strength=scanner_strength,
         age_effect=age_effect,
+        preset=preset,
     )
-    typer.echo(f"{subjects} subjects at {sites} sites written; manifest: {manifest}")
+    n_sites = json.loads((manifest.parent / "generation.json").read_text())["sites"]
+    typer.echo(f"{subjects} subjects at {n_sites} sites written; manifest: {manifest}")
     typer.echo(f"generating parameters: {manifest.parent / 'generation.json'}")
     typer.echo(f"one mid-slice per site: {manifest.parent / 'sites.png'}")
 

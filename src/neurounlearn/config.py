@@ -127,10 +127,18 @@ class DataConfig(_Strict):
         "participant_id, subject_id, id found in the manifest",
     )
     site_column: str = "site"
-    task: Literal["auto", "regression", "classification"] = Field(
+    task: Literal["auto", "regression", "classification", "segmentation"] = Field(
         "auto",
-        description="regression (MSE/L1 head) or classification (cross-entropy head); auto: "
-        "classification when the target is not numeric or has only two values, else regression",
+        description="regression (MSE/L1 head), classification (cross-entropy head) or "
+        "segmentation (images only: the target column holds each label map's path; a 3D U-Net "
+        "with soft Dice + cross-entropy); auto: classification when the target is not numeric "
+        "or has only two values, else regression",
+    )
+    classes: list[str] | None = Field(
+        None,
+        description="segmentation: class names by label value, background (0) first, e.g. "
+        "[background, CSF, GM, WM]; a label map holding a value past the last is an error. "
+        "Default: 0 up to the largest value found in the label maps",
     )
     unlabelled_sites: list[str] = Field(
         default_factory=list,
@@ -158,15 +166,41 @@ class DataConfig(_Strict):
 class ModelConfig(_Strict):
     """Encoder and heads."""
 
-    encoder: Literal["auto", "mlp", "compact", "paper", "sfcn"] = Field(
+    encoder: Literal["auto", "mlp", "compact", "paper", "sfcn", "unet"] = Field(
         "auto",
-        description="auto: mlp for feature tables, compact for images; compact: a small 3D CNN "
-        "(the CPU default); paper: the VGG-like 3D CNN of Dinsdale et al. 2021; sfcn: the "
-        "SFCN of Peng et al. 2021",
+        description="auto: mlp for feature tables, compact for images, unet for segmentation; "
+        "compact: a small 3D CNN (the CPU default); paper: the VGG-like 3D CNN of Dinsdale et "
+        "al. 2021; sfcn: the SFCN of Peng et al. 2021; unet: MONAI's BasicUNet (segmentation)",
     )
+    attach: list[str] = Field(
+        default_factory=lambda: ["final"],
+        description="segmentation: where the confound heads attach: bottleneck (deepest "
+        "encoder features), final (last decoder features, the paper's best), or both",
+    )
+
+    @field_validator("attach", mode="before")
+    @classmethod
+    def _attach_list(cls, v: Any) -> Any:
+        return [p.strip() for p in v.split(",") if p.strip()] if isinstance(v, str) else v
+
+    @field_validator("attach")
+    @classmethod
+    def _known_points(cls, v: list[str]) -> list[str]:
+        from neurounlearn.models.points import ATTACH_POINTS
+
+        unknown = [p for p in v if p not in ATTACH_POINTS]
+        if unknown or not v:
+            raise ValueError(
+                f"unknown attach point(s) {', '.join(unknown) or '(none given)'}; choose one or "
+                f"both of {', '.join(ATTACH_POINTS)}"
+            )
+        return list(dict.fromkeys(v))
+
     hidden: list[int] = Field(default_factory=lambda: [128], description="mlp: hidden widths")
     channels: list[int] | None = Field(
-        None, description="3D CNNs: channels per stage (default: the encoder's own)"
+        None,
+        description="3D CNNs: channels per stage (default: the encoder's own); unet: six "
+        "widths, five encoder levels then the last decoder block",
     )
     strides: list[int] | None = Field(
         None, description="compact: stride of each stage (default: 2 per stage)"

@@ -119,3 +119,23 @@ def squared_correlation(pred: Tensor, target: Tensor, eps: float = 1e-6) -> Tens
     t = t - t.mean()
     r = (p * t).sum() / torch.sqrt((p * p).sum() * (t * t).sum() + eps)
     return r * r
+
+
+def masked_segmentation_loss(logits: Tensor, labels: Tensor, y: Tensor) -> Tensor:
+    """MONAI's soft Dice + cross-entropy over the rows that have a label map.
+
+    Rows whose ``y`` is NaN have no label map (semi-supervised segmentation): they contribute
+    nothing here and serve the unlearning only.
+
+    Args:
+        logits: ``(B, K, *spatial)`` class logits.
+        labels: ``(B, *spatial)`` class ids (zeros where a row has no label map).
+        y: ``(B,)``, finite where the row has a label map, NaN where not.
+    """
+    from monai.losses import DiceCELoss
+
+    mask = ~torch.isnan(y)
+    if not bool(mask.any()):
+        return _zero_like_graph(logits)
+    loss = DiceCELoss(to_onehot_y=True, softmax=True)
+    return loss(logits[mask].float(), labels[mask].unsqueeze(1))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -53,6 +53,7 @@ def table_spec(
     """What the table checks need to know of a configuration (``frame``: the manifest, to
     infer the task when ``data.task`` is auto)."""
     images = cfg.data.input == "image"
+    segmentation = cfg.data.task == "segmentation"
     if not images and not cfg.data.features:
         raise InputError(
             "no feature columns given",
@@ -60,14 +61,15 @@ def table_spec(
             "in the config (or --input image for NIfTI volumes)",
         )
     return TableSpec(
-        target=cfg.data.target if training else None,
+        # a segmentation's target column holds label-map paths: the volume checks judge it
+        target=cfg.data.target if training and not segmentation else None,
         confounds=[c.name for c in cfg.confounds] if training else [],
         subsets={c.name: c.subset for c in cfg.confounds if c.subset} if training else {},
         features=None if images else cfg.data.features,
         id_column=cfg.data.id_column,
         site_column=cfg.data.site_column,
         use_features=not images,
-        task=resolve_task(cfg, frame)[0],
+        task="regression" if segmentation else resolve_task(cfg, frame)[0],
         confound_kinds={c.name: c.kind for c in cfg.confounds},
         conditional={c.name: c.target_bins for c in cfg.confounds if c.conditional},
         unlabelled_sites=list(cfg.data.unlabelled_sites) if training else [],
@@ -86,13 +88,75 @@ def cache_dir(cfg: RunConfig) -> Path:
     return Path(base) / "neurounlearn"
 
 
-def volume_columns(cfg: RunConfig) -> VolumeColumns:
+def label_column(cfg: RunConfig) -> str | None:
+    """The column of label-map paths: a segmentation's target, else ``data.label_column``."""
+    return cfg.data.target if cfg.data.task == "segmentation" else cfg.data.label_column
+
+
+def volume_columns(cfg: RunConfig, *, labels: bool = True) -> VolumeColumns:
+    """The path columns of an image manifest (``labels=False``: leave label maps out, as
+    ``predict`` does for new data that has none)."""
     # imported here, not at the top: MONAI is slow to import and reading a table never needs it
     from neurounlearn.data.volumes import VolumeColumns
 
     return VolumeColumns(
-        image=cfg.data.image_column, label=cfg.data.label_column, mask=cfg.data.mask_column
+        image=cfg.data.image_column,
+        label=label_column(cfg) if labels else None,
+        mask=cfg.data.mask_column,
     )
+
+
+def check_segmentation_config(cfg: RunConfig) -> None:
+    """What a segmentation run cannot be, found before any file is read."""
+    if cfg.data.task != "segmentation":
+        return
+    if cfg.data.input != "image":
+        raise InputError(
+            f"--task segmentation needs images, but the input is {cfg.data.input!r}",
+            hint="pass --input image with a manifest whose rows name an image and a label map "
+            "(e.g. --target label)",
+        )
+    for c in cfg.confounds:
+        if c.conditional:
+            raise InputError(
+                f"confound '{c.name}' is target-conditioned, but a segmentation has no "
+                "per-subject target to condition on",
+                hint=f"drop ':conditional' from --unlearn {c.name}",
+            )
+    classes = cfg.data.classes
+    if classes is not None and (len(classes) < 2 or len(set(classes)) != len(classes)):
+        raise InputError(
+            f"data.classes must name at least 2 distinct classes, got {classes}",
+            hint="e.g. --classes background,CSF,GM,WM (label value 0 first)",
+        )
+
+
+def _segmentation_classes(
+    cfg: RunConfig, frame: pd.DataFrame, path: Path, label_max: int
+) -> list[str]:
+    """The declared classes, or ``0..label_max`` named by value; an error when no row of the
+    manifest has a label map."""
+    target = cfg.data.target
+    given = frame[target].map(lambda v: isinstance(v, str) and bool(v.strip()))
+    if not given.any():
+        raise InputError(
+            f"no row has a label map in column '{target}': a segmentation needs some labelled "
+            "volumes",
+            file=path,
+            column=target,
+            hint="give label-map paths in some rows (rows left empty serve the unlearning "
+            "only), or name the label-map column with --target",
+        )
+    if cfg.data.classes is not None:
+        return list(cfg.data.classes)
+    if label_max < 1:
+        raise InputError(
+            f"every label map in column '{target}' is empty (all 0, background)",
+            file=path,
+            column=target,
+            hint="check the label maps: classes are 1, 2, ... and 0 is background",
+        )
+    return ["background", *(f"class_{v}" for v in range(1, label_max + 1))]
 
 
 def preprocess_settings(cfg: RunConfig) -> PreprocessSettings:
@@ -117,6 +181,7 @@ class Inputs:
         task: the task (``regression`` or ``classification``), resolved when ``auto``.
         task_reason: why that task (shown to the user when it was inferred).
         hidden_targets: rows whose target was blanked (``data.unlabelled_sites``).
+        classes: segmentation: class names by label value (background first).
     """
 
     path: Path
@@ -127,6 +192,7 @@ class Inputs:
     task: str = "regression"
     task_reason: str = ""
     hidden_targets: int = 0
+    classes: list[str] = field(default_factory=list)
 
 
 def load_inputs(cfg: RunConfig, path: str | Path) -> Inputs:
@@ -141,10 +207,13 @@ def load_inputs(cfg: RunConfig, path: str | Path) -> Inputs:
     """
     path = Path(path)
     table_spec(cfg)  # a missing --features is reported before the file is read
+    check_segmentation_config(cfg)
+    segmentation = cfg.data.task == "segmentation"
     id_names = (*ID_CANDIDATES, cfg.data.id_column) if cfg.data.id_column else ID_CANDIDATES
     frame = read_table(path, text_columns=id_names)
     spec = table_spec(cfg, frame=frame)
     problems = find_problems(frame, path, spec)
+    found: dict[str, Any] = {}
     if cfg.data.input == "image":
         from neurounlearn.data.volumes import find_volume_problems
 
@@ -154,6 +223,9 @@ def load_inputs(cfg: RunConfig, path: str | Path) -> Inputs:
             volume_columns(cfg),
             preprocess_settings(cfg),
             progress=cfg.train.progress_bar,
+            labels_optional=segmentation,
+            classes=cfg.data.classes if segmentation else None,
+            stats=found,
         )
     raise_if_errors(problems)
     id_column = resolve_id_column(frame, cfg.data.id_column, path)
@@ -164,24 +236,29 @@ def load_inputs(cfg: RunConfig, path: str | Path) -> Inputs:
     warnings = [p for p in problems if p.severity != "error"]
     task, reason = resolve_task(cfg, frame)
     hidden = 0
+    target = cfg.data.target if segmentation else spec.target
     if cfg.data.unlabelled_sites:
         rows = frame[spec.site_column].astype(str).isin(cfg.data.unlabelled_sites)
-        rows &= frame[spec.target].notna() if spec.target else False
+        rows &= frame[target].notna() if target else False
         hidden = int(rows.sum())
         if hidden:
             frame = frame.copy()
-            frame.loc[rows, spec.target] = np.nan
+            frame.loc[rows, target] = np.nan
             warnings.append(
                 Problem(
                     f"the targets of {hidden} row(s) at unlabelled site(s) "
                     f"{', '.join(cfg.data.unlabelled_sites)} are hidden from training; those "
                     "rows serve the unlearning only",
                     file=path,
-                    column=spec.target,
+                    column=target,
                     severity="warning",
                 )
             )
-    return Inputs(path, frame, id_column, features, warnings, task, reason, hidden)
+    classes: list[str] = []
+    if segmentation:
+        task, reason = "segmentation", "set in the configuration"
+        classes = _segmentation_classes(cfg, frame, path, int(found.get("label_max", 0)))
+    return Inputs(path, frame, id_column, features, warnings, task, reason, hidden, classes)
 
 
 def load_new_images(cfg: RunConfig, path: str | Path) -> Inputs:
@@ -194,7 +271,7 @@ def load_new_images(cfg: RunConfig, path: str | Path) -> Inputs:
     frame = read_table(path, text_columns=id_names)
     raise_if_errors(
         find_volume_problems(
-            frame, path, volume_columns(cfg), preprocess_settings(cfg), progress=False
+            frame, path, volume_columns(cfg, labels=False), preprocess_settings(cfg), progress=False
         )
     )
     id_column = next((c for c in id_names if c in frame), None)
@@ -224,6 +301,7 @@ class RowData:
         cache: VolumeCache | None = None,
         values: np.ndarray | None = None,
         conditions: np.ndarray | None = None,
+        with_labels: bool = False,
     ) -> None:
         if (features is None) == (cache is None):
             raise ValueError("give exactly one of features and cache")
@@ -234,6 +312,7 @@ class RowData:
         self.input_shape = input_shape
         self.features = features
         self.cache = cache
+        self.with_labels = with_labels
 
     def __len__(self) -> int:
         return len(self.y)
@@ -276,6 +355,7 @@ class RowData:
             self.codes[rows],
             values=values,
             conditions=conditions,
+            with_labels=self.with_labels,
         )
 
     def all(self) -> Dataset:
@@ -289,8 +369,11 @@ def row_data(
     *,
     progress: bool = True,
     echo: Callable[[str], Any] = print,
+    labels: bool = True,
 ) -> RowData:
     """Encode every row of ``inputs``: scaled features, or volumes preprocessed into the cache.
+
+    ``labels=False`` leaves label maps out of the cache (new data for ``predict``).
 
     Images are decoded and preprocessed once; later epochs, runs and ``predict`` calls on the
     same files with the same settings read the memory-mapped cache only.
@@ -313,7 +396,7 @@ def row_data(
     cache = build_cache(
         inputs.frame,
         inputs.path,
-        volume_columns(cfg),
+        volume_columns(cfg, labels=labels),
         preprocess_settings(cfg),
         cache_dir=cache_dir(cfg),
         progress=progress,
@@ -327,4 +410,5 @@ def row_data(
         cache=cache,
         values=values,
         conditions=conditions,
+        with_labels=cfg.data.task == "segmentation" and cache.label_path is not None,
     )

@@ -107,6 +107,21 @@ BIAS_MONOMIALS: tuple[tuple[int, int, int], ...] = (
     (1, 1, 0), (1, 0, 1), (0, 1, 1),
 )  # fmt: skip
 
+#: Scanner presets: fixed per-site scanners instead of the spread above. "segmentation" is the
+#: setting of the paper's segmentation experiment: two sites whose images differ strongly in
+#: contrast (gamma) and coil bias field, ages independent of site. Site A is a near-neutral
+#: scanner; at site B grey and white matter are much closer in intensity (gamma 0.45 lifts
+#: the darker tissues) and a strong bias field (40% at its peak) makes white matter on one side
+#: as dark as grey matter on the other, so a model trained on A's labels fails on B.
+SCANNER_PRESETS: dict[str, list[dict[str, Any]]] = {
+    "segmentation": [
+        {"gain": 1.0, "offset": 0.0, "gamma": 1.0, "bias_amplitude": 0.05, "slice_blur": 0.3,
+         "noise_sd": 0.02},
+        {"gain": 1.25, "offset": 0.05, "gamma": 0.45, "bias_amplitude": 0.40, "slice_blur": 0.9,
+         "noise_sd": 0.035},
+    ],
+}  # fmt: skip
+
 #: Gzip level of the NIfTI files: 6 is nearly as small as 9 and several times faster.
 GZIP_LEVEL = 6
 
@@ -403,6 +418,45 @@ def _bias_field(coefficients: tuple[float, ...], shape: Shape) -> Float:
     return field
 
 
+def _bias_lattice() -> NDArray[np.float64]:
+    """The bias monomials on a fixed grid of the unit cube: a field's peak is measured there,
+    so the coefficients alone define it whatever the image shape."""
+    lattice = np.linspace(-1.0, 1.0, 17)
+    return _bias_basis(np.stack(np.meshgrid(lattice, lattice, lattice)).reshape(3, -1))
+
+
+def _preset_sites(
+    seed: int, preset: str, ranges: list[tuple[float, float]], strength: float
+) -> list[_Site]:
+    """The fixed scanners of :data:`SCANNER_PRESETS`; only the bias fields' shapes are random."""
+    rng = np.random.default_rng([seed, 0])
+    basis = _bias_lattice()
+    sites = []
+    for j, spec in enumerate(SCANNER_PRESETS[preset]):
+        raw = rng.normal(size=len(BIAS_MONOMIALS))
+        amplitude = spec["bias_amplitude"] * strength
+        sigma = [INPLANE_BLUR * strength] * 3
+        axis = SLICE_AXES[j % 3]
+        sigma[axis] = spec["slice_blur"] * strength
+        sites.append(
+            _Site(
+                name=_site_name(j),
+                age_range=ranges[j],
+                gain=math.exp(math.log(spec["gain"]) * strength),
+                offset=spec["offset"] * strength,
+                gamma=math.exp(math.log(spec["gamma"]) * strength),
+                bias_amplitude=amplitude,
+                bias_coefficients=[
+                    float(c) for c in raw / float(np.abs(raw @ basis).max()) * amplitude
+                ],
+                blur_sigma=(sigma[0], sigma[1], sigma[2]),
+                slice_axis="xyz"[axis],
+                noise_sd=max(0.0, NOISE_SD_BASE + (spec["noise_sd"] - NOISE_SD_BASE) * strength),
+            )
+        )
+    return sites
+
+
 def _make_sites(seed: int, ranges: list[tuple[float, float]], strength: float) -> list[_Site]:
     k = len(ranges)
     rng = np.random.default_rng([seed, 0])  # stream 0: sites; stream 1: subjects
@@ -412,10 +466,7 @@ def _make_sites(seed: int, ranges: list[tuple[float, float]], strength: float) -
     amplitude = _spread(rng, k, BIAS_AMPLITUDE_RANGE)
     slice_blur = _spread(rng, k, SLICE_BLUR_RANGE)
     noise = _spread(rng, k, NOISE_SD_RANGE)
-    # Normalise each site's random polynomial on a fixed grid of the unit cube, so the
-    # coefficients alone define the field whatever the image shape.
-    lattice = np.linspace(-1.0, 1.0, 17)
-    basis = _bias_basis(np.stack(np.meshgrid(lattice, lattice, lattice)).reshape(3, -1))
+    basis = _bias_lattice()
     sites = []
     for j in range(k):
         raw = rng.normal(size=len(BIAS_MONOMIALS))
@@ -742,14 +793,15 @@ def _generation_record(
 def simulate_cohort(
     out_dir: str | Path,
     *,
-    sites: int = 3,
+    sites: int | None = None,
     subjects: int = 300,
     shape: int | tuple[int, int, int] = 48,
     seed: int = 0,
-    ages: str | list[tuple[float, float]] = "paper",
+    ages: str | list[tuple[float, float]] | None = None,
     scanner_strength: float = 1.0,
     age_effect: float = 1.0,
     progress: bool = True,
+    preset: str | None = None,
 ) -> Path:
     """Write a synthetic multi-site T1 cohort with tissue labels, a manifest and its ground truth.
 
@@ -764,13 +816,14 @@ def simulate_cohort(
     Args:
         out_dir: folder to write to; created if missing. It must be empty or hold an earlier
             simulation, which is replaced.
-        sites: number of sites (scanners), named A, B, C, …; at least 2.
+        sites: number of sites (scanners), named A, B, C, …; at least 2. Default: 3, or the
+            preset's number.
         subjects: number of subjects; at least 3 per site.
         shape: image shape in voxels, one size for a cube or three; 16 to 256 per axis. Voxels
             are isotropic and the whole brain fits (at 48, about 4.4 mm).
         seed: fixes every random draw: site scanners, and each subject's age, sex, anatomy
             and noise (a subject's draws depend only on the seed and its index).
-        ages: an :data:`AGE_PRESETS` name (``"paper"``: site and age confounded;
+        ages: an :data:`AGE_PRESETS` name (``"paper"``, the default: site and age confounded;
             ``"independent"``: every site 20–85) or one ``(low, high)`` range per site. Ages
             are uniform within the site's range, with one decimal.
         scanner_strength: multiplies every site's deviation from a neutral scanner; 0 makes
@@ -778,6 +831,9 @@ def simulate_cohort(
         age_effect: multiplies the anatomical effect of age (cortical thinning, ventricle
             growth); 0 removes it.
         progress: show a progress bar on stderr.
+        preset: a :data:`SCANNER_PRESETS` name: fixed scanners instead of the evenly spread
+            ones. ``"segmentation"``: two sites whose contrast and bias field differ strongly
+            (the paper's segmentation setting); ``ages`` then defaults to ``"independent"``.
 
     Returns:
         The path of ``manifest.csv``.
@@ -790,6 +846,21 @@ def simulate_cohort(
         PosixPath('cohort/manifest.csv')
     """
     out = Path(out_dir)
+    if preset is not None:
+        if preset not in SCANNER_PRESETS:
+            raise InputError(
+                f"unknown scanner preset {preset!r}; allowed presets: "
+                f"{', '.join(sorted(SCANNER_PRESETS))}",
+            )
+        n_preset = len(SCANNER_PRESETS[preset])
+        if sites is not None and sites != n_preset:
+            raise InputError(
+                f"the '{preset}' preset has {n_preset} sites, but sites={sites} was asked for",
+                hint="leave out the number of sites with a preset",
+            )
+        sites = n_preset
+    elif sites is None:
+        sites = 3
     if not _is_int(sites) or sites < 2:
         raise InputError(
             f"sites must be an integer of at least 2, got {sites!r}",
@@ -804,6 +875,8 @@ def simulate_cohort(
     if not _is_int(seed) or seed < 0:
         raise InputError(f"seed must be a non-negative integer, got {seed!r}")
     grid = _check_shape(shape)
+    if ages is None:
+        ages = "paper" if preset is None else "independent"
     ranges = _check_ages(ages, sites)
     strength = _check_factor("scanner_strength", scanner_strength)
     effect = _check_factor("age_effect", age_effect)
@@ -811,7 +884,11 @@ def simulate_cohort(
 
     from tqdm import tqdm  # comes with lightning; imported here to keep the module light
 
-    site_list = _make_sites(seed, ranges, strength)
+    site_list = (
+        _make_sites(seed, ranges, strength)
+        if preset is None
+        else _preset_sites(seed, preset, ranges, strength)
+    )
     counts = [subjects // sites + (1 if k < subjects % sites else 0) for k in range(sites)]
     width = max(4, len(str(subjects - 1)))
     people: list[_Subject] = []
@@ -838,7 +915,8 @@ def simulate_cohort(
             effect=effect,
             site_list=site_list,
             people=people,
-        ),
+        )
+        | {"scanner_preset": preset},
         out / "generation.json",
     )
 

@@ -76,9 +76,10 @@ class TableEncoding:
         feature_columns: the training feature columns, in order.
         feature_mean, feature_scale: standardisation of each feature (train split).
         target: the target column (None when the run has none).
-        task: ``regression`` or ``classification``.
+        task: ``regression``, ``classification`` or ``segmentation``.
         target_mean, target_std: standardisation of a regression target (train split).
-        target_classes: a classification target's classes (as text), seen in the train split.
+        target_classes: a classification target's classes (as text), seen in the train split;
+            a segmentation's class names by label value (background first).
         confound_levels: per confound, its classes: the levels seen in the training rows that
             fall inside the confound's ``subset`` (or, binned, one label per quantile bin; empty
             for a correlation confound). Other levels get code ``-1`` (ignored).
@@ -115,17 +116,21 @@ class TableEncoding:
         confounds: Sequence[ConfoundConfig],
         *,
         task: str = "regression",
+        classes: Sequence[str] = (),
     ) -> TableEncoding:
+        """Fit on the ``train`` rows; ``classes``: a segmentation's class names by label value."""
         x = frame.loc[train, list(feature_columns)].to_numpy(dtype=np.float64)
         mean = x.mean(axis=0)
         scale = x.std(axis=0)
         scale[~np.isfinite(scale) | (scale < 1e-12)] = 1.0
         t_mean, t_std = 0.0, 1.0
-        classes: list[str] = []
+        names: list[str] = []
         y_train = np.zeros(0)
-        if target is not None and task == "classification":
+        if task == "segmentation":
+            names = list(classes)
+        elif target is not None and task == "classification":
             known = frame.loc[train, target].dropna()
-            classes = sorted(known.astype(str).unique().tolist())
+            names = sorted(known.astype(str).unique().tolist())
         elif target is not None:
             y_train = _numeric(frame.loc[train, target])
             y = y_train[np.isfinite(y_train)]
@@ -171,7 +176,7 @@ class TableEncoding:
             confound_levels=levels,
             confound_subsets=subsets,
             task=task,
-            target_classes=classes,
+            target_classes=names,
             confound_methods=methods,
             confound_edges=edges,
             confound_stats=stats,
@@ -185,7 +190,7 @@ class TableEncoding:
     @property
     def n_outputs(self) -> int:
         """Width of the task head: 1 for regression, the number of classes otherwise."""
-        return len(self.target_classes) if self.task == "classification" else 1
+        return len(self.target_classes) if self.task != "regression" else 1
 
     def condition_size(self, name: str) -> int:
         """Target bins a target-conditioned confound's head sees (0: not conditioned)."""
@@ -214,6 +219,9 @@ class TableEncoding:
         frame has no target column, or a class unseen in training)."""
         if self.target is None or self.target not in frame:
             return np.full(len(frame), np.nan, dtype=np.float32)
+        if self.task == "segmentation":  # 1 where the row has a label map
+            given = frame[self.target].map(lambda v: isinstance(v, str) and bool(v.strip()))
+            return np.where(given.to_numpy(dtype=bool), 1.0, np.nan).astype(np.float32)
         if self.task == "classification":
             return self.class_index(frame[self.target]).astype(np.float32)
         y = _numeric(frame[self.target])

@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from scipy import ndimage
 from torch.utils.data import DataLoader, Dataset
 
 from neurounlearn.atomic import atomic_path, write_json
@@ -328,6 +329,7 @@ class _FileInfo:
     nonzero: int = 0
     positive: int = 0
     bad_label: str | None = None
+    label_max: int = 0
 
 
 def _spatial(shape: tuple[int, ...]) -> tuple[int, ...] | None:
@@ -407,6 +409,8 @@ def _inspect(path: str, role: str, orientation: str) -> _FileInfo:
             info.bad_label = f"values from {low:g} to {high:g}; label maps must hold 0..255"
         elif not np.array_equal(data, np.round(data)):
             info.bad_label = "values that are not whole numbers; a label map holds class ids"
+        else:
+            info.label_max = int(high)
     return info
 
 
@@ -462,6 +466,9 @@ def find_volume_problems(
     *,
     progress: bool = True,
     num_threads: int | None = None,
+    labels_optional: bool = False,
+    classes: Sequence[str] | None = None,
+    stats: dict[str, Any] | None = None,
 ) -> list[Problem]:
     """Every problem with the image, mask and label files of a manifest, in one list.
 
@@ -489,6 +496,11 @@ def find_volume_problems(
         settings: the preprocessing that will follow.
         progress: draw a progress bar on stderr for many files.
         num_threads: threads reading files; ``None``: up to 8, ``0``: read in this thread.
+        labels_optional: an empty label cell is no problem (semi-supervised segmentation: the
+            row serves the unlearning only).
+        classes: the declared classes by label value; a label map holding a larger value is a
+            problem.
+        stats: if given, receives ``label_max``, the largest value in any label map read.
 
     Returns:
         Problems; those with ``severity == "error"`` must stop the run.
@@ -537,6 +549,8 @@ def find_volume_problems(
         image_info: _FileInfo | None = None
         for role, col in roles:
             path = resolved[col].iloc[i]
+            if path is None and role == "label" and labels_optional:
+                continue
             if path is None:
                 hint = f"give each row's {role} file, or drop the row"
                 report.add(
@@ -638,7 +652,22 @@ def find_volume_problems(
                     col,
                     "give an integer label map (0 = background, 1..255 = classes)",
                 )
+            elif role == "label" and classes is not None and info.label_max >= len(classes):
+                report.add(
+                    "label-classes",
+                    "a label map with values outside the declared classes",
+                    f"{name} holds label {info.label_max}, but only {len(classes)} classes are "
+                    f"declared (0..{len(classes) - 1}: {', '.join(classes)})",
+                    row,
+                    col,
+                    "declare every class in data.classes (e.g. --classes "
+                    "background,CSF,GM,WM), or fix the label map",
+                )
 
+    if stats is not None:
+        stats["label_max"] = max(
+            (info.label_max for (_, role), info in infos.items() if role == "label"), default=0
+        )
     if settings.shape is None and len(set(shapes.values())) > 1:
         common, n_common = Counter(shapes.values()).most_common(1)[0]
         for row, shape in shapes.items():
@@ -716,6 +745,74 @@ def preprocess(
         >>> image.shape, image.dtype  # doctest: +SKIP
         ((48, 48, 48), dtype('float32'))
     """
+    data = _preprocessed(image_path, settings=settings, mask_path=mask_path, label_path=label_path)
+    image_out = np.asarray(data["image"].detach().cpu().numpy()[0], dtype=np.float32)
+    label_out = None
+    if label_path is not None:
+        label = data["label"].detach().cpu().numpy()[0]
+        label_out = np.clip(np.rint(label), 0, 255).astype(np.uint8)
+    return image_out, label_out
+
+
+def preprocessed_affine(
+    image_path: str | Path, *, settings: PreprocessSettings, mask_path: str | Path | None = None
+) -> np.ndarray:
+    """The voxel-to-world affine of an image after :func:`preprocess` (MONAI tracks it through
+    reorientation, cropping, resizing and padding): where each cached voxel lies in the scanner's
+    space, so a prediction made on the cached grid can be put back on the input's grid."""
+    data = _preprocessed(image_path, settings=settings, mask_path=mask_path)
+    return np.asarray(data["image"].affine, dtype=np.float64)
+
+
+def to_input_grid(
+    probabilities: np.ndarray, affine: np.ndarray, image_path: str | Path
+) -> tuple[np.ndarray, np.ndarray]:
+    """Class probabilities on the preprocessed grid -> a label map on the input image's grid.
+
+    Each class's probability is resampled trilinearly into the input's voxels (outside the
+    preprocessed field of view: background), then the most probable class is taken, so the
+    label map has the input's resolution rather than blocky upsampled labels.
+
+    Args:
+        probabilities: ``(K, D, H, W)`` class probabilities, background first.
+        affine: the preprocessed grid's voxel-to-world affine (:func:`preprocessed_affine`).
+        image_path: the input image, whose grid and affine the label map takes.
+
+    Returns:
+        ``(labels, affine)``: uint8 labels on the input's grid and the input's affine.
+    """
+    import nibabel as nib
+
+    img: Any = nib.load(str(image_path))
+    shape = tuple(int(s) for s in img.shape[:3])
+    target = np.asarray(img.affine, dtype=np.float64)
+    # input voxel -> world -> preprocessed voxel
+    matrix = np.linalg.inv(affine) @ target
+    resampled = np.stack(
+        [
+            ndimage.affine_transform(
+                np.asarray(p, dtype=np.float32),
+                matrix[:3, :3],
+                offset=matrix[:3, 3],
+                output_shape=shape,
+                order=1,
+                mode="constant",
+                cval=1.0 if k == 0 else 0.0,
+            )
+            for k, p in enumerate(probabilities)
+        ]
+    )
+    return resampled.argmax(axis=0).astype(np.uint8), target
+
+
+def _preprocessed(
+    image_path: str | Path,
+    *,
+    settings: PreprocessSettings,
+    mask_path: str | Path | None = None,
+    label_path: str | Path | None = None,
+) -> Any:
+    """The MONAI dictionary after every preprocessing step (MetaTensors, channel first)."""
     from monai.transforms import (
         Compose,
         CropForegroundd,
@@ -776,13 +873,7 @@ def preprocess(
         data = NormalizeIntensityd("image", nonzero=True)(data)
     elif settings.normalize == "minmax":
         data = ScaleIntensityd("image", minv=0.0, maxv=1.0)(data)
-
-    image_out = np.asarray(data["image"].detach().cpu().numpy()[0], dtype=np.float32)
-    label_out = None
-    if label_path is not None:
-        label = data["label"].detach().cpu().numpy()[0]
-        label_out = np.clip(np.rint(label), 0, 255).astype(np.uint8)
-    return image_out, label_out
+    return data
 
 
 # ----------------------------------------------------------------------------- cache
@@ -1003,7 +1094,8 @@ def build_cache(
     hashes (BLAKE2b of the bytes) of each row's image, mask and label files, so it follows the
     data wherever the files are moved, and any edit to a file or a setting gives a new cache.
     It consists of ``volumes-<hash>.npy`` (``(N, D, H, W)`` in ``settings.dtype``),
-    ``volumes-<hash>.labels.npy`` (uint8, only with a label column) and ``volumes-<hash>.json``
+    ``volumes-<hash>.labels.npy`` (uint8, only with a label column; a row whose label cell is
+    empty gets an all-zero map) and ``volumes-<hash>.json``
     (settings, per-row hashes, shape, dtype, checksums, ``complete: true``). Array files are
     written under temporary names and renamed when finished, the sidecar last, so an
     interrupted build never leaves a cache that looks complete.
@@ -1056,7 +1148,7 @@ def build_cache(
             job,
             strict=True,
         ):
-            if column is not None and cell is None:
+            if column is not None and cell is None and role != "label":
                 raise InputError(
                     f"the {role} path is empty", file=manifest, row=i + 1, column=column
                 )

@@ -919,6 +919,13 @@ def compare(
         )
     if cfg.data.path is None:
         raise InputError("no data given", hint="pass --data MANIFEST.csv")
+    if cfg.data.task == "segmentation":
+        raise InputError(
+            "compare does not handle segmentation runs yet",
+            hint="fit each strategy with 'neurounlearn fit --task segmentation ...' and read "
+            "each run's metrics.json (Dice per class per site, leakage per attach point); "
+            "benchmarks/segmentation.py compares them on fixed splits",
+        )
     combat = combat or CombatSettings(covariates=(cfg.data.target,))
     check_arms(cfg, arms, external=external)
     inputs = load_inputs(cfg, cfg.data.path)

@@ -210,8 +210,16 @@ def evaluate(
             every row of it is then treated as test data. Default: the run's own test split.
         labels: optional CSV of subject ids and true targets for the sites whose targets were
             hidden from training (``data.unlabelled_sites``); adds ``unlabelled_sites``.
+
+    A segmentation run gets Dice per class per site and an audit per attach point instead
+    (:func:`neurounlearn.evaluation.segmentation.evaluate_segmentation`); ``data`` then needs
+    label maps.
     """
     run = load_run(run_dir)
+    if run.encoding.task == "segmentation":
+        from neurounlearn.evaluation.segmentation import evaluate_segmentation
+
+        return evaluate_segmentation(run, data)
     cfg, run_dir, encoding = run.config, run.run_dir, run.encoding
     target, site = cfg.data.target, cfg.data.site_column
     id_column = run.info.get("id_column") or "subject"

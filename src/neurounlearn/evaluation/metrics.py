@@ -336,3 +336,76 @@ def _r2(t: np.ndarray, p: np.ndarray) -> float | None:
     if total == 0:
         return None
     return _float(1.0 - np.sum((t - p) ** 2) / total)
+
+
+def dice_per_class(pred: Any, true: Any, n_classes: int) -> np.ndarray:
+    """Dice of each foreground class (background, label 0, excluded) for each volume.
+
+    Uses MONAI's :func:`~monai.metrics.compute_dice`. A class absent from a volume's true label
+    map gives ``NaN`` for that volume (it is left out of means, not counted as 0 or 1).
+
+    Args:
+        pred: ``(B, *spatial)`` predicted class ids (tensor or array).
+        true: ``(B, *spatial)`` true class ids.
+        n_classes: classes, background included.
+
+    Returns:
+        ``(B, n_classes - 1)`` float array.
+
+    Examples:
+        >>> import numpy as np
+        >>> t = np.array([[[0, 1], [2, 2]]])
+        >>> dice_per_class(t, t, 3).tolist()
+        [[1.0, 1.0]]
+    """
+    import torch
+    from monai.metrics import compute_dice
+    from monai.networks.utils import one_hot
+
+    p = torch.as_tensor(np.asarray(pred), dtype=torch.long).unsqueeze(1)
+    t = torch.as_tensor(np.asarray(true), dtype=torch.long).unsqueeze(1)
+    dice = compute_dice(
+        one_hot(p, n_classes), one_hot(t, n_classes), include_background=False, ignore_empty=True
+    )
+    return dice.cpu().numpy().astype(np.float64)
+
+
+def segmentation_metrics(
+    dice: np.ndarray, classes: Sequence[str], sites: ArrayLike | Sequence[Any] | None = None
+) -> dict[str, Any]:
+    """Mean Dice per foreground class, their mean, and the same per site.
+
+    Args:
+        dice: ``(n, K - 1)`` Dice per volume and foreground class (``NaN``: class absent).
+        classes: all class names, background first (``K`` names).
+        sites: optional site label per volume; adds ``per_site``.
+
+    Returns:
+        ``{"dice": {class: mean}, "mean_dice", "n"}`` plus ``per_site: {site: {"dice",
+        "mean_dice", "n"}}``; a class never present gives ``None``.
+
+    Examples:
+        >>> out = segmentation_metrics(np.array([[0.8, 0.6], [0.9, 0.7]]), ["bg", "a", "b"])
+        >>> out["dice"], round(out["mean_dice"], 2), out["n"]
+        ({'a': 0.85, 'b': 0.65}, 0.75, 2)
+    """
+    dice = np.asarray(dice, dtype=np.float64).reshape(-1, len(classes) - 1)
+
+    def block(d: np.ndarray) -> dict[str, Any]:
+        means = [_float(np.nanmean(col)) if np.isfinite(col).any() else None for col in d.T]
+        known = [m for m in means if m is not None]
+        return {
+            "dice": {name: _round(m) for name, m in zip(classes[1:], means, strict=True)},
+            "mean_dice": _round(float(np.mean(known))) if known else None,
+            "n": len(d),
+        }
+
+    out = block(dice)
+    if sites is not None:
+        labels = np.asarray([str(s) for s in sites], dtype=object)
+        out["per_site"] = {str(s): block(dice[labels == s]) for s in sorted(set(labels.tolist()))}
+    return out
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(float(value), 6)

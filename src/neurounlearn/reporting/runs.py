@@ -86,6 +86,14 @@ def render_runs(
     for run_dir in dirs:
         _check_finished(run_dir)
         configs.append(_read_config(run_dir)[1])
+    for run_dir, cfg in zip(dirs, configs, strict=True):
+        if _setting(cfg, "data", "task", "auto") == "segmentation":
+            raise InputError(
+                "the report does not show segmentation runs yet",
+                file=run_dir,
+                hint="read the run's metrics.json (Dice per class per site, leakage per attach "
+                "point), or 'neurounlearn evaluate RUN' for a summary",
+            )
     targets = [_setting(cfg, "data", "target", "age") for cfg in configs]
     for run_dir, target in zip(dirs, targets, strict=True):
         if target != targets[0]:

@@ -27,6 +27,7 @@ from neurounlearn.data.inputs import load_inputs, row_data, table_spec
 from neurounlearn.data.splits import make_splits, splits_frame
 from neurounlearn.data.tabular import TableEncoding
 from neurounlearn.errors import InputError
+from neurounlearn.models.segmentation import SegmentationModel
 from neurounlearn.registry import strategy_class
 from neurounlearn.training.datamodule import TableDataModule
 from neurounlearn.training.run import (
@@ -35,8 +36,11 @@ from neurounlearn.training.run import (
     build_model,
     embedding_frame,
     infer,
+    point_frame,
     prediction_columns,
     save_model,
+    segmentation_frame,
+    segmentation_outputs,
     versions,
 )
 from neurounlearn.training.system import (
@@ -217,17 +221,25 @@ def fit(
     train = (row_split == "train").to_numpy()
     val = (row_split == "val").to_numpy()
     encoding = TableEncoding.fit(
-        frame, train, inputs.feature_columns, cfg.data.target, cfg.confounds, task=task
+        frame,
+        train,
+        inputs.feature_columns,
+        cfg.data.target,
+        cfg.confounds,
+        task=task,
+        classes=inputs.classes,
     )
     _check_encoding(cfg, encoding)
     y = encoding.targets(frame)
     codes = encoding.codes(frame)
     if not np.isfinite(y[train]).any():
+        what = "a label map" if task == "segmentation" else "a target"
         raise InputError(
-            "no training row has a target",
+            f"no training row has {what}",
             file=cfg.data.path,
             column=cfg.data.target,
-            hint="fill in targets for some rows (rows without one serve the unlearning only)",
+            hint=f"fill in {what} for some rows of the training split (rows without one serve "
+            "the unlearning only)",
         )
     # images: decoded and preprocessed once into the memory-mapped cache (reused when present)
     rows = row_data(cfg, inputs, encoding, progress=t.progress_bar, echo=echo)
@@ -323,12 +335,7 @@ def fit(
     save_model(out / MODEL_FILE, model, cfg, encoding, input_shape=rows.input_shape)
     with atomic_path(out / "model.ckpt") as tmp:
         shutil.copyfile(out / CHECKPOINT_DIR / LAST_CKPT, tmp)
-    feats, pred = infer(
-        model,
-        rows.all(),
-        batch_size=t.batch_size,
-        device="cuda" if uses_gpu(t.accelerator) else "cpu",
-    )
+    device = "cuda" if uses_gpu(t.accelerator) else "cpu"
     ids = pd.DataFrame(
         {
             id_column: frame[id_column].to_numpy(),
@@ -340,9 +347,24 @@ def fit(
     for c in cfg.confounds:  # the audit needs them; the run dir must not depend on the manifest
         if c.name not in preds:
             preds[c.name] = frame[c.name].to_numpy()
-    preds = prediction_columns(preds, encoding, frame, pred)
+    if isinstance(model, SegmentationModel):
+        labelled = np.isfinite(y)
+        pooled, dice = segmentation_outputs(
+            model,
+            rows.all(),
+            labelled,
+            len(encoding.target_classes),
+            batch_size=t.batch_size,
+            device=device,
+        )
+        preds = segmentation_frame(preds, labelled, dice, encoding.target_classes)
+        embeddings = point_frame(ids, pooled)
+    else:
+        feats, pred = infer(model, rows.all(), batch_size=t.batch_size, device=device)
+        preds = prediction_columns(preds, encoding, frame, pred)
+        embeddings = embedding_frame(ids, feats)
     write_csv(preds, out / "predictions.csv")
-    write_csv(embedding_frame(ids, feats), out / "embeddings.csv")
+    write_csv(embeddings, out / "embeddings.csv")
     write_json(
         {
             "status": "finished",
@@ -354,6 +376,8 @@ def fit(
             "train_rows": int(train.sum()),
             "train_rows_labelled": int(np.isfinite(y[train]).sum()),
             "task": task,
+            "classes": encoding.target_classes if task == "segmentation" else None,
+            "attach": cfg.model.attach if task == "segmentation" else None,
             "hidden_targets": inputs.hidden_targets,
             "input": cfg.data.input,
             "input_shape": list(rows.input_shape),

@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+import gzip
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import pandas as pd
 
+from neurounlearn.atomic import atomic_path
 from neurounlearn.data.manifest import check_new_data, read_table
 from neurounlearn.errors import InputError
-from neurounlearn.training.run import LoadedRun, embedding_frame, infer, prediction_columns
+from neurounlearn.training.run import (
+    LoadedRun,
+    embedding_frame,
+    infer,
+    point_frame,
+    prediction_columns,
+    segment,
+)
+
+if TYPE_CHECKING:
+    from neurounlearn.data.inputs import Inputs, RowData
+    from neurounlearn.models.segmentation import SegmentationModel
 
 
 def predict_table(
@@ -37,7 +50,7 @@ def predict_table(
         cfg.data.features,
         exclude=[c for c in never_features if c],
     )
-    feats, pred = infer(run.model, enc.features(frame))
+    feats, pred = infer(run.model, enc.features(frame))  # type: ignore[arg-type]
     return _frames(run, frame, feats, pred)
 
 
@@ -54,18 +67,15 @@ def _frames(
     return preds, embedding_frame(ids, feats)
 
 
-def predict_images(
-    run: LoadedRun, data: str | Path, *, echo: Callable[[str], Any] = print
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Predictions and embeddings for every volume listed in the manifest ``data``.
-
-    The volumes are checked and preprocessed with the run's own settings (through the same
-    cache as training, so volumes seen before are not decoded again).
-    """
+def _new_rows(
+    run: LoadedRun, data: str | Path, echo: Callable[[str], Any]
+) -> tuple[Inputs, RowData]:
+    """New volumes checked and preprocessed with the run's own settings (through the same cache
+    as training, so volumes seen before are not decoded again)."""
     from neurounlearn.data.inputs import load_new_images, row_data
 
     inputs = load_new_images(run.config, data)
-    rows = row_data(run.config, inputs, run.encoding, progress=False, echo=echo)
+    rows = row_data(run.config, inputs, run.encoding, progress=False, echo=echo, labels=False)
     if tuple(rows.input_shape) != tuple(run.info.get("input_shape") or rows.input_shape):
         raise InputError(
             f"the volumes preprocess to shape {list(rows.input_shape)}, but the model was "
@@ -75,14 +85,106 @@ def predict_images(
             hint="train with data.shape set (e.g. --set data.shape=48) so that every volume is "
             "resized to one shape",
         )
-    feats, pred = infer(run.model, rows.all(), batch_size=run.config.train.batch_size)
+    return inputs, rows
+
+
+def predict_images(
+    run: LoadedRun, data: str | Path, *, echo: Callable[[str], Any] = print
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Predictions and embeddings for every volume listed in the manifest ``data``."""
+    inputs, rows = _new_rows(run, data, echo)
+    feats, pred = infer(run.model, rows.all(), batch_size=run.config.train.batch_size)  # type: ignore[arg-type]
     return _frames(run, inputs.frame, feats, pred)
+
+
+def _names(frame: pd.DataFrame, id_column: str | None, images: list[str]) -> list[str]:
+    """A file name stem per row: the subject id, else the image's name; made unique."""
+    stems = []
+    for i, image in enumerate(images):
+        if id_column and id_column in frame and not pd.isna(frame[id_column].iloc[i]):
+            stem = str(frame[id_column].iloc[i])
+        else:
+            stem = Path(image).name.removesuffix(".gz").removesuffix(".nii")
+        stems.append("".join(c if c.isalnum() or c in "-_." else "_" for c in stem))
+    seen: dict[str, int] = {}
+    out = []
+    for stem in stems:
+        seen[stem] = seen.get(stem, 0) + 1
+        out.append(stem if seen[stem] == 1 else f"{stem}_{seen[stem]}")
+    return out
+
+
+def segment_images(
+    run: LoadedRun,
+    data: str | Path,
+    *,
+    out_dir: str | Path | None = None,
+    echo: Callable[[str], Any] = print,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Segment every volume of the manifest ``data`` with a segmentation run.
+
+    With ``out_dir``, writes ``OUT_DIR/<id>_seg.nii.gz`` per subject: the label map on the
+    input image's own grid with its affine (class probabilities are resampled from the
+    preprocessed grid, then the most probable class taken), each file written under a
+    temporary name and renamed.
+
+    Returns:
+        ``(segmentations, embeddings)``: per row the ids, image, label-map file (with
+        ``out_dir``) and the volume of each class in millilitres; and each attach point's
+        pooled features.
+    """
+    import nibabel as nib
+    import torch
+
+    from neurounlearn.data.inputs import preprocess_settings, volume_columns
+    from neurounlearn.data.volumes import preprocessed_affine, resolve_paths, to_input_grid
+
+    cfg, enc = run.config, run.encoding
+    model = cast("SegmentationModel", run.model)
+    inputs, rows = _new_rows(run, data, echo)
+    columns = volume_columns(cfg, labels=False)
+    resolved = resolve_paths(inputs.frame, data, columns)
+    images = [str(p) for p in resolved[columns.image]]
+    masks = list(resolved[columns.mask]) if columns.mask else [None] * len(images)
+    names = _names(inputs.frame, run.info.get("id_column"), images)
+    settings = preprocess_settings(cfg)
+    if out_dir is not None:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+    records: list[dict[str, Any]] = []
+    pooled: dict[str, list[np.ndarray]] = {}
+    i = 0
+    for batch_pooled, logits, _ in segment(model, rows.all(), batch_size=cfg.train.batch_size):
+        for point, values in batch_pooled.items():
+            pooled.setdefault(point, []).append(values)
+        for prob in torch.softmax(logits, dim=1).numpy():
+            affine = preprocessed_affine(images[i], settings=settings, mask_path=masks[i])
+            labels, target = to_input_grid(prob, affine, images[i])
+            voxel_ml = abs(float(np.linalg.det(target[:3, :3]))) / 1000.0
+            record: dict[str, Any] = {"image": images[i]}
+            if out_dir is not None:
+                path = Path(out_dir) / f"{names[i]}_seg.nii.gz"
+                img = nib.Nifti1Image(labels, target)
+                img.set_data_dtype(np.uint8)
+                with atomic_path(path) as tmp:
+                    tmp.write_bytes(gzip.compress(img.to_bytes(), compresslevel=6))
+                record["segmentation"] = str(path)
+            for k, name in enumerate(enc.target_classes[1:], start=1):
+                record[f"volume_ml_{name}"] = float((labels == k).sum()) * voxel_ml
+            records.append(record)
+            i += 1
+    keep = [c for c in (run.info.get("id_column"), cfg.data.site_column) if c and c in inputs.frame]
+    ids = inputs.frame[keep].reset_index(drop=True)
+    frame = pd.concat([ids, pd.DataFrame(records)], axis=1)
+    return frame, point_frame(ids, {k: np.concatenate(v) for k, v in pooled.items()})
 
 
 def predict_file(
     run: LoadedRun, data: str | Path, *, echo: Callable[[str], Any] = print
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Predictions and embeddings for the manifest ``data`` (a feature table or images)."""
+    """Predictions and embeddings for the manifest ``data`` (a feature table or images; for a
+    segmentation run, per-class volumes and pooled features, no label-map files)."""
+    if run.encoding.task == "segmentation":
+        return segment_images(run, data, echo=echo)
     if run.config.data.input == "image":
         return predict_images(run, data, echo=echo)
     return predict_table(run, read_table(data), data)

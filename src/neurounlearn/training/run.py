@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 import platform
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -25,6 +25,9 @@ from neurounlearn.config import RunConfig, validate_config
 from neurounlearn.data.tabular import TableEncoding
 from neurounlearn.errors import InputError
 from neurounlearn.models.unlearning import MLPEncoder, UnlearningModel
+
+if TYPE_CHECKING:
+    from neurounlearn.models.segmentation import SegmentationModel
 
 MODEL_FILE = "model.pt"
 RUN_INFO = "run.json"
@@ -49,9 +52,47 @@ def versions() -> dict[str, str]:
     }
 
 
+def _confound_sizes(encoding: TableEncoding) -> tuple[dict[str, int], list[str]]:
+    """Classes per confound, and the confounds whose head regresses the value."""
+    sizes = {name: len(levels) for name, levels in encoding.confound_levels.items()}
+    continuous = [n for n in encoding.confound_levels if encoding.method(n) == "correlation"]
+    return sizes, continuous
+
+
+def build_segmentation_model(cfg: RunConfig, encoding: TableEncoding) -> SegmentationModel:
+    """The U-Net and its attach-point heads a segmentation configuration describes."""
+    from neurounlearn.models.segmentation import UNET_FEATURES, SegmentationModel, UNet3D
+
+    m = cfg.model
+    if m.encoder not in ("auto", "unet"):
+        raise InputError(
+            f"model.encoder '{m.encoder}' cannot segment: segmentation uses the U-Net",
+            hint="leave model.encoder at auto (or set it to unet) with --task segmentation",
+        )
+    try:
+        unet = UNet3D(
+            out_channels=len(encoding.target_classes),
+            features=UNET_FEATURES if m.channels is None else tuple(m.channels),
+        )
+    except ValueError as err:
+        raise InputError(
+            f"cannot build the U-Net: {err}",
+            hint="give model.channels six widths, e.g. --set model.channels=[8,16,32,32,64,8]",
+        ) from None
+    sizes, continuous = _confound_sizes(encoding)
+    return SegmentationModel(
+        unet,
+        sizes,
+        continuous=continuous,
+        attach=m.attach,
+        head_hidden=m.head_hidden,
+        n_heads=m.adversary_heads,
+    )
+
+
 def build_model(
     cfg: RunConfig, encoding: TableEncoding, *, input_shape: Sequence[int] | None = None
-) -> UnlearningModel:
+) -> UnlearningModel | SegmentationModel:
     """The model a configuration describes, sized by the fitted encoding and the input shape.
 
     Args:
@@ -60,8 +101,15 @@ def build_model(
         input_shape: shape of one input, ``(D, H, W)`` for volumes (the paper's CNN sizes its
             flatten layer from it); unused for tables.
     """
+    if encoding.task == "segmentation":
+        return build_segmentation_model(cfg, encoding)
     m = cfg.model
     encoder_name = m.encoder
+    if encoder_name == "unet":
+        raise InputError(
+            "model.encoder 'unet' is for segmentation",
+            hint="pass --task segmentation with --input image, or choose another encoder",
+        )
     if encoder_name == "auto":
         encoder_name = "compact" if cfg.data.input == "image" else "mlp"
     encoder: nn.Module
@@ -101,12 +149,12 @@ def build_model(
                 f"cannot build the '{encoder_name}' encoder: {err}",
                 hint="check model.channels and model.strides (one stride per channel stage)",
             ) from None
-    methods = {name: encoding.method(name) for name in encoding.confound_levels}
+    sizes, continuous = _confound_sizes(encoding)
     return UnlearningModel(
         encoder,
         nn.Linear(m.embedding_dim, encoding.n_outputs),
-        {name: len(levels) for name, levels in encoding.confound_levels.items()},
-        continuous=[name for name, method in methods.items() if method == "correlation"],
+        sizes,
+        continuous=continuous,
         conditions={
             name: encoding.condition_size(name)
             for name in encoding.confound_levels
@@ -124,7 +172,7 @@ class LoadedRun:
     run_dir: Path
     config: RunConfig
     encoding: TableEncoding
-    model: UnlearningModel
+    model: UnlearningModel | SegmentationModel
     info: dict[str, Any]
 
 
@@ -167,7 +215,7 @@ def load_run(run_dir: str | Path) -> LoadedRun:
 
 def save_model(
     path: Path,
-    model: UnlearningModel,
+    model: UnlearningModel | SegmentationModel,
     cfg: RunConfig,
     encoding: TableEncoding,
     *,
@@ -217,6 +265,50 @@ def infer(
     return np.concatenate(feats), np.concatenate(preds)
 
 
+@torch.no_grad()
+def segment(
+    model: SegmentationModel,
+    data: Dataset,
+    *,
+    batch_size: int = 8,
+    device: str = "cpu",
+) -> Iterator[tuple[dict[str, np.ndarray], torch.Tensor, torch.Tensor | None]]:
+    """Run the U-Net over ``data`` in eval mode, one batch at a time.
+
+    Yields:
+        ``(pooled, logits, labels)`` per batch: each attach point's pooled features
+        ``(B, 2C)`` (channel means and standard deviations), the class logits ``(B, K, ...)``
+        on the CPU, and the batch's true label maps when the data carries them.
+    """
+    model.eval().to(device)
+    try:
+        for batch in DataLoader(data, batch_size=batch_size, shuffle=False):
+            f = model.encode(batch["x"].to(device))
+            pooled = {k: v.cpu().numpy() for k, v in model.pooled_features(f).items()}
+            yield pooled, f.logits.float().cpu(), batch.get("label")
+    finally:
+        model.cpu()
+
+
+def point_columns(frame: pd.DataFrame, point: str) -> list[str]:
+    """A segmentation run's embedding columns ``POINT_e0, POINT_e1, ...`` at one attach point."""
+    prefix = f"{point}_e"
+    columns = [
+        c for c in frame.columns if str(c).startswith(prefix) and str(c)[len(prefix) :].isdigit()
+    ]
+    return sorted(columns, key=lambda c: int(str(c)[len(prefix) :]))
+
+
+def point_frame(ids: pd.DataFrame, pooled: dict[str, np.ndarray]) -> pd.DataFrame:
+    """Ids, then each attach point's pooled features as ``POINT_e0, POINT_e1, ...``."""
+    cols = {
+        f"{point}_e{i}": values[:, i]
+        for point, values in pooled.items()
+        for i in range(values.shape[1])
+    }
+    return pd.concat([ids.reset_index(drop=True), pd.DataFrame(cols)], axis=1)
+
+
 def embedding_columns(frame: pd.DataFrame) -> list[str]:
     """The embedding columns ``e0, e1, ...`` of an ``embeddings.csv``, in order."""
     columns = [c for c in frame.columns if str(c).startswith("e") and str(c)[1:].isdigit()]
@@ -252,3 +344,58 @@ def prediction_columns(
         preds[target] = pd.to_numeric(frame[target], errors="coerce").to_numpy()
     preds["prediction"] = encoding.unscale_target(out.astype(np.float64))
     return preds
+
+
+def segmentation_outputs(
+    model: SegmentationModel,
+    data: Dataset,
+    labelled: np.ndarray,
+    n_classes: int,
+    *,
+    batch_size: int = 8,
+    device: str = "cpu",
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Pooled features at every attach point, and each labelled row's Dice per foreground class.
+
+    Args:
+        data: rows with ``x`` and ``label`` (a dataset with labels).
+        labelled: per row, whether its label map is real (others give ``NaN`` Dice).
+        n_classes: classes, background included.
+
+    Returns:
+        ``(pooled, dice)``: point -> ``(N, 2C)``; ``(N, n_classes - 1)``.
+    """
+    from neurounlearn.evaluation.metrics import dice_per_class
+
+    pooled: dict[str, list[np.ndarray]] = {}
+    dice: list[np.ndarray] = []
+    for batch_pooled, logits, labels in segment(model, data, batch_size=batch_size, device=device):
+        for point, values in batch_pooled.items():
+            pooled.setdefault(point, []).append(values)
+        if labels is None:
+            dice.append(np.full((len(logits), n_classes - 1), np.nan))
+        else:
+            dice.append(dice_per_class(logits.argmax(dim=1), labels, n_classes))
+    scores = np.concatenate(dice) if dice else np.zeros((0, n_classes - 1))
+    scores[~np.asarray(labelled, dtype=bool)] = np.nan
+    return {k: np.concatenate(v) for k, v in pooled.items()}, scores
+
+
+def dice_columns(classes: Sequence[str]) -> list[str]:
+    """The Dice columns of a segmentation run's predictions.csv, one per foreground class."""
+    return [f"dice_{name}" for name in classes[1:]]
+
+
+def segmentation_frame(
+    ids: pd.DataFrame, labelled: np.ndarray, dice: np.ndarray, classes: Sequence[str]
+) -> pd.DataFrame:
+    """``ids``, whether each row had a label map, and its Dice per foreground class."""
+    out = ids.reset_index(drop=True).copy()
+    out["labelled"] = np.asarray(labelled, dtype=bool)
+    for j, column in enumerate(dice_columns(classes)):
+        out[column] = dice[:, j]
+    mean = np.full(len(dice), np.nan)
+    known = np.isfinite(dice).any(axis=1)
+    mean[known] = np.nanmean(dice[known], axis=1)
+    out["dice_mean"] = mean
+    return out

@@ -32,12 +32,18 @@ from neurounlearn.losses import (
     confusion_loss,
     masked_cross_entropy,
     masked_regression_loss,
+    masked_segmentation_loss,
     squared_correlation,
 )
 from neurounlearn.models.grl import GradientReversal, ganin_lambda
+from neurounlearn.models.segmentation import SegFeatures, SegmentationModel
 from neurounlearn.models.unlearning import UnlearningModel
 
 Batch = Mapping[str, Tensor]
+#: The models strategies train: a vector encoder, or a U-Net whose features are maps.
+Model = UnlearningModel | SegmentationModel
+#: What a model's ``encode`` returns: ``(B, D)`` features, or the U-Net's logits and maps.
+Features = Tensor | SegFeatures
 #: What the confound losses need from a batch: the batch itself, or just its ``codes``.
 Targets = Batch | Tensor
 
@@ -53,7 +59,7 @@ class StepHost(Protocol):
     """What a strategy needs from the loop that runs it (Lightning's module provides it)."""
 
     @property
-    def model(self) -> UnlearningModel: ...
+    def model(self) -> Model: ...
 
     @property
     def current_epoch(self) -> int: ...
@@ -100,7 +106,8 @@ class Strategy(ABC):
     Args:
         confounds: the confounds, in the model's confound order.
         task_loss: ``"mse"`` or ``"l1"`` (regression tasks).
-        task_kind: ``"regression"`` or ``"classification"`` (cross-entropy head).
+        task_kind: ``"regression"``, ``"classification"`` (cross-entropy head) or
+            ``"segmentation"`` (soft Dice + cross-entropy on the batch's ``label`` maps).
         task_class_weight: classification: ``(K,)`` weights of the task's cross-entropy
             (inverse training frequency, so a rare class counts as much as a common one).
         class_weights: per confound, ``(K,)`` weights of the adversary's cross-entropy
@@ -124,8 +131,10 @@ class Strategy(ABC):
         priors: Mapping[str, Tensor] | None = None,
         adversary_steps: int = 1,
     ) -> None:
-        if task_kind not in ("regression", "classification"):
-            raise ValueError(f"task_kind must be regression or classification, got {task_kind!r}")
+        if task_kind not in ("regression", "classification", "segmentation"):
+            raise ValueError(
+                f"task_kind must be regression, classification or segmentation, got {task_kind!r}"
+            )
         self.confounds = list(confounds)
         self.adversary_steps = adversary_steps
         self.task_loss_kind = task_loss
@@ -148,7 +157,7 @@ class Strategy(ABC):
 
     @abstractmethod
     def configure_optimizers(
-        self, model: UnlearningModel, *, lr: float, weight_decay: float, adversary_lr: float
+        self, model: Model, *, lr: float, weight_decay: float, adversary_lr: float
     ) -> list[Optimizer]: ...
 
     @abstractmethod
@@ -156,8 +165,12 @@ class Strategy(ABC):
         """One batch of updates; returns detached values to log."""
 
     # -- shared pieces ------------------------------------------------------------------------
-    def task_loss(self, model: UnlearningModel, features: Tensor, y: Tensor) -> Tensor:
-        out = model.predict_task(features)
+    def task_loss(self, model: Model, features: Features, batch: Batch) -> Tensor:
+        """The task loss over the rows with a target (segmentation: with a label map)."""
+        out = model.predict_task(features)  # type: ignore[arg-type]
+        y = batch["y"]
+        if self.task_kind == "segmentation":
+            return masked_segmentation_loss(out, batch["label"], y)
         if self.task_kind == "classification":
             w = self.task_class_weight
             return masked_cross_entropy(out, y, None if w is None else w.to(out.device, out.dtype))
@@ -165,10 +178,14 @@ class Strategy(ABC):
 
     @staticmethod
     def confound_outputs(
-        model: UnlearningModel, features: Tensor, batch: Targets, *, reverse: bool = False
+        model: Model, features: Features, batch: Targets, *, reverse: bool = False
     ) -> dict[str, Tensor]:
         """The confound heads' outputs, each conditioned on the row's target bin if it is."""
-        return model.confound_logits(features, reverse=reverse, conditions=_unpack(batch)[2])
+        return model.confound_logits(
+            features,  # type: ignore[arg-type]  # a model gets the features it encoded
+            reverse=reverse,
+            conditions=_unpack(batch)[2],
+        )
 
     def _weight(self, name: str, logits: Tensor) -> Tensor | None:
         w = self.class_weights.get(name)
@@ -266,7 +283,7 @@ class Strategy(ABC):
         self,
         host: StepHost,
         opt: Optimizer,
-        features: Tensor,
+        features: Features,
         batch: Targets,
         steps: int | None = None,
     ) -> dict[str, Tensor]:
@@ -297,7 +314,7 @@ class Strategy(ABC):
         return logs | self.adversary_metrics(logits, batch)
 
     def weighted_confusion(
-        self, model: UnlearningModel, features: Tensor, batch: Targets
+        self, model: Model, features: Features, batch: Targets
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """``sum_k beta_k L_conf,k`` with the heads frozen, so only the encoder learns from it."""
         with frozen(model.confound_heads):
@@ -329,7 +346,7 @@ class BaselineStrategy(Strategy):
         opt_task = opts[0]
         model = host.model
         f = model.encode(batch["x"])
-        loss = self.task_loss(model, f, batch["y"])
+        loss = self.task_loss(model, f, batch)
         opt_task.zero_grad()
         host.manual_backward(loss)
         opt_task.step()
@@ -384,12 +401,12 @@ class IterativeStrategy(Strategy):
     def training_step(self, host: StepHost, batch: Batch) -> dict[str, Tensor]:
         opts = _as_list(host.optimizers())
         opt_task, opt_adv = opts[0], opts[1]
-        model, x, y = host.model, batch["x"], batch["y"]
+        model, x = host.model, batch["x"]
 
         if self.phase(host.current_epoch) == "pretrain" or self.mode == "sequential":
             # step 1: task
             f = model.encode(x)
-            task = self.task_loss(model, f, y)
+            task = self.task_loss(model, f, batch)
             opt_task.zero_grad()
             host.manual_backward(task)
             opt_task.step()
@@ -410,7 +427,7 @@ class IterativeStrategy(Strategy):
         # joint: step 2 first, then one backward on task + confusion
         f = model.encode(x)
         logs = self.adversary_step(host, opt_adv, f, batch)
-        task = self.task_loss(model, f, y)
+        task = self.task_loss(model, f, batch)
         conf, conf_logs = self.weighted_confusion(model, f, batch)
         opt_task.zero_grad()
         host.manual_backward(task + conf)
@@ -468,7 +485,7 @@ class GRLStrategy(Strategy):
         f = model.encode(batch["x"])
         # extra head-only updates first; the joint step below is the adversary's last one
         self.adversary_step(host, opt, f, batch, steps=self.adversary_steps - 1)
-        task = self.task_loss(model, f, batch["y"])
+        task = self.task_loss(model, f, batch)
         logits = self.confound_outputs(model, f, batch, reverse=True)
         adv = self.adversary_losses(logits, batch)
         total = task + sum((c.alpha * adv[c.name] for c in self.confounds), torch.zeros(()))

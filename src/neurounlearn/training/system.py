@@ -13,8 +13,7 @@ from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
 from neurounlearn.atomic import write_csv
-from neurounlearn.models.unlearning import UnlearningModel
-from neurounlearn.training.strategies import Strategy
+from neurounlearn.training.strategies import Model, Strategy
 
 STOP_METRIC = "val/stop_loss"
 
@@ -30,7 +29,8 @@ class UnlearningSystem(L.LightningModule):
     """Runs a :class:`Strategy` under Lightning's manual optimisation.
 
     Args:
-        model: the :class:`~neurounlearn.models.unlearning.UnlearningModel`.
+        model: the :class:`~neurounlearn.models.unlearning.UnlearningModel`, or for
+            segmentation the :class:`~neurounlearn.models.segmentation.SegmentationModel`.
         strategy: the unlearning strategy.
         lr, weight_decay: encoder and task-head optimiser settings.
         adversary_lr: confound-head learning rate.
@@ -40,7 +40,7 @@ class UnlearningSystem(L.LightningModule):
 
     def __init__(
         self,
-        model: UnlearningModel,
+        model: Model,
         strategy: Strategy,
         *,
         lr: float,
@@ -91,7 +91,7 @@ class UnlearningSystem(L.LightningModule):
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         s = self.strategy
         f = self.model.encode(batch["x"])
-        task = s.task_loss(self.model, f, batch["y"])
+        task = s.task_loss(self.model, f, batch)
         logits = s.confound_outputs(self.model, f, batch)
         n = len(batch["y"])
         logs: dict[str, Tensor] = {"val/task_loss": task}

@@ -1,0 +1,277 @@
+"""Acceptance benchmark of the segmentation issue: does unlearning the scanner help a U-Net
+segment a scanner it has few labels for?
+
+Per seed: simulate the two-site ``segmentation`` preset (site B's contrast and bias field differ
+strongly from A's) at 48³. Split each site into train / val / test. Labels: every site-A volume,
+and only 5 labelled volumes of site B in train + val; the other B volumes keep their images but
+lose their label maps (semi-supervised: they serve the unlearning only). Test volumes keep their
+labels for scoring and are never trained on. Then baseline, iterative (sequential) and grl, with
+confound heads at the bottleneck and the final decoder features, and site unlearned.
+
+Reported per arm (mean ± sd over seeds): test Dice on site B and on site A (mean over CSF, GM,
+WM; background excluded), and the site balanced accuracy of fresh linear and nonlinear probes on
+the pooled bottleneck and final feature maps of the test volumes (chance 0.50).
+
+Targets: unlearned Dice on B >= baseline's + 0.03; probe balanced accuracy <= 0.60 at the attach
+points used; Dice on A no more than 0.02 below baseline.
+
+Writes ``benchmarks/results/segmentation.json`` and ``.md``.
+
+    python benchmarks/segmentation.py [--seeds 0 1 2] [--epochs 24] [--per-site 40]
+    python benchmarks/segmentation.py --render   # re-render the markdown from the JSON
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from neurounlearn.config import RunConfig, validate_config
+from neurounlearn.data.simulate import simulate_cohort
+from neurounlearn.evaluation.evaluate import evaluate
+from neurounlearn.training.fit import fit
+
+warnings.filterwarnings("ignore")
+RESULTS = Path(__file__).parent / "results"
+ARMS = ["baseline", "iterative", "grl"]
+POINTS = ["bottleneck", "final"]
+CLASSES = ["background", "CSF", "GM", "WM"]
+LABELLED_B = 5
+TEST_PER_SITE, VAL_PER_SITE = 10, 5
+TARGET_DICE_GAIN = 0.03
+TARGET_BACC = 0.60
+TARGET_DICE_A_DROP = 0.02
+
+
+def seg_config(manifest: Path, *, strategy: str, seed: int, epochs: int, work: Path) -> RunConfig:
+    raw: dict[str, Any] = {
+        "data": {
+            "path": str(manifest),
+            "input": "image",
+            "task": "segmentation",
+            "target": "label",
+            "classes": CLASSES,
+            "id_column": "subject",
+            "cache_dir": str(work / "cache"),
+        },
+        "confounds": [{"name": "site"}],
+        "model": {"attach": POINTS},
+        "strategy": {"name": strategy, "pretrain_epochs": max(1, epochs // 3)},
+        "train": {
+            "seed": seed,
+            "epochs": epochs,
+            "batch_size": 4,
+            "patience": epochs,
+            "progress_bar": False,
+        },
+        "audit": {"n_permutations": 20, "n_permutations_nonlinear": 10, "n_bootstrap": 200},
+    }
+    return validate_config(raw, "segmentation benchmark")
+
+
+def semi_supervised(manifest: Path, seed: int) -> tuple[Path, np.ndarray]:
+    """A manifest with site B's label maps kept on LABELLED_B train/val rows and the test rows
+    only, and the split (per site: TEST_PER_SITE test, VAL_PER_SITE val, the rest train)."""
+    frame = pd.read_csv(manifest)
+    rng = np.random.default_rng([seed, 7])
+    split = np.full(len(frame), "train", dtype=object)
+    for site in sorted(frame["site"].unique()):
+        rows = rng.permutation(np.flatnonzero((frame["site"] == site).to_numpy()))
+        split[rows[:TEST_PER_SITE]] = "test"
+        split[rows[TEST_PER_SITE : TEST_PER_SITE + VAL_PER_SITE]] = "val"
+    b_fit = np.flatnonzero((frame["site"] == "B").to_numpy() & (split != "test"))
+    keep = set(rng.choice(b_fit, size=LABELLED_B, replace=False).tolist())
+    drop = [i for i in b_fit if i not in keep]
+    frame["label"] = frame["label"].astype(object)
+    frame.loc[drop, "label"] = ""
+    out = manifest.with_name("manifest_semi.csv")
+    frame.to_csv(out, index=False)
+    return out, split
+
+
+def run_seed(seed: int, *, epochs: int, per_site: int, work: Path) -> dict[str, Any]:
+    cohort = work / f"cohort{seed}"
+    shutil.rmtree(cohort, ignore_errors=True)
+    t0 = time.perf_counter()
+    manifest = simulate_cohort(
+        cohort, preset="segmentation", subjects=2 * per_site, shape=48, seed=seed, progress=False
+    )
+    print(f"seed {seed}: cohort simulated in {time.perf_counter() - t0:.0f} s", flush=True)
+    semi, split = semi_supervised(manifest, seed)
+    out: dict[str, Any] = {}
+    for strategy in ARMS:
+        cfg = seg_config(semi, strategy=strategy, seed=seed, epochs=epochs, work=work)
+        run_dir = work / f"seed{seed}_{strategy}"
+        shutil.rmtree(run_dir, ignore_errors=True)
+        fit(cfg, run_dir, echo=lambda _: None, split=split)
+        m = evaluate(run_dir)
+        per_site = m["task"]["per_site"]
+        row: dict[str, Any] = {
+            "dice_B": per_site["B"]["mean_dice"],
+            "dice_A": per_site["A"]["mean_dice"],
+            "dice_B_per_class": per_site["B"]["dice"],
+            "dice_A_per_class": per_site["A"]["dice"],
+            "labelled_training_volumes": m["labelled_training_volumes"],
+            "fit_seconds": m["timing"]["fit_seconds"],
+            "epochs_run": m["timing"]["epochs_run"],
+        }
+        for point in POINTS:
+            probes = m["leakage"][f"site@{point}"]["probe"]
+            for kind in ("linear", "nonlinear"):
+                row[f"bacc_{point}_{kind}"] = probes[kind]["balanced_accuracy"]
+        out[strategy] = row
+        print(f"  {strategy}: {json.dumps(row)}", flush=True)
+    return out
+
+
+def mean_sd(values: list[float | None]) -> dict[str, float | None]:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return {"mean": None, "sd": None}
+    return {
+        "mean": statistics.fmean(vals),
+        "sd": statistics.stdev(vals) if len(vals) > 1 else 0.0,
+    }
+
+
+def metric_keys() -> list[str]:
+    keys = ["dice_B", "dice_A", "fit_seconds"]
+    return keys + [f"bacc_{p}_{k}" for p in POINTS for k in ("linear", "nonlinear")]
+
+
+def summarise(per_seed: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {
+        arm: {k: mean_sd([per_seed[s][arm][k] for s in per_seed]) for k in metric_keys()}
+        for arm in ARMS
+    }
+
+
+def verdicts(summary: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    base = summary["baseline"]
+    out: dict[str, Any] = {}
+    for arm in ARMS[1:]:
+        s = summary[arm]
+        gain = s["dice_B"]["mean"] - base["dice_B"]["mean"]
+        drop = base["dice_A"]["mean"] - s["dice_A"]["mean"]
+        worst = max(s[f"bacc_{p}_{k}"]["mean"] for p in POINTS for k in ("linear", "nonlinear"))
+        out[arm] = {
+            "dice_B_gain": gain,
+            "dice_B_met": gain >= TARGET_DICE_GAIN,
+            "dice_A_drop": drop,
+            "dice_A_met": drop <= TARGET_DICE_A_DROP,
+            "worst_probe_bacc": worst,
+            "probe_met": worst <= TARGET_BACC,
+        }
+    return out
+
+
+def fmt(cell: dict[str, Any], digits: int = 3) -> str:
+    if cell["mean"] is None:
+        return "—"
+    return f"{cell['mean']:.{digits}f} ± {cell['sd']:.{digits}f}"
+
+
+def render(payload: dict[str, Any]) -> str:
+    summary, verdict, meta = payload["summary"], payload["verdicts"], payload["meta"]
+    lines = [
+        "# Segmentation with unlearning (issue 6)",
+        "",
+        f"Two-site `segmentation` preset at 48³, {meta['per_site']} subjects per site; per site "
+        f"{TEST_PER_SITE} test and {VAL_PER_SITE} validation volumes, the rest train. Labels: "
+        f"all of site A, {LABELLED_B} volumes of site B (train + val), test volumes scored "
+        f"only. U-Net (MONAI BasicUNet, features {meta['features']}), heads at "
+        f"{' + '.join(POINTS)}, site unlearned; {meta['epochs']} epochs, batch 4; seeds "
+        f"{meta['seeds']}. Mean ± sd over seeds; {meta['minutes']:.0f} min on {meta['machine']}.",
+        "",
+        "| arm | Dice B (test) | Dice A (test) | site BAcc bottleneck lin / nonlin | "
+        "site BAcc final lin / nonlin | fit s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for arm in ARMS:
+        s = summary[arm]
+        lines.append(
+            f"| {arm} | {fmt(s['dice_B'])} | {fmt(s['dice_A'])} | "
+            f"{fmt(s['bacc_bottleneck_linear'], 2)} / {fmt(s['bacc_bottleneck_nonlinear'], 2)} | "
+            f"{fmt(s['bacc_final_linear'], 2)} / {fmt(s['bacc_final_nonlinear'], 2)} | "
+            f"{fmt(s['fit_seconds'], 0)} |"
+        )
+    lines += ["", "Targets (chance BAcc 0.50):", ""]
+    for arm, v in verdict.items():
+        lines.append(
+            f"- {arm}: Dice B gain {v['dice_B_gain']:+.3f} (target ≥ +{TARGET_DICE_GAIN}: "
+            f"{'met' if v['dice_B_met'] else 'NOT met'}); Dice A drop {v['dice_A_drop']:+.3f} "
+            f"(target ≤ {TARGET_DICE_A_DROP}: {'met' if v['dice_A_met'] else 'NOT met'}); "
+            f"worst probe BAcc {v['worst_probe_bacc']:.2f} (target ≤ {TARGET_BACC}: "
+            f"{'met' if v['probe_met'] else 'NOT met'})"
+        )
+    lines += ["", "Per seed:", ""]
+    lines.append(
+        "| seed | arm | Dice B | Dice A | Dice B per class | BAcc (b lin, b non, f lin, f non) |"
+    )
+    lines.append("|---|---|---|---|---|---|")
+    for seed, arms in payload["per_seed"].items():
+        for arm in ARMS:
+            r = arms[arm]
+            per_class = ", ".join(f"{k} {v:.2f}" for k, v in r["dice_B_per_class"].items())
+            baccs = ", ".join(
+                f"{r[f'bacc_{p}_{k}']:.2f}" for p in POINTS for k in ("linear", "nonlinear")
+            )
+            dice = f"{r['dice_B']:.3f} | {r['dice_A']:.3f}"
+            lines.append(f"| {seed} | {arm} | {dice} | {per_class} | {baccs} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--epochs", type=int, default=24)
+    parser.add_argument("--per-site", type=int, default=40)
+    parser.add_argument("--render", action="store_true", help="re-render the markdown only")
+    args = parser.parse_args()
+    RESULTS.mkdir(exist_ok=True)
+    if args.render:
+        payload = json.loads((RESULTS / "segmentation.json").read_text())
+        (RESULTS / "segmentation.md").write_text(render(payload))
+        return
+    import os
+
+    from neurounlearn.models.segmentation import UNET_FEATURES
+
+    start = time.perf_counter()
+    per_seed: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="nu-seg-") as tmp:
+        for seed in args.seeds:
+            per_seed[str(seed)] = run_seed(
+                seed, epochs=args.epochs, per_site=args.per_site, work=Path(tmp)
+            )
+    summary = summarise(per_seed)
+    payload = {
+        "meta": {
+            "seeds": args.seeds,
+            "epochs": args.epochs,
+            "per_site": args.per_site,
+            "features": list(UNET_FEATURES),
+            "minutes": (time.perf_counter() - start) / 60,
+            "machine": f"{os.cpu_count()} CPU cores",
+        },
+        "per_seed": per_seed,
+        "summary": summary,
+        "verdicts": verdicts(summary),
+    }
+    (RESULTS / "segmentation.json").write_text(json.dumps(payload, indent=2))
+    (RESULTS / "segmentation.md").write_text(render(payload))
+    print(render(payload))
+
+
+if __name__ == "__main__":
+    main()
