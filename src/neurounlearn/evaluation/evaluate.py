@@ -122,6 +122,20 @@ def _task_block(
     }
 
 
+def run_facts(run: LoadedRun) -> dict[str, Any]:
+    """What ``metrics.json`` repeats from the run itself: timing, warnings, versions."""
+    info = run.info
+    return {
+        "timing": {
+            "fit_seconds": info.get("fit_seconds"),
+            "epochs_run": info.get("epochs_run"),
+            "samples_per_second": info.get("samples_per_second"),
+        },
+        "warnings": info.get("warnings", []),
+        "versions": info.get("versions", {}),
+    }
+
+
 def _target_as_number(encoding: TableEncoding, values: pd.Series) -> np.ndarray:
     """The target as numbers for the audit's conditional block (class index for classes)."""
     if encoding.task == "classification":
@@ -285,13 +299,7 @@ def evaluate(
             "note": "external-site MAE (and so the score) needs models trained without each "
             "site: run 'neurounlearn compare ... --external leave-one-site-out'",
         },
-        "timing": {
-            "fit_seconds": run.info.get("fit_seconds"),
-            "epochs_run": run.info.get("epochs_run"),
-            "samples_per_second": run.info.get("samples_per_second"),
-        },
-        "warnings": run.info.get("warnings", []),
-        "versions": run.info.get("versions", {}),
+        **run_facts(run),
     }
     write_json(metrics, run_dir / "metrics.json")
     return metrics

@@ -92,7 +92,7 @@ def external_predictions(
 
 def evaluate_segmentation(run: LoadedRun, data: str | Path | None = None) -> dict[str, Any]:
     """Compute and write ``RUN_DIR/metrics.json`` for a segmentation run."""
-    from neurounlearn.evaluation.evaluate import audit_features
+    from neurounlearn.evaluation.evaluate import audit_features, run_facts
 
     cfg, run_dir, enc = run.config, run.run_dir, run.encoding
     site = cfg.data.site_column
@@ -147,13 +147,7 @@ def evaluate_segmentation(run: LoadedRun, data: str | Path | None = None) -> dic
         "leakage": leakage,
         "leakage_note": "probes on each attach point's pooled feature map (per-channel mean and "
         "standard deviation over the volume) of the held-out volumes; keys are confound@point",
-        "timing": {
-            "fit_seconds": run.info.get("fit_seconds"),
-            "epochs_run": run.info.get("epochs_run"),
-            "samples_per_second": run.info.get("samples_per_second"),
-        },
-        "warnings": run.info.get("warnings", []),
-        "versions": run.info.get("versions", {}),
+        **run_facts(run),
     }
     write_json(metrics, run_dir / "metrics.json")
     return metrics
