@@ -59,6 +59,8 @@ class TableDataModule(L.LightningDataModule):
             with probability inversely proportional to their group's size, so every site is
             equally likely in each batch.
         num_workers: DataLoader workers.
+        val_batch_size: rows per validation batch (default: at least 256, right for tables; a
+            batch of 256 volumes would not fit in memory).
     """
 
     def __init__(
@@ -70,8 +72,10 @@ class TableDataModule(L.LightningDataModule):
         seed: int,
         balance_groups: np.ndarray | None = None,
         num_workers: int = 0,
+        val_batch_size: int | None = None,
     ) -> None:
         super().__init__()
+        self.val_batch_size = val_batch_size or max(batch_size, 256)
         self.train, self.val = train, val
         self.batch_size = batch_size
         self.seed = seed
@@ -109,7 +113,7 @@ class TableDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         return DataLoader(
             self.val,
-            batch_size=max(self.batch_size, 256),
+            batch_size=self.val_batch_size,
             shuffle=False,
             **self._loader_options(),
         )

@@ -283,6 +283,7 @@ def fit(
         seed=t.seed,
         num_workers=t.num_workers,
         balance_groups=sites[train] if t.sampling == "balanced" else None,
+        val_batch_size=t.batch_size if cfg.data.input == "image" else None,
     )
 
     # -- the run directory ---------------------------------------------------------------------

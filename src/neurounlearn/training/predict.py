@@ -129,9 +129,9 @@ def segment_images(
     temporary name and renamed.
 
     Returns:
-        ``(segmentations, embeddings)``: per row the ids, image, label-map file (with
-        ``out_dir``) and the volume of each class in millilitres; and each attach point's
-        pooled features.
+        ``(segmentations, embeddings)``: per row the ids and image, and with ``out_dir`` the
+        label-map file and the volume of each class in millilitres; and each attach point's
+        pooled features. Without ``out_dir`` nothing is resampled (``embed`` needs no maps).
     """
     import nibabel as nib
     import torch
@@ -157,19 +157,19 @@ def segment_images(
         for point, values in batch_pooled.items():
             pooled.setdefault(point, []).append(values)
         for prob in torch.softmax(logits, dim=1).numpy():
-            affine = preprocessed_affine(images[i], settings=settings, mask_path=masks[i])
-            labels, target = to_input_grid(prob, affine, images[i])
-            voxel_ml = abs(float(np.linalg.det(target[:3, :3]))) / 1000.0
             record: dict[str, Any] = {"image": images[i]}
             if out_dir is not None:
+                affine = preprocessed_affine(images[i], settings=settings, mask_path=masks[i])
+                labels, target = to_input_grid(prob, affine, images[i])
                 path = Path(out_dir) / f"{names[i]}_seg.nii.gz"
                 img = nib.Nifti1Image(labels, target)
                 img.set_data_dtype(np.uint8)
                 with atomic_path(path) as tmp:
                     tmp.write_bytes(gzip.compress(img.to_bytes(), compresslevel=6))
                 record["segmentation"] = str(path)
-            for k, name in enumerate(enc.target_classes[1:], start=1):
-                record[f"volume_ml_{name}"] = float((labels == k).sum()) * voxel_ml
+                voxel_ml = abs(float(np.linalg.det(target[:3, :3]))) / 1000.0
+                for k, name in enumerate(enc.target_classes[1:], start=1):
+                    record[f"volume_ml_{name}"] = float((labels == k).sum()) * voxel_ml
             records.append(record)
             i += 1
     keep = [c for c in (run.info.get("id_column"), cfg.data.site_column) if c and c in inputs.frame]
