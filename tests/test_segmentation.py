@@ -323,6 +323,12 @@ def test_fit_evaluate_predict_embed_segmentation(own: Any, tmp_path: Path) -> No
     assert sum(c.startswith("bottleneck_e") for c in columns) == 16
     assert sum(c.startswith("final_e") for c in columns) == 8
 
+    # external evaluation: every labelled row of another manifest is scored
+    result = invoke(["evaluate", out, "--data", data])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["evaluated_on"] == str(data) and metrics["task"]["n"] == 13
+
 
 def test_label_values_outside_the_declared_classes(own: Any, tmp_path: Path) -> None:
     data, _ = own()
