@@ -3,10 +3,10 @@ segment a scanner it has few labels for?
 
 Per seed: simulate the two-site ``segmentation`` preset (site B's contrast and bias field differ
 strongly from A's) at 48³. Split each site into train / val / test. Labels: every site-A volume,
-and only 5 labelled volumes of site B in train + val; the other B volumes keep their images but
-lose their label maps (semi-supervised: they serve the unlearning only). Test volumes keep their
-labels for scoring and are never trained on. Then baseline, iterative (sequential) and grl, with
-confound heads at the bottleneck and the final decoder features, and site unlearned.
+and only 5 training volumes of site B; the other B training and validation volumes keep their
+images but lose their label maps (semi-supervised: they serve the unlearning only). Test volumes
+keep their labels for scoring and are never trained on. Then baseline, iterative (sequential)
+and grl, with confound heads at the bottleneck and the final decoder features, site unlearned.
 
 Reported per arm (mean ± sd over seeds): test Dice on site B and on site A (mean over CSF, GM,
 WM; background excluded), and the site balanced accuracy of fresh linear and nonlinear probes on
@@ -80,8 +80,9 @@ def seg_config(manifest: Path, *, strategy: str, seed: int, epochs: int, work: P
 
 
 def semi_supervised(manifest: Path, seed: int) -> tuple[Path, np.ndarray]:
-    """A manifest with site B's label maps kept on LABELLED_B train/val rows and the test rows
-    only, and the split (per site: TEST_PER_SITE test, VAL_PER_SITE val, the rest train)."""
+    """A manifest with site B's label maps kept on LABELLED_B training rows and the test rows
+    only (B's validation rows have none), and the split (per site: TEST_PER_SITE test,
+    VAL_PER_SITE val, the rest train)."""
     frame = pd.read_csv(manifest)
     rng = np.random.default_rng([seed, 7])
     split = np.full(len(frame), "train", dtype=object)
@@ -90,7 +91,8 @@ def semi_supervised(manifest: Path, seed: int) -> tuple[Path, np.ndarray]:
         split[rows[:TEST_PER_SITE]] = "test"
         split[rows[TEST_PER_SITE : TEST_PER_SITE + VAL_PER_SITE]] = "val"
     b_fit = np.flatnonzero((frame["site"] == "B").to_numpy() & (split != "test"))
-    keep = set(rng.choice(b_fit, size=LABELLED_B, replace=False).tolist())
+    b_train = np.flatnonzero((frame["site"] == "B").to_numpy() & (split == "train"))
+    keep = set(rng.choice(b_train, size=LABELLED_B, replace=False).tolist())
     drop = [i for i in b_fit if i not in keep]
     frame["label"] = frame["label"].astype(object)
     frame.loc[drop, "label"] = ""
@@ -188,7 +190,8 @@ def render(payload: dict[str, Any]) -> str:
         "",
         f"Two-site `segmentation` preset at 48³, {meta['per_site']} subjects per site; per site "
         f"{TEST_PER_SITE} test and {VAL_PER_SITE} validation volumes, the rest train. Labels: "
-        f"all of site A, {LABELLED_B} volumes of site B (train + val), test volumes scored "
+        f"all of site A, {LABELLED_B} training volumes of site B (none of B's validation "
+        f"volumes), test volumes scored "
         f"only. U-Net (MONAI BasicUNet, features {meta['features']}), heads at "
         f"{' + '.join(POINTS)}, site unlearned; {meta['epochs']} epochs, batch 4; seeds "
         f"{meta['seeds']}. Mean ± sd over seeds; {meta['minutes']:.0f} min on {meta['machine']}.",
