@@ -17,7 +17,7 @@ points used; Dice on A no more than 0.02 below baseline.
 
 Writes ``benchmarks/results/segmentation.json`` and ``.md``.
 
-    python benchmarks/segmentation.py [--seeds 0 1 2] [--epochs 24] [--per-site 40]
+    python benchmarks/segmentation.py [--seeds 0 1 2] [--epochs 30] [--per-site 40]
     python benchmarks/segmentation.py --render   # re-render the markdown from the JSON
 """
 
@@ -237,7 +237,7 @@ def render(payload: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=24)
+    parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--per-site", type=int, default=40)
     parser.add_argument("--render", action="store_true", help="re-render the markdown only")
     args = parser.parse_args()
