@@ -10,7 +10,7 @@ import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 
@@ -22,6 +22,9 @@ from neurounlearn.config import (
     validate_config,
 )
 from neurounlearn.errors import EXIT_INPUT_ERROR, InputError
+
+if TYPE_CHECKING:
+    from neurounlearn.training.run import LoadedRun
 
 app = typer.Typer(
     help="Train deep models on brain MRI volumes and feature tables while unlearning site, "
@@ -505,12 +508,10 @@ def report(
     typer.echo(f"report written to {path}")
 
 
-def _apply(run_dir: Path, data: Path, out: Path, which: int) -> int:
+def _apply(run: LoadedRun, data: Path, out: Path, which: int) -> int:
     from neurounlearn.atomic import write_csv
     from neurounlearn.training.predict import predict_file
-    from neurounlearn.training.run import load_run
 
-    run = load_run(run_dir)
     frame = predict_file(run, data, echo=typer.echo)[which]
     out.parent.mkdir(parents=True, exist_ok=True)
     write_csv(frame, out)
@@ -541,7 +542,7 @@ def predict(
         write_csv(frame, out / "segmentations.csv")
         typer.echo(f"{len(frame)} label maps written to {out} (list: {out / 'segmentations.csv'})")
         return
-    n = _apply(run_dir, data, out, 0)
+    n = _apply(run, data, out, 0)
     typer.echo(f"{n} predictions written to {out}")
 
 
@@ -557,7 +558,9 @@ def embed(
     """Write the harmonised embeddings (encoder features) of new data; for a segmentation run,
     each attach point's pooled feature map (POINT_e0, ...: channel means, then standard
     deviations)."""
-    n = _apply(run_dir, data, out, 1)
+    from neurounlearn.training.run import load_run
+
+    n = _apply(load_run(run_dir), data, out, 1)
     typer.echo(f"{n} embeddings written to {out}")
 
 
