@@ -9,7 +9,7 @@ at once before anything is written.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,7 +28,7 @@ from neurounlearn.data.manifest import (
     resolve_id_column,
     select_features,
 )
-from neurounlearn.data.tabular import TableEncoding
+from neurounlearn.data.tabular import TableEncoding, has_path
 from neurounlearn.errors import InputError, Problem, raise_if_errors
 
 if TYPE_CHECKING:
@@ -137,8 +137,7 @@ def _segmentation_classes(
     """The declared classes, or ``0..label_max`` named by value; an error when no row of the
     manifest has a label map."""
     target = cfg.data.target
-    given = frame[target].map(lambda v: isinstance(v, str) and bool(v.strip()))
-    if not given.any():
+    if not has_path(frame[target]).any():
         raise InputError(
             f"no row has a label map in column '{target}': a segmentation needs some labelled "
             "volumes",
@@ -261,9 +260,15 @@ def load_inputs(cfg: RunConfig, path: str | Path) -> Inputs:
     return Inputs(path, frame, id_column, features, warnings, task, reason, hidden, classes)
 
 
-def load_new_images(cfg: RunConfig, path: str | Path) -> Inputs:
+def load_new_images(
+    cfg: RunConfig, path: str | Path, *, classes: Sequence[str] | None = None
+) -> Inputs:
     """Read new image data for ``predict``/``embed``: only the volumes must be sound (no target,
-    site or id needed)."""
+    site or id needed).
+
+    With a segmentation run's ``classes``, the label maps are read too (``evaluate --data``):
+    rows may lack one, but a map must hold only those classes.
+    """
     from neurounlearn.data.volumes import find_volume_problems
 
     path = Path(path)
@@ -271,7 +276,13 @@ def load_new_images(cfg: RunConfig, path: str | Path) -> Inputs:
     frame = read_table(path, text_columns=id_names)
     raise_if_errors(
         find_volume_problems(
-            frame, path, volume_columns(cfg, labels=False), preprocess_settings(cfg), progress=False
+            frame,
+            path,
+            volume_columns(cfg, labels=classes is not None),
+            preprocess_settings(cfg),
+            progress=False,
+            labels_optional=True,
+            classes=classes,
         )
     )
     id_column = next((c for c in id_names if c in frame), None)

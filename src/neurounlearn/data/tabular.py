@@ -57,6 +57,11 @@ def _bins(values: np.ndarray, edges: Sequence[float]) -> np.ndarray:
     return out
 
 
+def has_path(values: pd.Series) -> np.ndarray:
+    """Whether each cell holds a path (non-empty text), e.g. a label map for segmentation."""
+    return values.map(lambda v: isinstance(v, str) and bool(v.strip())).to_numpy(dtype=bool)
+
+
 def _index_codes(index: np.ndarray) -> np.ndarray:
     """Float class indices (NaN: none) as integer codes (``-1``: none)."""
     return np.where(np.isfinite(index), np.nan_to_num(index), IGNORE).astype(np.int64)
@@ -220,8 +225,7 @@ class TableEncoding:
         if self.target is None or self.target not in frame:
             return np.full(len(frame), np.nan, dtype=np.float32)
         if self.task == "segmentation":  # 1 where the row has a label map
-            given = frame[self.target].map(lambda v: isinstance(v, str) and bool(v.strip()))
-            return np.where(given.to_numpy(dtype=bool), 1.0, np.nan).astype(np.float32)
+            return np.where(has_path(frame[self.target]), 1.0, np.nan).astype(np.float32)
         if self.task == "classification":
             return self.class_index(frame[self.target]).astype(np.float32)
         y = _numeric(frame[self.target])

@@ -46,27 +46,14 @@ def external_predictions(
 
     Returns ``(predictions, embeddings, manifest)`` in the shape ``fit`` writes them.
     """
-    from neurounlearn.data.inputs import Inputs, preprocess_settings, row_data, volume_columns
-    from neurounlearn.data.manifest import ID_CANDIDATES, read_table
-    from neurounlearn.data.volumes import find_volume_problems
-    from neurounlearn.errors import raise_if_errors
+    from neurounlearn.data.inputs import load_new_images, row_data
+    from neurounlearn.training.predict import id_frame
     from neurounlearn.training.run import point_frame, segmentation_frame, segmentation_outputs
 
     cfg, enc = run.config, run.encoding
     path = Path(data)
-    frame = read_table(path, text_columns=ID_CANDIDATES)
-    raise_if_errors(
-        find_volume_problems(
-            frame,
-            path,
-            volume_columns(cfg),
-            preprocess_settings(cfg),
-            progress=False,
-            labels_optional=True,
-            classes=enc.target_classes,
-        )
-    )
-    inputs = Inputs(path, frame, run.info.get("id_column"), [], [], task="segmentation")
+    inputs = load_new_images(cfg, path, classes=enc.target_classes)
+    frame = inputs.frame
     rows = row_data(cfg, inputs, enc, progress=False)
     labelled = np.isfinite(enc.targets(frame))
     if not labelled.any():
@@ -83,8 +70,7 @@ def external_predictions(
         len(enc.target_classes),
         batch_size=cfg.train.batch_size,
     )
-    keep = [c for c in (run.info.get("id_column"), cfg.data.site_column) if c and c in frame]
-    ids = frame[keep].reset_index(drop=True)
+    ids = id_frame(run, frame)
     preds = segmentation_frame(ids, labelled, dice, enc.target_classes)
     preds["split"] = "test"
     return preds, point_frame(ids, pooled), frame
@@ -116,7 +102,7 @@ def evaluate_segmentation(run: LoadedRun, data: str | Path | None = None) -> dic
     confounds = [c.name for c in cfg.confounds] or [site]
     test_meta = meta.loc[test].reset_index(drop=True)
     leakage: dict[str, Any] = {}
-    attach = list(run.info.get("attach") or cfg.model.attach)
+    attach = cfg.model.attach
     for point in ATTACH_POINTS:
         columns = point_columns(emb, point)
         if not columns:

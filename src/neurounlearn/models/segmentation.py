@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from neurounlearn.models.grl import GradientReversal
 from neurounlearn.models.points import ATTACH_POINTS
-from neurounlearn.models.unlearning import ConfoundHead
+from neurounlearn.models.unlearning import ConfoundHead, head_sizes
 
 #: BasicUNet features (five encoder levels, then the last decoder's width) sized for a CPU: a
 #: batch of 8 at 48³ trains in about 0.9 s on two cores. MONAI's own default is
@@ -198,11 +198,7 @@ class SegmentationModel(nn.Module):
         self.task_head = nn.Identity()
         self.attach = list(dict.fromkeys(attach))
         self.continuous = list(continuous)
-        sizes = {name: 1 if name in continuous else k for name, k in confounds.items()}
-        sizes |= {name: 1 for name in continuous if name not in sizes}
-        for name, k in sizes.items():
-            if k < 2 and name not in continuous:
-                raise ValueError(f"confound '{name}' needs at least 2 classes, got {k}")
+        sizes = head_sizes(confounds, continuous)
         self.confound_names = list(sizes)
         self.confound_heads = nn.ModuleDict(
             {

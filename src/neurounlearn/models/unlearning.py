@@ -16,6 +16,22 @@ from torch import Tensor, nn
 from neurounlearn.models.grl import GradientReversal
 
 
+def head_sizes(confounds: Mapping[str, int], continuous: Sequence[str]) -> dict[str, int]:
+    """Outputs of each confound's head: its classes, or 1 for a continuous confound's regression.
+
+    The order is that of ``confounds`` (the columns of codes/conditions), with continuous
+    confounds not named there appended.
+
+    Raises:
+        ValueError: a categorical confound with fewer than 2 classes.
+    """
+    for name, k in confounds.items():
+        if k < 2 and name not in continuous:
+            raise ValueError(f"confound '{name}' needs at least 2 classes, got {k}")
+    sizes = {name: 1 if name in continuous else k for name, k in confounds.items()}
+    return sizes | {name: 1 for name in continuous if name not in sizes}
+
+
 def make_head(in_features: int, out_features: int, hidden: int = 0) -> nn.Module:
     """A linear head, or a one-hidden-layer MLP head when ``hidden > 0``."""
     if hidden <= 0:
@@ -160,17 +176,11 @@ class UnlearningModel(nn.Module):
         dim = int(getattr(encoder, "out_features", 0))
         if dim < 1:
             raise ValueError("encoder must expose a positive 'out_features' (its feature width)")
-        for name, k in confounds.items():
-            if k < 2 and name not in continuous:
-                raise ValueError(f"confound '{name}' needs at least 2 classes, got {k}")
+        sizes = head_sizes(confounds, continuous)
         conditions = dict(conditions or {})
         self.encoder = encoder
         self.task_head = task_head
         self.continuous = list(continuous)
-        # the heads keep the order of `confounds` (the columns of codes/conditions), with
-        # continuous confounds not named there appended
-        sizes = {name: 1 if name in continuous else k for name, k in confounds.items()}
-        sizes |= {name: 1 for name in continuous if name not in sizes}
         self.confound_names = list(sizes)
         self.confound_heads = nn.ModuleDict(
             {

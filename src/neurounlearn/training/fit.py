@@ -378,7 +378,6 @@ def fit(
             "train_rows_labelled": int(np.isfinite(y[train]).sum()),
             "task": task,
             "classes": encoding.target_classes if task == "segmentation" else None,
-            "attach": cfg.model.attach if task == "segmentation" else None,
             "hidden_targets": inputs.hidden_targets,
             "input": cfg.data.input,
             "input_shape": list(rows.input_shape),

@@ -54,15 +54,18 @@ def predict_table(
     return _frames(run, frame, feats, pred)
 
 
+def id_frame(run: LoadedRun, frame: pd.DataFrame, *extra: str) -> pd.DataFrame:
+    """The run's id and site columns (and ``extra`` ones) that ``frame`` has, to carry over."""
+    names = (run.info.get("id_column"), run.config.data.site_column, *extra)
+    return frame[[c for c in names if c and c in frame]].reset_index(drop=True)
+
+
 def _frames(
     run: LoadedRun, frame: pd.DataFrame, feats: np.ndarray, pred: np.ndarray
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Predictions and embeddings frames, with the id and site columns carried over if present."""
     cfg, enc = run.config, run.encoding
-    keep = [c for c in (run.info.get("id_column"), cfg.data.site_column) if c and c in frame]
-    if cfg.data.input == "image" and cfg.data.image_column in frame:
-        keep.append(cfg.data.image_column)
-    ids = frame[keep].reset_index(drop=True)
+    ids = id_frame(run, frame, *([cfg.data.image_column] if cfg.data.input == "image" else []))
     preds = prediction_columns(ids, enc, frame.reset_index(drop=True), pred)
     return preds, embedding_frame(ids, feats)
 
@@ -172,8 +175,7 @@ def segment_images(
                     record[f"volume_ml_{name}"] = float((labels == k).sum()) * voxel_ml
             records.append(record)
             i += 1
-    keep = [c for c in (run.info.get("id_column"), cfg.data.site_column) if c and c in inputs.frame]
-    ids = inputs.frame[keep].reset_index(drop=True)
+    ids = id_frame(run, inputs.frame)
     frame = pd.concat([ids, pd.DataFrame(records)], axis=1)
     return frame, point_frame(ids, {k: np.concatenate(v) for k, v in pooled.items()})
 
