@@ -67,6 +67,19 @@ def test_history_has_task_loss_adversary_accuracy_and_confusion_per_epoch(manife
     assert h.loc[h["phase"] == "unlearn", "train_conf_loss_site"].notna().all()
 
 
+def test_early_stopping_is_off_when_no_validation_row_has_a_target(tmp_path, manifest_factory):
+    frame = manifest_factory(sites=3, per_site=10)
+    split = np.array(["train", "val", "test"] * 10, dtype=object)
+    frame.loc[split == "val", "age"] = np.nan  # a constant zero validation loss would stop it
+    path = tmp_path / "m.csv"
+    frame.to_csv(path, index=False)
+    echoed: list[str] = []
+    fit(config(path, epochs=4, patience=1), tmp_path / "run", echo=echoed.append, split=split)
+    assert len(pd.read_csv(tmp_path / "run" / "history.csv")) == 4
+    assert any("early stopping is off" in line for line in echoed)
+    assert any("early stopping is off" in w for w in load_run(tmp_path / "run").info["warnings"])
+
+
 def test_refuses_to_overwrite_a_run(manifest, tmp_path):
     fit(config(manifest), tmp_path / "r")
     with pytest.raises(InputError, match="already exists"):

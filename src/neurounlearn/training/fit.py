@@ -26,7 +26,7 @@ from neurounlearn.config import RunConfig
 from neurounlearn.data.inputs import load_inputs, row_data, table_spec
 from neurounlearn.data.splits import make_splits, splits_frame
 from neurounlearn.data.tabular import TableEncoding
-from neurounlearn.errors import InputError
+from neurounlearn.errors import InputError, Problem
 from neurounlearn.models.segmentation import SegmentationModel
 from neurounlearn.registry import strategy_class
 from neurounlearn.training.datamodule import TableDataModule
@@ -241,6 +241,18 @@ def fit(
             hint=f"fill in {what} for some rows of the training split (rows without one serve "
             "the unlearning only)",
         )
+    stopping = bool(np.isfinite(y[val]).any())
+    if not stopping:
+        what = "a label map" if task == "segmentation" else "a target"
+        note = Problem(
+            f"no validation row has {what}: early stopping is off and all {t.epochs} epochs run",
+            file=cfg.data.path,
+            column=cfg.data.target,
+            hint=f"give some validation rows {what} to let early stopping work",
+            severity="warning",
+        )
+        echo(f"warning: {note}")
+        _warnings = [*_warnings, note]
     # images: decoded and preprocessed once into the memory-mapped cache (reused when present)
     rows = row_data(cfg, inputs, encoding, progress=t.progress_bar, echo=echo)
 
@@ -301,7 +313,11 @@ def fit(
             every_n_epochs=1,
             enable_version_counter=False,
         ),
-        EarlyStopping(monitor=STOP_METRIC, patience=t.patience, mode="min", strict=False),
+        *(
+            [EarlyStopping(monitor=STOP_METRIC, patience=t.patience, mode="min", strict=False)]
+            if stopping
+            else []
+        ),
         HistoryWriter(out / "history.csv", strategy),
         *callbacks,
     ]
