@@ -5,8 +5,11 @@ Per seed: simulate the two-site ``segmentation`` preset (site B's contrast and b
 strongly from A's) at 48³. Split each site into train / val / test. Labels: every site-A volume,
 and only 5 training volumes of site B; the other B training and validation volumes keep their
 images but lose their label maps (semi-supervised: they serve the unlearning only). Test volumes
-keep their labels for scoring and are never trained on. Then baseline, iterative (sequential)
-and grl, with confound heads at the bottleneck and the final decoder features, site unlearned.
+keep their labels for scoring and are never trained on. Then, site unlearned: baseline,
+iterative (sequential) and grl with the confound heads at the bottleneck, and iterative with heads
+at the bottleneck and the final decoder features (the paper's "multi"). Every arm trains with the
+same learning rate (``--lr``, 3e-3: on seed 0 the baseline U-Net reached Dice 0.805 on site A in 30
+epochs with it, 0.764 with the library's 1e-3).
 
 Reported per arm (mean ± sd over seeds): test Dice on site B and on site A (mean over CSF, GM,
 WM; background excluded), and the site balanced accuracy of fresh linear and nonlinear probes on
@@ -17,7 +20,7 @@ points used; Dice on A no more than 0.02 below baseline.
 
 Writes ``benchmarks/results/segmentation.json`` and ``.md``.
 
-    python benchmarks/segmentation.py [--seeds 0 1 2] [--epochs 30] [--per-site 40]
+    python benchmarks/segmentation.py [--seeds 0 1 2] [--epochs 30] [--per-site 40] [--lr 3e-3]
     python benchmarks/segmentation.py --render   # re-render the markdown from the JSON
 """
 
@@ -43,8 +46,14 @@ from neurounlearn.training.fit import fit
 
 warnings.filterwarnings("ignore")
 RESULTS = Path(__file__).parent / "results"
-ARMS = ["baseline", "iterative", "grl"]
 POINTS = ["bottleneck", "final"]
+#: arm -> (strategy, attach points); the baseline's heads only watch (they never touch the U-Net)
+ARMS: dict[str, tuple[str, list[str]]] = {
+    "baseline": ("baseline", ["bottleneck"]),
+    "iterative": ("iterative", ["bottleneck"]),
+    "grl": ("grl", ["bottleneck"]),
+    "iterative multi": ("iterative", ["bottleneck", "final"]),
+}
 CLASSES = ["background", "CSF", "GM", "WM"]
 LABELLED_B = 5
 TEST_PER_SITE, VAL_PER_SITE = 10, 5
@@ -53,7 +62,16 @@ TARGET_BACC = 0.60
 TARGET_DICE_A_DROP = 0.02
 
 
-def seg_config(manifest: Path, *, strategy: str, seed: int, epochs: int, work: Path) -> RunConfig:
+def seg_config(
+    manifest: Path,
+    *,
+    strategy: str,
+    attach: list[str],
+    seed: int,
+    epochs: int,
+    lr: float,
+    work: Path,
+) -> RunConfig:
     raw: dict[str, Any] = {
         "data": {
             "path": str(manifest),
@@ -65,12 +83,13 @@ def seg_config(manifest: Path, *, strategy: str, seed: int, epochs: int, work: P
             "cache_dir": str(work / "cache"),
         },
         "confounds": [{"name": "site"}],
-        "model": {"attach": POINTS},
+        "model": {"attach": attach},
         "strategy": {"name": strategy, "pretrain_epochs": max(1, epochs // 3)},
         "train": {
             "seed": seed,
             "epochs": epochs,
             "batch_size": 4,
+            "lr": lr,
             "patience": epochs,
             "progress_bar": False,
         },
@@ -101,7 +120,7 @@ def semi_supervised(manifest: Path, seed: int) -> tuple[Path, np.ndarray]:
     return out, split
 
 
-def run_seed(seed: int, *, epochs: int, per_site: int, work: Path) -> dict[str, Any]:
+def run_seed(seed: int, *, epochs: int, per_site: int, lr: float, work: Path) -> dict[str, Any]:
     cohort = work / f"cohort{seed}"
     shutil.rmtree(cohort, ignore_errors=True)
     t0 = time.perf_counter()
@@ -111,9 +130,11 @@ def run_seed(seed: int, *, epochs: int, per_site: int, work: Path) -> dict[str, 
     print(f"seed {seed}: cohort simulated in {time.perf_counter() - t0:.0f} s", flush=True)
     semi, split = semi_supervised(manifest, seed)
     out: dict[str, Any] = {}
-    for strategy in ARMS:
-        cfg = seg_config(semi, strategy=strategy, seed=seed, epochs=epochs, work=work)
-        run_dir = work / f"seed{seed}_{strategy}"
+    for arm, (strategy, attach) in ARMS.items():
+        cfg = seg_config(
+            semi, strategy=strategy, attach=attach, seed=seed, epochs=epochs, lr=lr, work=work
+        )
+        run_dir = work / f"seed{seed}_{arm.replace(' ', '_')}"
         shutil.rmtree(run_dir, ignore_errors=True)
         fit(cfg, run_dir, echo=lambda _: None, split=split)
         m = evaluate(run_dir)
@@ -131,8 +152,8 @@ def run_seed(seed: int, *, epochs: int, per_site: int, work: Path) -> dict[str, 
             probes = m["leakage"][f"site@{point}"]["probe"]
             for kind in ("linear", "nonlinear"):
                 row[f"bacc_{point}_{kind}"] = probes[kind]["balanced_accuracy"]
-        out[strategy] = row
-        print(f"  {strategy}: {json.dumps(row)}", flush=True)
+        out[arm] = row
+        print(f"  {arm}: {json.dumps(row)}", flush=True)
     return out
 
 
@@ -161,17 +182,19 @@ def summarise(per_seed: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
 def verdicts(summary: dict[str, dict[str, Any]]) -> dict[str, Any]:
     base = summary["baseline"]
     out: dict[str, Any] = {}
-    for arm in ARMS[1:]:
+    for arm in list(ARMS)[1:]:
         s = summary[arm]
         gain = s["dice_B"]["mean"] - base["dice_B"]["mean"]
         drop = base["dice_A"]["mean"] - s["dice_A"]["mean"]
-        worst = max(s[f"bacc_{p}_{k}"]["mean"] for p in POINTS for k in ("linear", "nonlinear"))
+        used = ARMS[arm][1]  # the target counts at the attach points the arm unlearned at
+        worst = max(s[f"bacc_{p}_{k}"]["mean"] for p in used for k in ("linear", "nonlinear"))
         out[arm] = {
             "dice_B_gain": gain,
             "dice_B_met": gain >= TARGET_DICE_GAIN,
             "dice_A_drop": drop,
             "dice_A_met": drop <= TARGET_DICE_A_DROP,
             "worst_probe_bacc": worst,
+            "attach": used,
             "probe_met": worst <= TARGET_BACC,
         }
     return out
@@ -192,18 +215,20 @@ def render(payload: dict[str, Any]) -> str:
         f"{TEST_PER_SITE} test and {VAL_PER_SITE} validation volumes, the rest train. Labels: "
         f"all of site A, {LABELLED_B} training volumes of site B (none of B's validation "
         f"volumes), test volumes scored "
-        f"only. U-Net (MONAI BasicUNet, features {meta['features']}), heads at "
-        f"{' + '.join(POINTS)}, site unlearned; {meta['epochs']} epochs, batch 4; seeds "
-        f"{meta['seeds']}. Mean ± sd over seeds; {meta['minutes']:.0f} min on {meta['machine']}.",
+        f"only. U-Net (MONAI BasicUNet, features {meta['features']}), site unlearned; "
+        f"{meta['epochs']} epochs, batch 4, lr {meta['lr']:g}; seeds {meta['seeds']}. Mean ± sd "
+        f"over seeds; {meta['minutes']:.0f} min on {meta['machine']}. Probes score every point, "
+        "whether a head sat there or not.",
         "",
-        "| arm | Dice B (test) | Dice A (test) | site BAcc bottleneck lin / nonlin | "
+        "| arm | heads at | Dice B (test) | Dice A (test) | site BAcc bottleneck lin / nonlin | "
         "site BAcc final lin / nonlin | fit s |",
-        "|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|",
     ]
-    for arm in ARMS:
+    for arm, (_, attach) in ARMS.items():
         s = summary[arm]
+        where = " + ".join(attach) + (" (watching)" if arm == "baseline" else "")
         lines.append(
-            f"| {arm} | {fmt(s['dice_B'])} | {fmt(s['dice_A'])} | "
+            f"| {arm} | {where} | {fmt(s['dice_B'])} | {fmt(s['dice_A'])} | "
             f"{fmt(s['bacc_bottleneck_linear'], 2)} / {fmt(s['bacc_bottleneck_nonlinear'], 2)} | "
             f"{fmt(s['bacc_final_linear'], 2)} / {fmt(s['bacc_final_nonlinear'], 2)} | "
             f"{fmt(s['fit_seconds'], 0)} |"
@@ -214,7 +239,8 @@ def render(payload: dict[str, Any]) -> str:
             f"- {arm}: Dice B gain {v['dice_B_gain']:+.3f} (target ≥ +{TARGET_DICE_GAIN}: "
             f"{'met' if v['dice_B_met'] else 'NOT met'}); Dice A drop {v['dice_A_drop']:+.3f} "
             f"(target ≤ {TARGET_DICE_A_DROP}: {'met' if v['dice_A_met'] else 'NOT met'}); "
-            f"worst probe BAcc {v['worst_probe_bacc']:.2f} (target ≤ {TARGET_BACC}: "
+            f"worst probe BAcc at {' + '.join(v['attach'])} {v['worst_probe_bacc']:.2f} "
+            f"(target ≤ {TARGET_BACC}: "
             f"{'met' if v['probe_met'] else 'NOT met'})"
         )
     lines += ["", "Per seed:", ""]
@@ -239,6 +265,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--per-site", type=int, default=40)
+    parser.add_argument("--lr", type=float, default=3e-3, help="learning rate of every arm")
     parser.add_argument("--render", action="store_true", help="re-render the markdown only")
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
@@ -255,7 +282,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="nu-seg-") as tmp:
         for seed in args.seeds:
             per_seed[str(seed)] = run_seed(
-                seed, epochs=args.epochs, per_site=args.per_site, work=Path(tmp)
+                seed, epochs=args.epochs, per_site=args.per_site, lr=args.lr, work=Path(tmp)
             )
     summary = summarise(per_seed)
     payload = {
@@ -263,6 +290,8 @@ def main() -> None:
             "seeds": args.seeds,
             "epochs": args.epochs,
             "per_site": args.per_site,
+            "lr": args.lr,
+            "arms": {arm: {"strategy": st, "attach": at} for arm, (st, at) in ARMS.items()},
             "features": list(UNET_FEATURES),
             "minutes": (time.perf_counter() - start) / 60,
             "machine": f"{os.cpu_count()} CPU cores",
