@@ -79,8 +79,8 @@ TaskOpt = typer.Option(
 AttachOpt = typer.Option(
     None,
     "--attach",
-    help="segmentation: where the confound heads attach, comma-separated: bottleneck | final "
-    "(the default, last decoder features) | bottleneck,final",
+    help="segmentation: where the confound heads attach, comma-separated: bottleneck (the "
+    "default, deepest encoder features) | final (last decoder features) | bottleneck,final",
 )
 ClassesOpt = typer.Option(
     None,

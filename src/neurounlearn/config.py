@@ -173,9 +173,10 @@ class ModelConfig(_Strict):
         "al. 2021; sfcn: the SFCN of Peng et al. 2021; unet: MONAI's BasicUNet (segmentation)",
     )
     attach: list[str] = Field(
-        default_factory=lambda: ["final"],
+        default_factory=lambda: ["bottleneck"],
         description="segmentation: where the confound heads attach: bottleneck (deepest "
-        "encoder features), final (last decoder features, the paper's best), or both",
+        "encoder features; the default: in benchmarks/segmentation.py heads at final cost "
+        "Dice on both sites), final (last decoder features, the paper's best), or both",
     )
 
     @field_validator("attach", mode="before")

@@ -183,7 +183,7 @@ class SegmentationModel(nn.Module):
         confounds: Mapping[str, int],
         *,
         continuous: Sequence[str] = (),
-        attach: Sequence[str] = ("final",),
+        attach: Sequence[str] = ("bottleneck",),
         head_hidden: int = 32,
         n_heads: int = 1,
     ) -> None:
