@@ -263,7 +263,8 @@ class TrainConfig(_Strict):
         50,
         ge=1,
         description="early stopping on validation task loss, counted from the first "
-        "unlearning epoch (unlearning first costs some task loss, so allow it time)",
+        "unlearning epoch (unlearning first costs some task loss, so allow it time); off, "
+        "with a warning, when no validation row has a target",
     )
     task_loss: Literal["mse", "l1"] = Field("mse", description="regression task loss")
     class_balance: Literal["weighted", "none"] = Field(

@@ -232,8 +232,8 @@ def fit(
     _check_encoding(cfg, encoding)
     y = encoding.targets(frame)
     codes = encoding.codes(frame)
+    what = "a label map" if task == "segmentation" else "a target"
     if not np.isfinite(y[train]).any():
-        what = "a label map" if task == "segmentation" else "a target"
         raise InputError(
             f"no training row has {what}",
             file=cfg.data.path,
@@ -243,7 +243,6 @@ def fit(
         )
     stopping = bool(np.isfinite(y[val]).any())
     if not stopping:
-        what = "a label map" if task == "segmentation" else "a target"
         note = Problem(
             f"no validation row has {what}: early stopping is off and all {t.epochs} epochs run",
             file=cfg.data.path,
