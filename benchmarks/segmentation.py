@@ -313,8 +313,13 @@ def main() -> None:
     if args.arms:  # add arms to the stored results: the same setting, or it is refused
         stored = json.loads((RESULTS / "segmentation.json").read_text())
         meta = stored["meta"]
-        asked = {"seeds": args.seeds, "epochs": args.epochs, "per_site": args.per_site}
-        if any(meta[k] != v for k, v in asked.items()) or meta["lr"] != args.lr:
+        asked = {
+            "seeds": args.seeds,
+            "epochs": args.epochs,
+            "per_site": args.per_site,
+            "lr": args.lr,
+        }
+        if any(meta[k] != v for k, v in asked.items()):
             raise SystemExit(
                 f"the stored results were run with seeds {meta['seeds']}, {meta['epochs']} "
                 f"epochs, {meta['per_site']} subjects per site and lr {meta['lr']}: pass the same"
@@ -339,9 +344,8 @@ def main() -> None:
             "per_site": args.per_site,
             "lr": args.lr,
             "arms": {
-                arm: {"strategy": st, "attach": at, "beta": b}
-                for arm, (st, at, b) in ARMS.items()
-                if arm in summary
+                arm: dict(zip(("strategy", "attach", "beta"), ARMS[arm], strict=True))
+                for arm in summary
             },
             "features": list(UNET_FEATURES),
             "minutes": minutes + (time.perf_counter() - start) / 60,
