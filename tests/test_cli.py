@@ -282,6 +282,13 @@ def test_fit_invalid_setting(tmp_path: Path, write_manifest: Callable[..., Path]
     assert not out.exists()
 
 
+def test_fit_invalid_adversary_memory(tmp_path: Path, write_manifest: Callable[..., Path]) -> None:
+    data, out = write_manifest(), tmp_path / "run"
+    result = invoke(fit_args(data, out, "--set", "strategy.adversary_memory=-3"))
+    assert_input_error(result, "error: --set: ", "'strategy.adversary_memory'", "-3")
+    assert not out.exists()
+
+
 def test_fit_into_existing_nonempty_out(
     tmp_path: Path, write_manifest: Callable[..., Path]
 ) -> None:

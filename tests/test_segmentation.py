@@ -31,6 +31,7 @@ from neurounlearn.errors import InputError
 from neurounlearn.evaluation.metrics import dice_per_class, segmentation_metrics
 from neurounlearn.losses import masked_segmentation_loss
 from neurounlearn.models.segmentation import SegmentationModel, UNet3D, pooled
+from neurounlearn.training.fit import resolve_memory
 from neurounlearn.training.strategies import BaselineStrategy, GRLStrategy, IterativeStrategy
 
 runner = CliRunner()
@@ -180,6 +181,29 @@ def test_unlabelled_batches_still_unlearn() -> None:
     )
 
 
+def test_memory_keeps_only_the_attach_points_maps() -> None:
+    model = tiny_model(attach=("bottleneck",))
+    strategy = GRLStrategy(
+        confounds=[ConfoundConfig(name="site")],
+        task_kind="segmentation",
+        memory=6,
+        memory_points=model.attach,
+    )
+    host = Host(model, strategy)
+    for _ in range(2):
+        strategy.training_step(host, seg_batch())
+    assert set(strategy.memory.features.points) == {"bottleneck"}  # no full-size final maps
+    assert len(strategy.memory) == 6
+    f = model.encode(seg_batch()["x"])
+    assert strategy.heads_on(model, f, seg_batch())["site"].shape == (2, 4, 2)  # 2 heads
+
+
+def test_auto_memory_is_for_segmentation_only() -> None:
+    assert resolve_memory("auto", "segmentation") == (32, 512 * 2**20)
+    assert resolve_memory("auto", "regression") == (0, None)
+    assert resolve_memory(8, "segmentation") == (8, None)  # a given size is kept as given
+
+
 # ----------------------------------------------------------------------------- metrics
 
 
@@ -291,6 +315,9 @@ def test_fit_evaluate_predict_embed_segmentation(own: Any, tmp_path: Path) -> No
     result = fit_seg(data, out, "--attach", "bottleneck,final", "--classes", "bg,CSF,GM,WM")
     assert result.exit_code == 0, result.output
     assert "Dice CSF" in result.output
+    info = json.loads((out / "run.json").read_text())
+    assert info["adversary_memory"] == 32  # auto
+    assert info["precise_bn_batches"] > 0  # auto: batch-norm statistics recomputed
 
     preds = pd.read_csv(out / "predictions.csv")
     assert preds["labelled"].tolist() == [i not in (9, 10, 11) for i in range(16)]

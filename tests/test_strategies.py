@@ -11,6 +11,7 @@ from neurounlearn.models.unlearning import MLPEncoder, UnlearningModel
 from neurounlearn.registry import STRATEGIES, strategy_class
 from neurounlearn.training.strategies import (
     BaselineStrategy,
+    FeatureMemory,
     GRLStrategy,
     IterativeStrategy,
     frozen,
@@ -174,3 +175,85 @@ def test_frozen_restores_requires_grad_after_an_error():
     with pytest.raises(RuntimeError), frozen(layer):
         raise RuntimeError("boom")
     assert all(p.requires_grad for p in layer.parameters())
+
+
+# ----------------------------------------------------------------------------- adversary memory
+
+
+def test_memory_keeps_the_newest_rows_with_their_targets_and_no_gradient():
+    memory = FeatureMemory(3)
+    first = torch.ones(2, 4, requires_grad=True)
+    memory.push(first * 1.0, {"codes": torch.tensor([[0], [1]]), "values": torch.zeros(2, 1)})
+    memory.push(first * 2.0, {"codes": torch.tensor([[2], [0]]), "values": torch.ones(2, 1)})
+    assert len(memory) == 3
+    assert memory.features[:, 0].tolist() == [2.0, 2.0, 1.0]  # newest first; the oldest dropped
+    assert memory.targets["codes"][:, 0].tolist() == [2, 0, 0]
+    assert memory.targets["values"][:, 0].tolist() == [1.0, 1.0, 0.0]
+    assert not memory.features.requires_grad
+
+
+def test_memory_joins_the_batch_first_and_keeps_its_gradient():
+    memory = FeatureMemory(4)
+    memory.push(torch.zeros(3, 2), torch.tensor([[1], [1], [1]]))
+    x = torch.ones(2, 2, requires_grad=True)
+    joined, targets = memory.combined(x * 3.0, torch.tensor([[0], [0]]))
+    assert joined.shape == (5, 2) and targets["codes"][:, 0].tolist() == [0, 0, 1, 1, 1]
+    joined.sum().backward()
+    assert x.grad is not None and torch.equal(x.grad, torch.full((2, 2), 3.0))
+
+
+def test_memory_fewer_rows_where_they_would_pass_the_byte_cap():
+    memory = FeatureMemory(10, max_bytes=3 * 4 * 4)  # room for 3 rows of 4 float32 values
+    for _ in range(3):
+        memory.push(torch.zeros(2, 4), torch.tensor([[0], [1]]))
+    assert len(memory) == 3
+
+
+def test_adversary_step_learns_from_the_batch_and_the_memory():
+    """The heads see both; what they log is the batch's own rows."""
+    model, strategy = make(BaselineStrategy, memory=6, adversary_steps=2)
+    host = Host(model, strategy)
+    first = batch()
+    strategy.training_step(host, first)  # the memory now holds 6 of these 12 rows
+    seen = []
+    original = strategy.confound_outputs
+
+    def spy(model, features, targets, **kw):
+        seen.append(len(features))
+        return original(model, features, targets, **kw)
+
+    strategy.confound_outputs = spy
+    small = {k: v[:4] for k, v in first.items()}
+    logs = strategy.training_step(host, small)
+    assert seen == [10, 10]  # 4 batch rows + 6 remembered, in both head updates
+    assert 0.0 <= float(logs["adv_acc/site"]) <= 1.0
+    assert float(logs["adv_acc/site"]) * 4 == pytest.approx(round(float(logs["adv_acc/site"]) * 4))
+
+
+@pytest.mark.parametrize(("cls", "kw", "epoch"), CASES)
+def test_every_strategy_steps_with_a_memory(cls, kw, epoch):
+    model, strategy = make(cls, memory=8, **kw)
+    host = Host(model, strategy, epoch=epoch)
+    strategy.training_step(host, batch())
+    enc = snapshot(model.encoder)
+    logs = strategy.training_step(host, batch())
+    assert len(strategy.memory) == 8
+    assert all(math.isfinite(float(v)) for v in logs.values())
+    if cls is not BaselineStrategy:
+        assert changed(enc, model.encoder)
+
+
+def test_heads_standardise_over_the_batch_and_the_memory():
+    """The batch's head outputs come from one pass over batch + memory (the heads' batch
+    standardisation sees every row), and only the batch's rows are returned."""
+    model, strategy = make(GRLStrategy, memory=12)
+    rows = batch()
+    strategy.memory.push(model.encode(rows["x"]) + 5.0, rows)  # remembered rows far off
+    small = {k: v[:4] for k, v in rows.items()}
+    f = model.encode(small["x"])
+    out = strategy.heads_on(model, f, small)["site"]
+    joined, targets = strategy.memory.combined(f, small)
+    assert out.shape == (4, 3)
+    torch.testing.assert_close(out, strategy.confound_outputs(model, joined, targets)["site"][:4])
+    alone = strategy.confound_outputs(model, f, small)["site"]
+    assert not torch.allclose(out, alone)

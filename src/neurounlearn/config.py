@@ -249,6 +249,21 @@ class StrategyConfig(_Strict):
         "encoder a more honest signal of what still leaks; with 5, a continuous age confound "
         "still leaked to a fresh ridge probe, R² 0.35-0.40, against 0.04 or less with 10)",
     )
+    adversary_memory: Literal["auto"] | int = Field(
+        "auto",
+        description="training rows whose detached features the confound heads also see "
+        "beside each batch (0: the batch only). A U-Net's batch of a few volumes is too few "
+        "for the heads to learn from, or to standardise over: in benchmarks/segmentation.py "
+        "grl's bottleneck still told the scanner apart without it. auto: 32 for "
+        "segmentation (at most 512 MiB of feature maps), 0 otherwise (not yet measured there)",
+    )
+
+    @field_validator("adversary_memory")
+    @classmethod
+    def _memory_size(cls, v: Literal["auto"] | int) -> Literal["auto"] | int:
+        if v != "auto" and (isinstance(v, bool) or v < 0):
+            raise ValueError(f"adversary_memory must be auto or a whole number >= 0, got {v!r}")
+        return v
 
 
 class TrainConfig(_Strict):
@@ -286,6 +301,21 @@ class TrainConfig(_Strict):
     )
     num_workers: int = Field(0, ge=0)
     progress_bar: bool = True
+    precise_bn: Literal["auto"] | bool = Field(
+        "auto",
+        description="after training, recompute the encoder's batch-norm statistics over one "
+        "pass through the training rows with the final weights (the moving averages a batch of "
+        "a few volumes leaves are noisy: in benchmarks/segmentation.py a baseline U-Net's test "
+        "Dice on site A went from 0.59 to 0.75 with them recomputed). auto: on for "
+        "segmentation, off otherwise (not yet measured there); no effect on a model without "
+        "batch norm",
+    )
+
+    @field_validator("precise_bn", mode="before")
+    @classmethod
+    def _precise_on_off(cls, v: Any) -> Any:
+        words = {"on": True, "true": True, "yes": True, "off": False, "false": False, "no": False}
+        return words.get(v.lower(), v) if isinstance(v, str) else v
 
 
 class AuditConfig(_Strict):

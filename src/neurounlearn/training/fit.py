@@ -29,6 +29,7 @@ from neurounlearn.data.tabular import TableEncoding
 from neurounlearn.errors import InputError, Problem
 from neurounlearn.models.segmentation import SegmentationModel
 from neurounlearn.registry import strategy_class
+from neurounlearn.training.batchnorm import recompute_batchnorm
 from neurounlearn.training.datamodule import TableDataModule
 from neurounlearn.training.run import (
     MODEL_FILE,
@@ -87,6 +88,20 @@ def resolve_channels_last(
     if setting != "auto":
         return bool(setting)
     return not uses_gpu(accelerator) and not precision.startswith("bf16")
+
+
+#: ``strategy.adversary_memory: auto`` for segmentation: rows, and the most memory they may take.
+SEGMENTATION_MEMORY = 32
+SEGMENTATION_MEMORY_BYTES = 512 * 2**20
+
+
+def resolve_memory(memory: str | int, task: str) -> tuple[int, int | None]:
+    """Rows of the adversary memory and its byte cap (``None``: as many bytes as it takes)."""
+    if memory != "auto":
+        return int(memory), None
+    if task == "segmentation":
+        return SEGMENTATION_MEMORY, SEGMENTATION_MEMORY_BYTES
+    return 0, None
 
 
 def _check_encoding(cfg: RunConfig, encoding: TableEncoding) -> None:
@@ -260,6 +275,7 @@ def fit(
     s = cfg.strategy
     weights = encoding.class_weights(codes[train])
     priors = encoding.condition_priors(codes[train], encoding.conditions(frame)[train], weights)
+    memory, memory_bytes = resolve_memory(s.adversary_memory, task)
     task_weight = None
     if task == "classification" and t.class_balance == "weighted":
         task_weight = torch.as_tensor(encoding.task_class_weights(y[train]), dtype=torch.float32)
@@ -269,6 +285,9 @@ def fit(
         task_kind=task,
         task_class_weight=task_weight,
         adversary_steps=s.adversary_steps,
+        memory=memory,
+        memory_points=model.attach if isinstance(model, SegmentationModel) else None,
+        memory_bytes=memory_bytes,
         class_weights={k: torch.as_tensor(w, dtype=torch.float32) for k, w in weights.items()},
         priors={k: torch.as_tensor(p, dtype=torch.float32) for k, p in priors.items()},
         **({"mode": s.mode, "pretrain_epochs": s.pretrain_epochs} if s.name == "iterative" else {}),
@@ -342,6 +361,15 @@ def fit(
     start = time.perf_counter()
     trainer.fit(system, datamodule=dm, ckpt_path=ckpt_path)
     fit_seconds = time.perf_counter() - start
+    device = "cuda" if uses_gpu(t.accelerator) else "cpu"
+    precise_bn = t.precise_bn if t.precise_bn != "auto" else task == "segmentation"
+    bn_batches = 0
+    if precise_bn:
+        bn_batches = recompute_batchnorm(
+            model.encoder.to(device),
+            (b["x"] for b in dm.train_dataloader()),
+            device,
+        )
     epochs_run = trainer.current_epoch
     seen = int(train.sum()) * max(epochs_run - first_epoch, 0)
 
@@ -351,7 +379,6 @@ def fit(
     save_model(out / MODEL_FILE, model, cfg, encoding, input_shape=rows.input_shape)
     with atomic_path(out / "model.ckpt") as tmp:
         shutil.copyfile(out / CHECKPOINT_DIR / LAST_CKPT, tmp)
-    device = "cuda" if uses_gpu(t.accelerator) else "cpu"
     ids = pd.DataFrame(
         {
             id_column: frame[id_column].to_numpy(),
@@ -398,6 +425,8 @@ def fit(
             "input_shape": list(rows.input_shape),
             "precision": precision,
             "channels_last": channels_last,
+            "adversary_memory": memory,
+            "precise_bn_batches": bn_batches,
             "cache": rows.cache_info,
             "warnings": [str(w) for w in _warnings],
             "versions": versions(),

@@ -12,6 +12,12 @@ confound's ``subset``, or a continuous confound), and optionally ``values`` ``(B
 standardised values of continuous (correlation) confounds (NaN: ignore) and ``conditions``
 ``(B, C)`` long target bins for target-conditioned confounds (``-1``: none). Where a method takes
 ``batch``, a bare ``codes`` tensor is accepted too (categorical confounds only).
+
+With an adversary memory (``memory > 0``), the confound heads also see the detached features of
+the last training rows beside the batch's own (:class:`FeatureMemory`): their updates, and the
+batch statistics their input standardisation takes, then rest on more than a few rows, which a
+U-Net's batches of two to eight volumes cannot give. Only the batch's rows carry gradient to
+the encoder.
 """
 
 from __future__ import annotations
@@ -100,6 +106,116 @@ def _adam(params: Iterator[nn.Parameter], lr: float, weight_decay: float) -> Opt
     return torch.optim.AdamW(list(params), lr=lr, weight_decay=weight_decay)
 
 
+def _rows(features: Features) -> int:
+    """Rows (subjects) in a batch of features."""
+    if isinstance(features, SegFeatures):
+        return len(features.logits)
+    return len(features)
+
+
+class FeatureMemory:
+    """The detached features and confound targets of the last ``size`` training rows.
+
+    Newest rows first. Only what the confound heads read is kept: for a U-Net, the feature
+    maps of ``points`` (the attach points; its logits are not stored). When ``max_bytes`` is
+    given, fewer rows are kept where ``size`` of them would take more memory than that.
+
+    Examples:
+        >>> memory = FeatureMemory(3)
+        >>> memory.push(torch.ones(2, 4), torch.tensor([[0], [1]]))
+        >>> memory.push(torch.zeros(2, 4), torch.tensor([[1], [0]]))
+        >>> features, targets = memory.combined(torch.full((1, 4), 2.0), torch.tensor([[1]]))
+        >>> features[:, 0].tolist(), targets["codes"][:, 0].tolist()
+        ([2.0, 0.0, 0.0, 1.0], [1, 1, 0, 0])
+    """
+
+    def __init__(
+        self, size: int, *, points: Sequence[str] | None = None, max_bytes: int | None = None
+    ) -> None:
+        if size < 0:
+            raise ValueError(f"memory size must be >= 0, got {size}")
+        self.size = size
+        self.points = None if points is None else list(points)
+        self.max_bytes = max_bytes
+        self.features: Features | None = None
+        self.targets: dict[str, Tensor] = {}
+
+    def __len__(self) -> int:
+        if self.features is None:
+            return 0
+        if isinstance(self.features, SegFeatures):
+            return len(next(iter(self.features.points.values())))
+        return len(self.features)
+
+    def clear(self) -> None:
+        self.features, self.targets = None, {}
+
+    def combined(self, features: Features, batch: Targets) -> tuple[Features, dict[str, Tensor]]:
+        """The batch's rows (as given, gradient and all), then the remembered rows, with their
+        confound targets (``codes`` and, where the batch has them, ``values``/``conditions``)."""
+        current = _targets(batch)
+        if self.features is None:
+            return features, current
+        remembered = self.features
+        if isinstance(features, SegFeatures):
+            assert isinstance(remembered, SegFeatures)
+            joined: Features = SegFeatures(
+                features.logits,
+                {
+                    k: torch.cat([v, remembered.points[k].to(v.device, v.dtype)])
+                    for k, v in features.points.items()
+                    if k in remembered.points
+                },
+            )
+        else:
+            assert isinstance(remembered, Tensor)
+            joined = torch.cat([features, remembered.to(features.device, features.dtype)])
+        targets = {
+            k: torch.cat([v, self.targets[k].to(v.device)])
+            for k, v in current.items()
+            if k in self.targets
+        }
+        return joined, targets
+
+    def push(self, features: Features, batch: Targets) -> None:
+        """Remember the batch's rows (detached), dropping the oldest beyond the size."""
+        if self.size == 0:
+            return
+        features = features.detach()
+        if isinstance(features, SegFeatures):
+            keep = self.points or list(features.points)
+            features = SegFeatures(features.logits[:0], {k: features.points[k] for k in keep})
+        joined, targets = self.combined(features, batch)
+        n = self._capacity(features)
+        if isinstance(joined, SegFeatures):
+            self.features = SegFeatures(
+                joined.logits[:0], {k: v[:n].detach() for k, v in joined.points.items()}
+            )
+        else:
+            self.features = joined[:n].detach()
+        self.targets = {k: v[:n].detach() for k, v in targets.items()}
+
+    def _capacity(self, features: Features) -> int:
+        if self.max_bytes is None:
+            return self.size
+        if isinstance(features, SegFeatures):
+            tensors = list(features.points.values())
+        else:
+            tensors = [features]
+        per_row = sum(t[0].numel() * t.element_size() for t in tensors if len(t)) or 1
+        return max(0, min(self.size, self.max_bytes // per_row))
+
+
+def _targets(batch: Targets) -> dict[str, Tensor]:
+    codes, values, conditions = _unpack(batch)
+    out = {"codes": codes}
+    if values is not None:
+        out["values"] = values
+    if conditions is not None:
+        out["conditions"] = conditions
+    return out
+
+
 class Strategy(ABC):
     """Shared machinery: task loss, adversary step, confusion loss, logging values.
 
@@ -116,6 +232,10 @@ class Strategy(ABC):
             confusion loss asks of the head for a row in target bin ``b`` (the training split's
             ``p(confound | bin)``, reweighted by ``class_weights`` as the adversary's loss is).
         adversary_steps: confound-head updates per batch.
+        memory: training rows whose detached features the confound heads see beside each batch
+            (0: the batch only); see :class:`FeatureMemory`.
+        memory_points: U-Net: the attach points whose maps the memory keeps (default: all).
+        memory_bytes: keep fewer rows where ``memory`` of them would take more than this.
     """
 
     name: ClassVar[str]
@@ -130,6 +250,9 @@ class Strategy(ABC):
         class_weights: Mapping[str, Tensor] | None = None,
         priors: Mapping[str, Tensor] | None = None,
         adversary_steps: int = 1,
+        memory: int = 0,
+        memory_points: Sequence[str] | None = None,
+        memory_bytes: int | None = None,
     ) -> None:
         if task_kind not in ("regression", "classification", "segmentation"):
             raise ValueError(
@@ -137,6 +260,7 @@ class Strategy(ABC):
             )
         self.confounds = list(confounds)
         self.adversary_steps = adversary_steps
+        self.memory = FeatureMemory(memory, points=memory_points, max_bytes=memory_bytes)
         self.task_loss_kind = task_loss
         self.task_kind = task_kind
         self.task_class_weight = task_class_weight
@@ -186,6 +310,27 @@ class Strategy(ABC):
             reverse=reverse,
             conditions=_unpack(batch)[2],
         )
+
+    def heads_on(
+        self, model: Model, features: Features, batch: Targets, *, reverse: bool = False
+    ) -> dict[str, Tensor]:
+        """The confound heads' outputs for the batch's rows, computed over the batch and the
+        memory together (so the heads' input standardisation sees all of them)."""
+        if len(self.memory) == 0:
+            return self.confound_outputs(model, features, batch, reverse=reverse)
+        joined, targets = self.memory.combined(features, batch)
+        outputs = self.confound_outputs(model, joined, targets, reverse=reverse)
+        return self.first_rows(outputs, _rows(features))
+
+    def first_rows(self, outputs: Mapping[str, Tensor], n: int) -> dict[str, Tensor]:
+        """Each confound's outputs for its first ``n`` rows (``(B, ...)``, or ``(H, B, ...)``
+        for an ensemble)."""
+        out = {}
+        for c in self.confounds:
+            value = outputs[c.name]
+            ensemble = value.ndim == (2 if c.head == "regress" else 3)
+            out[c.name] = value[:, :n] if ensemble else value[:n]
+        return out
 
     def _weight(self, name: str, logits: Tensor) -> Tensor | None:
         w = self.class_weights.get(name)
@@ -289,21 +434,24 @@ class Strategy(ABC):
     ) -> dict[str, Tensor]:
         """Confound heads step on ``sum_k alpha_k L_adv,k`` of *detached* features.
 
-        Repeated ``steps`` (default ``adversary_steps``) times on the same features. Only the
-        heads receive gradients, so ``opt`` may also hold other parameters: they stay put. The
-        logged values are those before the first update (how well the heads did on this batch).
+        Repeated ``steps`` (default ``adversary_steps``) times on the same features, and on the
+        memory's rows beside them. Only the heads receive gradients, so ``opt`` may also hold
+        other parameters: they stay put. The logged values are those of the batch's own rows
+        before the first update (how well the heads did on this batch).
         """
         n_steps = self.adversary_steps if steps is None else steps
         if n_steps < 1:
             return {}
-        detached = features.detach()
+        n = _rows(features)
+        detached, rows = self.memory.combined(features.detach(), batch)
         losses: dict[str, Tensor] = {}
         logits: dict[str, Tensor] = {}
         for i in range(n_steps):
-            step_logits = self.confound_outputs(host.model, detached, batch)
-            step_losses = self.adversary_losses(step_logits, batch)
+            step_logits = self.confound_outputs(host.model, detached, rows)
+            step_losses = self.adversary_losses(step_logits, rows)
             if i == 0:
-                logits, losses = step_logits, step_losses
+                logits = self.first_rows(step_logits, n)
+                losses = self.adversary_losses(logits, batch)
             total = sum((c.alpha * step_losses[c.name] for c in self.confounds), torch.zeros(()))
             opt.zero_grad()
             if not total.requires_grad:
@@ -318,7 +466,7 @@ class Strategy(ABC):
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """``sum_k beta_k L_conf,k`` with the heads frozen, so only the encoder learns from it."""
         with frozen(model.confound_heads):
-            logits = self.confound_outputs(model, features, batch)
+            logits = self.heads_on(model, features, batch)
         losses = self.confusion_losses(logits, batch)
         total = sum((c.beta * losses[c.name] for c in self.confounds), torch.zeros(()))
         return total, {f"conf_loss/{k}": v.detach() for k, v in losses.items()}
@@ -353,6 +501,7 @@ class BaselineStrategy(Strategy):
         logs = {"task_loss": loss.detach()}
         if len(opts) > 1:
             logs |= self.adversary_step(host, opts[1], f, batch)
+            self.memory.push(f, batch)
         return logs
 
 
@@ -412,7 +561,9 @@ class IterativeStrategy(Strategy):
             opt_task.step()
             logs = {"task_loss": task.detach()}
             if self.phase(host.current_epoch) == "pretrain":
-                return logs | self.adversary_step(host, opt_adv, f, batch)
+                logs |= self.adversary_step(host, opt_adv, f, batch)
+                self.memory.push(f, batch)
+                return logs
             # steps 2 and 3 share features recomputed after step 1 (step 2 leaves E unchanged)
             f = model.encode(x)
             logs |= self.adversary_step(host, opt_adv, f, batch)
@@ -422,6 +573,7 @@ class IterativeStrategy(Strategy):
             if conf.requires_grad:
                 host.manual_backward(conf)
                 opt_conf.step()
+            self.memory.push(f, batch)
             return logs | conf_logs
 
         # joint: step 2 first, then one backward on task + confusion
@@ -432,6 +584,7 @@ class IterativeStrategy(Strategy):
         opt_task.zero_grad()
         host.manual_backward(task + conf)
         opt_task.step()
+        self.memory.push(f, batch)
         return logs | conf_logs | {"task_loss": task.detach()}
 
 
@@ -486,13 +639,13 @@ class GRLStrategy(Strategy):
         # extra head-only updates first; the joint step below is the adversary's last one
         self.adversary_step(host, opt, f, batch, steps=self.adversary_steps - 1)
         task = self.task_loss(model, f, batch)
-        logits = self.confound_outputs(model, f, batch, reverse=True)
+        logits = self.heads_on(model, f, batch, reverse=True)
         adv = self.adversary_losses(logits, batch)
         total = task + sum((c.alpha * adv[c.name] for c in self.confounds), torch.zeros(()))
         logs: dict[str, Tensor] = {"task_loss": task.detach(), "lambda": torch.tensor(lam)}
         if any(c.head == "regress" for c in self.confounds):
             with frozen(model.confound_heads):
-                plain = self.confound_outputs(model, f, batch)
+                plain = self.heads_on(model, f, batch)
             corr = self.confusion_losses(plain, batch)
             total = total + sum(
                 (lam * c.beta * corr[c.name] for c in self.confounds if c.head == "regress"),
@@ -501,6 +654,7 @@ class GRLStrategy(Strategy):
         opt.zero_grad()
         host.manual_backward(total)
         opt.step()
+        self.memory.push(f, batch)
         detached = {k: v.detach() for k, v in logits.items()}
         logs |= {f"adv_loss/{k}": v.detach() for k, v in adv.items()}
         logs |= self.adversary_metrics(detached, batch)
