@@ -199,7 +199,7 @@ def test_memory_keeps_only_the_attach_points_maps() -> None:
 
 
 def test_auto_memory_is_for_segmentation_only() -> None:
-    assert resolve_memory("auto", "segmentation") == (32, 512 * 2**20)
+    assert resolve_memory("auto", "segmentation") == (8, 512 * 2**20)
     assert resolve_memory("auto", "regression") == (0, None)
     assert resolve_memory(8, "segmentation") == (8, None)  # a given size is kept as given
 
@@ -316,7 +316,7 @@ def test_fit_evaluate_predict_embed_segmentation(own: Any, tmp_path: Path) -> No
     assert result.exit_code == 0, result.output
     assert "Dice CSF" in result.output
     info = json.loads((out / "run.json").read_text())
-    assert info["adversary_memory"] == 32  # auto
+    assert info["adversary_memory"] == 8  # auto
     assert info["precise_bn_batches"] > 0  # auto: batch-norm statistics recomputed
 
     preds = pd.read_csv(out / "predictions.csv")

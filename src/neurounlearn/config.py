@@ -254,7 +254,7 @@ class StrategyConfig(_Strict):
         description="training rows whose detached features the confound heads also see "
         "beside each batch (0: the batch only). A U-Net's batch of a few volumes is too few "
         "for the heads to learn from, or to standardise over: in benchmarks/segmentation.py "
-        "grl's bottleneck still told the scanner apart without it. auto: 32 for "
+        "grl's bottleneck still told the scanner apart without it. auto: 8 for "
         "segmentation (at most 512 MiB of feature maps), 0 otherwise (not yet measured there)",
     )
 

@@ -91,7 +91,7 @@ def resolve_channels_last(
 
 
 #: ``strategy.adversary_memory: auto`` for segmentation: rows, and the most memory they may take.
-SEGMENTATION_MEMORY = 32
+SEGMENTATION_MEMORY = 8
 SEGMENTATION_MEMORY_BYTES = 512 * 2**20
 
 
