@@ -189,11 +189,11 @@ class FeatureMemory:
         n = self._capacity(features)
         if isinstance(joined, SegFeatures):
             self.features = SegFeatures(
-                joined.logits[:0], {k: v[:n].detach() for k, v in joined.points.items()}
+                joined.logits[:0], {k: v[:n] for k, v in joined.points.items()}
             )
         else:
-            self.features = joined[:n].detach()
-        self.targets = {k: v[:n].detach() for k, v in targets.items()}
+            self.features = joined[:n]
+        self.targets = {k: v[:n] for k, v in targets.items()}
 
     def _capacity(self, features: Features) -> int:
         if self.max_bytes is None:
