@@ -10,7 +10,8 @@ only). Test volumes keep their labels for scoring and are never trained on. Then
 with the confound heads at the bottleneck: baseline, iterative (sequential) and grl with the
 library's default adversary memory (``strategy.adversary_memory: auto``, 8 rows for
 segmentation), grl without it (``--set strategy.adversary_memory=0``, the library's behaviour
-before), and iterative and grl with 32 rows of it (the first default). Every arm trains with
+before), iterative and grl with 32 rows of it (the first default), and grl with the site's
+beta at 2 and 4 (with the default memory). Every arm trains with
 the same learning rate (``--lr``, 3e-3: on seed 0 the baseline U-Net reached Dice 0.805 on site
 A in 30 epochs with it, 0.764 with the library's 1e-3).
 
@@ -25,11 +26,15 @@ random 20-volume subsets (10 per site) gave 0.56 ± 0.13 (0.25 to 0.85), 68% of 
 Targets: unlearned Dice on B >= baseline's + 0.03; probe balanced accuracy <= 0.60 at the attach
 points used; Dice on A no more than 0.02 below baseline.
 
-Writes ``benchmarks/results/segmentation.json`` and ``.md``.
+Writes ``benchmarks/results/segmentation.json`` and ``.md`` (with ``--results NAME``:
+``NAME.json`` and ``NAME.md``).
 
     python benchmarks/segmentation.py [--seeds 0 1 2] [--epochs 30] [--per-site 80] [--lr 3e-3]
     python benchmarks/segmentation.py --arms "grl no memory"   # rerun arms into the stored results
     python benchmarks/segmentation.py --render   # re-render the markdown from the JSON
+    # a check on fresh seeds of settings chosen on seeds 0-2, in its own files
+    python benchmarks/segmentation.py --seeds 3 4 5 --arms baseline grl "grl beta 2" \
+        --results segmentation_confirm
 """
 
 from __future__ import annotations
@@ -64,6 +69,8 @@ ARMS: dict[str, tuple[str, list[str], float, str | int]] = {
     "grl no memory": ("grl", ["bottleneck"], 1.0, 0),
     "iterative memory 32": ("iterative", ["bottleneck"], 1.0, 32),
     "grl memory 32": ("grl", ["bottleneck"], 1.0, 32),
+    "grl beta 2": ("grl", ["bottleneck"], 2.0, "auto"),
+    "grl beta 4": ("grl", ["bottleneck"], 4.0, "auto"),
 }
 CLASSES = ["background", "CSF", "GM", "WM"]
 LABELLED_B = 5
@@ -242,7 +249,8 @@ def fmt(cell: dict[str, Any], digits: int = 3) -> str:
 def render(payload: dict[str, Any]) -> str:
     summary, verdict, meta = payload["summary"], payload["verdicts"], payload["meta"]
     lines = [
-        "# Segmentation with unlearning (issue 6)",
+        "# Segmentation with unlearning (issue 6)"
+        + (f": {meta['results']}" if meta.get("results", "segmentation") != "segmentation" else ""),
         "",
         f"Two-site `segmentation` preset at 48³, {meta['per_site']} subjects per site; per site "
         f"{TEST_PER_SITE} test and {VAL_PER_SITE} validation volumes, the rest train. Labels: "
@@ -307,16 +315,23 @@ def main() -> None:
     parser.add_argument(
         "--arms",
         nargs="+",
-        choices=list(ARMS)[1:],
-        help="run only these arms and add them to the existing results (same seeds, epochs, "
-        "subjects and lr; the stored baseline is reused)",
+        choices=list(ARMS),
+        help="run only these arms: added to the stored results if there are any (same seeds, "
+        "epochs, subjects and lr; the stored baseline is reused), else a new table (which then "
+        "needs the baseline)",
+    )
+    parser.add_argument(
+        "--results",
+        default="segmentation",
+        help="name of the results files under benchmarks/results (default: segmentation)",
     )
     parser.add_argument("--render", action="store_true", help="re-render the markdown only")
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
+    stored_json = RESULTS / f"{args.results}.json"
     if args.render:
-        payload = json.loads((RESULTS / "segmentation.json").read_text())
-        (RESULTS / "segmentation.md").write_text(render(payload))
+        payload = json.loads(stored_json.read_text())
+        (RESULTS / f"{args.results}.md").write_text(render(payload))
         return
     from neurounlearn.models.segmentation import UNET_FEATURES
 
@@ -324,8 +339,12 @@ def main() -> None:
     per_seed: dict[str, Any] = {}
     minutes = 0.0
     arms = list(ARMS)
-    if args.arms:  # add arms to the stored results: the same setting, or it is refused
-        stored = json.loads((RESULTS / "segmentation.json").read_text())
+    if args.arms and not stored_json.exists():  # a new table of these arms only
+        if "baseline" not in args.arms:
+            raise SystemExit(f"{stored_json} does not exist yet: a new table needs the baseline")
+        arms = [arm for arm in ARMS if arm in args.arms]
+    elif args.arms:  # add arms to the stored results: the same setting, or it is refused
+        stored = json.loads(stored_json.read_text())
         meta = stored["meta"]
         asked = {
             "seeds": args.seeds,
@@ -380,14 +399,15 @@ def write_results(
             "features": list(features),
             "minutes": minutes,
             "machine": f"{os.cpu_count()} CPU cores",
+            "results": args.results,
         },
         "per_seed": per_seed,
         "summary": summary,
         "verdicts": verdicts(summary),
     }
     for name, text in (
-        ("segmentation.json", json.dumps(payload, indent=2)),
-        ("segmentation.md", render(payload)),
+        (f"{args.results}.json", json.dumps(payload, indent=2)),
+        (f"{args.results}.md", render(payload)),
     ):
         tmp = RESULTS / f".{name}.tmp"
         tmp.write_text(text)
