@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import tempfile
@@ -383,8 +384,6 @@ def write_results(
     minutes: float,
     features: Any,
 ) -> dict[str, Any]:
-    import os
-
     summary = summarise(per_seed)
     payload = {
         "meta": {

@@ -28,13 +28,6 @@ from pydantic import (
 
 from neurounlearn.errors import InputError
 
-_ON_OFF = {"on": True, "true": True, "yes": True, "off": False, "false": False, "no": False}
-
-
-def _on_off_word(v: Any) -> Any:
-    """``on``/``off`` (and yes/no, true/false, any case) as a bool; anything else unchanged."""
-    return _ON_OFF.get(v.lower(), v) if isinstance(v, str) else v
-
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -220,11 +213,6 @@ class ModelConfig(_Strict):
         "seen) and on GPUs (not measured yet)",
     )
 
-    @field_validator("channels_last", mode="before")
-    @classmethod
-    def _on_off(cls, v: Any) -> Any:
-        return _on_off_word(v)
-
     embedding_dim: int = Field(32, ge=1)
     dropout: float = Field(0.1, ge=0, lt=1)
     head_hidden: int = Field(32, ge=0, description="hidden width of confound heads (0: linear)")
@@ -316,11 +304,6 @@ class TrainConfig(_Strict):
         "segmentation, off otherwise (not yet measured there); no effect on a model without "
         "batch norm",
     )
-
-    @field_validator("precise_bn", mode="before")
-    @classmethod
-    def _precise_on_off(cls, v: Any) -> Any:
-        return _on_off_word(v)
 
 
 class AuditConfig(_Strict):
