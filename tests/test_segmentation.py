@@ -19,7 +19,7 @@ import torch
 from typer.testing import CliRunner
 
 from neurounlearn.cli import app
-from neurounlearn.config import ConfoundConfig
+from neurounlearn.config import ConfoundConfig, ModelConfig
 from neurounlearn.data.simulate import simulate_cohort
 from neurounlearn.data.volumes import (
     PreprocessSettings,
@@ -97,11 +97,35 @@ def test_heads_at_both_points_form_one_ensemble() -> None:
     assert one.confound_logits(one.encode(torch.zeros(2, 1, 16, 16, 16)))["site"].shape == (2, 2)
 
 
+def test_a_head_at_an_encoder_level_reaches_only_the_layers_before_it() -> None:
+    model = tiny_model(attach=("encoder0", "encoder1"), heads=1)
+    model.reversal["site"].set_weight(1.0)
+    f = model.encode(torch.randn(2, 1, 16, 16, 16))
+    assert f.points["encoder0"].shape == (2, TINY[0], 16, 16, 16)  # full resolution
+    assert f.points["encoder1"].shape == (2, TINY[1], 8, 8, 8)
+    logits = model.confound_logits(f, reverse=True)["site"]
+    assert logits.shape == (2, 2, 2)  # one head at each of the two levels
+    logits.sum().backward()
+    net = model.encoder.net
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.conv_0.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.down_1.parameters())
+    # nothing past encoder1 feeds these heads
+    assert all(p.grad is None for p in net.down_2.parameters())
+    assert all(p.grad is None for p in net.upcat_1.parameters())
+
+
 def test_pooled_features_are_channel_means_then_sds() -> None:
     fmap = torch.stack([torch.zeros(2, 2, 2), torch.arange(8.0).reshape(2, 2, 2)]).unsqueeze(0)
     out = pooled(fmap)
     assert out.shape == (1, 4)
     assert out[0].tolist() == pytest.approx([0.0, 3.5, 0.0, float(np.arange(8.0).std())])
+
+
+def test_attach_points_parse_from_a_comma_list_in_order_without_repeats() -> None:
+    cfg = ModelConfig(attach="encoder1, bottleneck,encoder1")  # type: ignore[arg-type]
+    assert cfg.attach == ["encoder1", "bottleneck"]
+    with pytest.raises(ValueError, match="encoder0, encoder1, encoder2, encoder3, bottleneck"):
+        ModelConfig(attach="encoder4")  # type: ignore[arg-type]
 
 
 def test_unknown_attach_point_is_refused_by_the_model() -> None:
@@ -346,7 +370,8 @@ def test_fit_evaluate_predict_embed_segmentation(own: Any, tmp_path: Path) -> No
     emb = tmp_path / "emb.csv"
     assert invoke(["embed", out, "--data", new, "--out", emb]).exit_code == 0
     columns = pd.read_csv(emb).columns
-    # pooled maps: 2 x channels at each point (bottleneck 8, final 4 channels)
+    # pooled maps: 2 x channels at each point (encoder0 4, bottleneck 8, final 4 channels)
+    assert sum(c.startswith("encoder0_e") for c in columns) == 8
     assert sum(c.startswith("bottleneck_e") for c in columns) == 16
     assert sum(c.startswith("final_e") for c in columns) == 8
 

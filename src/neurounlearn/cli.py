@@ -79,8 +79,10 @@ TaskOpt = typer.Option(
 AttachOpt = typer.Option(
     None,
     "--attach",
-    help="segmentation: where the confound heads attach, comma-separated: bottleneck (the "
-    "default, deepest encoder features) | final (last decoder features) | bottleneck,final",
+    help="segmentation: where the confound heads attach, comma-separated, e.g. "
+    "bottleneck,final: bottleneck (the default, deepest encoder features) | final (last "
+    "decoder features) | encoder0 ... encoder3 (an encoder level, full resolution down to 1/8; "
+    "it reaches the decoder through its skip connection)",
 )
 ClassesOpt = typer.Option(
     None,

@@ -176,7 +176,8 @@ class ModelConfig(_Strict):
         default_factory=lambda: ["bottleneck"],
         description="segmentation: where the confound heads attach: bottleneck (deepest "
         "encoder features; the default: in benchmarks/segmentation.py heads at final cost "
-        "Dice on both sites), final (last decoder features, the paper's best), or both",
+        "Dice on both sites), final (last decoder features, the paper's best), an encoder "
+        "level encoder0 ... encoder3 (full resolution down to 1/8), or several of them",
     )
 
     @field_validator("attach", mode="before")
@@ -193,7 +194,7 @@ class ModelConfig(_Strict):
         if unknown or not v:
             raise ValueError(
                 f"unknown attach point(s) {', '.join(unknown) or '(none given)'}; choose one or "
-                f"both of {', '.join(ATTACH_POINTS)}"
+                f"more of {', '.join(ATTACH_POINTS)}"
             )
         return list(dict.fromkeys(v))
 

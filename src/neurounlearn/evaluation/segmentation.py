@@ -1,5 +1,6 @@
 """``evaluate`` for a segmentation run: Dice per class per site, and the leakage audit at every
-attach point (probes on the pooled bottleneck and final feature maps of held-out volumes)."""
+attach point (probes on the pooled feature maps of held-out volumes at every point: the encoder
+levels, the bottleneck and the final decoder features)."""
 
 from __future__ import annotations
 

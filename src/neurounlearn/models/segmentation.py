@@ -7,7 +7,9 @@ try to tell the scanner from the feature maps. Each adversary first turns its fe
 vector (a 3x3x3 convolution, ReLU, global average pooling), then classifies the confound with
 the same :class:`~neurounlearn.models.unlearning.ConfoundHead` the other models use. With both
 points (the paper's "multi" variant) each confound's heads at both points form one ensemble:
-the losses average over them, so the encoder must fool both.
+the losses average over them, so the encoder must fool both. Heads can also sit at an encoder
+level (``encoder0`` ... ``encoder3``), whose map reaches the decoder through its skip
+connection, past the bottleneck.
 
 The model keeps :class:`~neurounlearn.models.unlearning.UnlearningModel`'s interface
 (``encode``, ``predict_task``, ``confound_logits``, ``task_parameters``, ...), so the strategies
@@ -28,7 +30,7 @@ from monai.networks.nets import BasicUNet
 from torch import Tensor, nn
 
 from neurounlearn.models.grl import GradientReversal
-from neurounlearn.models.points import ATTACH_POINTS
+from neurounlearn.models.points import ATTACH_POINTS, FULL_RESOLUTION
 from neurounlearn.models.unlearning import ConfoundHead, head_sizes
 
 #: BasicUNet features (five encoder levels, then the last decoder's width) sized for a CPU: a
@@ -110,7 +112,11 @@ class UNet3D(nn.Module):
             dropout=dropout,
         )
         #: channels of each attach point's feature map
-        self.point_channels = {"bottleneck": self.features[4], "final": self.features[5]}
+        self.point_channels = {
+            **{f"encoder{i}": self.features[i] for i in range(4)},
+            "bottleneck": self.features[4],
+            "final": self.features[5],
+        }
 
     def forward(self, x: Tensor) -> SegFeatures:
         n = self.net
@@ -123,7 +129,8 @@ class UNet3D(nn.Module):
         u3 = n.upcat_3(u4, x2)
         u2 = n.upcat_2(u3, x1)
         u1 = n.upcat_1(u2, x0)
-        return SegFeatures(n.final_conv(u1), {"bottleneck": x4, "final": u1})
+        points = {"encoder0": x0, "encoder1": x1, "encoder2": x2, "encoder3": x3}
+        return SegFeatures(n.final_conv(u1), points | {"bottleneck": x4, "final": u1})
 
 
 class PointHead(nn.Module):
@@ -210,8 +217,8 @@ class SegmentationModel(nn.Module):
                             k,
                             hidden=head_hidden,
                             n_heads=n_heads,
-                            # the final map is full resolution: halve it before pooling
-                            stride=2 if point == "final" else 1,
+                            # a full-resolution map is halved before pooling
+                            stride=2 if point in FULL_RESOLUTION else 1,
                         )
                         for point in self.attach
                     }
