@@ -11,13 +11,17 @@ with the confound heads at the bottleneck: baseline, iterative (sequential) and 
 library's default adversary memory (``strategy.adversary_memory: auto``, 8 rows for
 segmentation), grl without it (``--set strategy.adversary_memory=0``, the library's behaviour
 before), iterative and grl with 32 rows of it (the first default), and grl with the site's
-beta at 2 and 4 (with the default memory). Every arm trains with
+beta at 2 and 4 (with the default memory). Two more arms run only when ``--arms`` names them:
+grl with its heads at the first or second encoder level (``encoder0``, ``encoder1``), whose maps
+reach the decoder through the skip connections, past the bottleneck. Every arm trains with
 the same learning rate (``--lr``, 3e-3: on seed 0 the baseline U-Net reached Dice 0.805 on site
 A in 30 epochs with it, 0.764 with the library's 1e-3).
 
 Reported per arm (mean ± sd over seeds): test Dice on site B and on site A (mean over CSF, GM,
 WM; background excluded), and the site balanced accuracy of fresh linear and nonlinear probes on
-the pooled bottleneck and final feature maps of the test volumes (chance 0.50). There are 50
+the pooled bottleneck and final feature maps of the test volumes (chance 0.50), and, for runs
+made since the encoder levels became attach points, the linear probes at the four encoder
+levels. There are 50
 test volumes per site because 10 were too few: a probe fit on 20 volumes reads less than one fit
 on 100 and scatters widely. For one grl model whose 100 test volumes gave a linear probe 0.71,
 random 20-volume subsets (10 per site) gave 0.56 ± 0.13 (0.25 to 0.85), 68% of them within the
@@ -35,6 +39,11 @@ Writes ``benchmarks/results/segmentation.json`` and ``.md`` (with ``--results NA
     # a check on fresh seeds of settings chosen on seeds 0-2, in its own files
     python benchmarks/segmentation.py --seeds 3 4 5 --arms baseline grl "grl beta 2" \
         --results segmentation_confirm
+    # longer training (60 epochs), and heads at the encoder levels (seed 0), in their own files
+    python benchmarks/segmentation.py --epochs 60 --arms baseline grl \
+        --results segmentation_60epochs
+    python benchmarks/segmentation.py --seeds 0 --arms baseline "grl encoder0" "grl encoder1" \
+        --results segmentation_encoder_levels
 """
 
 from __future__ import annotations
@@ -61,6 +70,9 @@ from neurounlearn.training.fit import fit
 warnings.filterwarnings("ignore")
 RESULTS = Path(__file__).parent / "results"
 POINTS = ["bottleneck", "final"]
+#: every point evaluate probes; runs before the encoder levels were attach points lack them
+ALL_POINTS = ["encoder0", "encoder1", "encoder2", "encoder3", *POINTS]
+ENCODER_LEVELS = ALL_POINTS[:4]
 #: arm -> (strategy, attach points, the site confound's beta, strategy.adversary_memory); the
 #: baseline's heads only watch (they never touch the U-Net)
 ARMS: dict[str, tuple[str, list[str], float, str | int]] = {
@@ -72,7 +84,11 @@ ARMS: dict[str, tuple[str, list[str], float, str | int]] = {
     "grl memory 32": ("grl", ["bottleneck"], 1.0, 32),
     "grl beta 2": ("grl", ["bottleneck"], 2.0, "auto"),
     "grl beta 4": ("grl", ["bottleneck"], 4.0, "auto"),
+    "grl encoder0": ("grl", ["encoder0"], 1.0, "auto"),
+    "grl encoder1": ("grl", ["encoder1"], 1.0, "auto"),
 }
+#: arms that run only when ``--arms`` names them (not part of ``make bench``)
+EXTRA_ARMS = ("grl encoder0", "grl encoder1")
 CLASSES = ["background", "CSF", "GM", "WM"]
 LABELLED_B = 5
 TEST_PER_SITE, VAL_PER_SITE = 50, 5
@@ -184,10 +200,10 @@ def run_seed(
             "fit_seconds": m["timing"]["fit_seconds"],
             "epochs_run": m["timing"]["epochs_run"],
         }
-        for point in POINTS:
-            probes = m["leakage"][f"site@{point}"]["probe"]
+        for key, block in m["leakage"].items():  # every point the run reports
+            point = key.split("@", 1)[1]
             for kind in ("linear", "nonlinear"):
-                row[f"bacc_{point}_{kind}"] = probes[kind]["balanced_accuracy"]
+                row[f"bacc_{point}_{kind}"] = block["probe"][kind]["balanced_accuracy"]
         out[arm] = row
         print(f"  {arm}: {json.dumps(row)}", flush=True)
     return out
@@ -205,7 +221,7 @@ def mean_sd(values: list[float | None]) -> dict[str, float | None]:
 
 def metric_keys() -> list[str]:
     keys = ["dice_B", "dice_A", "fit_seconds"]
-    return keys + [f"bacc_{p}_{k}" for p in POINTS for k in ("linear", "nonlinear")]
+    return keys + [f"bacc_{p}_{k}" for p in ALL_POINTS for k in ("linear", "nonlinear")]
 
 
 def present(per_seed: dict[str, dict[str, Any]]) -> list[str]:
@@ -215,7 +231,7 @@ def present(per_seed: dict[str, dict[str, Any]]) -> list[str]:
 
 def summarise(per_seed: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {
-        arm: {k: mean_sd([per_seed[s][arm][k] for s in per_seed]) for k in metric_keys()}
+        arm: {k: mean_sd([per_seed[s][arm].get(k) for s in per_seed]) for k in metric_keys()}
         for arm in present(per_seed)
     }
 
@@ -247,8 +263,19 @@ def fmt(cell: dict[str, Any], digits: int = 3) -> str:
     return f"{cell['mean']:.{digits}f} ± {cell['sd']:.{digits}f}"
 
 
+def encoder_cell(s: dict[str, Any]) -> str:
+    """The linear probes' mean BAcc at the four encoder levels, shallowest first."""
+    cells = [s.get(f"bacc_{p}_linear", {}).get("mean") for p in ENCODER_LEVELS]
+    return ", ".join("—" if v is None else f"{v:.2f}" for v in cells)
+
+
 def render(payload: dict[str, Any]) -> str:
     summary, verdict, meta = payload["summary"], payload["verdicts"], payload["meta"]
+    levels = any(
+        s.get(f"bacc_{p}_linear", {}).get("mean") is not None
+        for s in summary.values()
+        for p in ENCODER_LEVELS
+    )
     lines = [
         "# Segmentation with unlearning (issue 6)"
         + (f": {meta['results']}" if meta.get("results", "segmentation") != "segmentation" else ""),
@@ -265,8 +292,9 @@ def render(payload: dict[str, Any]) -> str:
         "point, whether a head sat there or not.",
         "",
         "| arm | heads at | Dice B (test) | Dice A (test) | site BAcc bottleneck lin / nonlin | "
-        "site BAcc final lin / nonlin | fit s |",
-        "|---|---|---|---|---|---|---|",
+        "site BAcc final lin / nonlin | fit s |"
+        + (" site BAcc encoder0–3 lin |" if levels else ""),
+        "|---|---|---|---|---|---|---|" + ("---|" if levels else ""),
     ]
     for arm, s in summary.items():
         _, attach, beta, memory = ARMS[arm]
@@ -278,7 +306,7 @@ def render(payload: dict[str, Any]) -> str:
             f"| {arm} | {where} | {fmt(s['dice_B'])} | {fmt(s['dice_A'])} | "
             f"{fmt(s['bacc_bottleneck_linear'], 2)} / {fmt(s['bacc_bottleneck_nonlinear'], 2)} | "
             f"{fmt(s['bacc_final_linear'], 2)} / {fmt(s['bacc_final_nonlinear'], 2)} | "
-            f"{fmt(s['fit_seconds'], 0)} |"
+            f"{fmt(s['fit_seconds'], 0)} |" + (f" {encoder_cell(s)} |" if levels else "")
         )
     lines += ["", "Targets (chance BAcc 0.50):", ""]
     for arm, v in verdict.items():
@@ -339,7 +367,7 @@ def main() -> None:
     start = time.perf_counter()
     per_seed: dict[str, Any] = {}
     minutes = 0.0
-    arms = list(ARMS)
+    arms = [arm for arm in ARMS if arm not in EXTRA_ARMS]
     if args.arms and not stored_json.exists():  # a new table of these arms only
         if "baseline" not in args.arms:
             raise SystemExit(f"{stored_json} does not exist yet: a new table needs the baseline")
