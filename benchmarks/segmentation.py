@@ -65,14 +65,14 @@ import pandas as pd
 from neurounlearn.config import RunConfig, validate_config
 from neurounlearn.data.simulate import simulate_cohort
 from neurounlearn.evaluation.evaluate import evaluate
+from neurounlearn.models.points import ATTACH_POINTS
 from neurounlearn.training.fit import fit
 
 warnings.filterwarnings("ignore")
 RESULTS = Path(__file__).parent / "results"
 POINTS = ["bottleneck", "final"]
-#: every point evaluate probes; runs before the encoder levels were attach points lack them
-ALL_POINTS = ["encoder0", "encoder1", "encoder2", "encoder3", *POINTS]
-ENCODER_LEVELS = ALL_POINTS[:4]
+#: the encoder levels evaluate also probes (runs made before they were attach points lack them)
+ENCODER_LEVELS = [p for p in ATTACH_POINTS if p.startswith("encoder")]
 #: arm -> (strategy, attach points, the site confound's beta, strategy.adversary_memory); the
 #: baseline's heads only watch (they never touch the U-Net)
 ARMS: dict[str, tuple[str, list[str], float, str | int]] = {
@@ -221,7 +221,7 @@ def mean_sd(values: list[float | None]) -> dict[str, float | None]:
 
 def metric_keys() -> list[str]:
     keys = ["dice_B", "dice_A", "fit_seconds"]
-    return keys + [f"bacc_{p}_{k}" for p in ALL_POINTS for k in ("linear", "nonlinear")]
+    return keys + [f"bacc_{p}_{k}" for p in ATTACH_POINTS for k in ("linear", "nonlinear")]
 
 
 def present(per_seed: dict[str, dict[str, Any]]) -> list[str]:
@@ -263,19 +263,18 @@ def fmt(cell: dict[str, Any], digits: int = 3) -> str:
     return f"{cell['mean']:.{digits}f} ± {cell['sd']:.{digits}f}"
 
 
+def encoder_means(s: dict[str, Any]) -> list[float | None]:
+    """An arm's mean linear-probe BAcc at each encoder level, shallowest first (None: not run)."""
+    return [s.get(f"bacc_{p}_linear", {}).get("mean") for p in ENCODER_LEVELS]
+
+
 def encoder_cell(s: dict[str, Any]) -> str:
-    """The linear probes' mean BAcc at the four encoder levels, shallowest first."""
-    cells = [s.get(f"bacc_{p}_linear", {}).get("mean") for p in ENCODER_LEVELS]
-    return ", ".join("—" if v is None else f"{v:.2f}" for v in cells)
+    return ", ".join("—" if v is None else f"{v:.2f}" for v in encoder_means(s))
 
 
 def render(payload: dict[str, Any]) -> str:
     summary, verdict, meta = payload["summary"], payload["verdicts"], payload["meta"]
-    levels = any(
-        s.get(f"bacc_{p}_linear", {}).get("mean") is not None
-        for s in summary.values()
-        for p in ENCODER_LEVELS
-    )
+    levels = any(v is not None for s in summary.values() for v in encoder_means(s))
     lines = [
         "# Segmentation with unlearning (issue 6)"
         + (f": {meta['results']}" if meta.get("results", "segmentation") != "segmentation" else ""),

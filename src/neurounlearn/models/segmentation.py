@@ -111,12 +111,8 @@ class UNet3D(nn.Module):
             norm=("batch", {"affine": True}),
             dropout=dropout,
         )
-        #: channels of each attach point's feature map
-        self.point_channels = {
-            **{f"encoder{i}": self.features[i] for i in range(4)},
-            "bottleneck": self.features[4],
-            "final": self.features[5],
-        }
+        #: channels of each attach point's feature map (the six widths are in ATTACH_POINTS order)
+        self.point_channels = dict(zip(ATTACH_POINTS, self.features, strict=True))
 
     def forward(self, x: Tensor) -> SegFeatures:
         n = self.net
@@ -129,8 +125,8 @@ class UNet3D(nn.Module):
         u3 = n.upcat_3(u4, x2)
         u2 = n.upcat_2(u3, x1)
         u1 = n.upcat_1(u2, x0)
-        points = {"encoder0": x0, "encoder1": x1, "encoder2": x2, "encoder3": x3}
-        return SegFeatures(n.final_conv(u1), points | {"bottleneck": x4, "final": u1})
+        maps = (x0, x1, x2, x3, x4, u1)
+        return SegFeatures(n.final_conv(u1), dict(zip(ATTACH_POINTS, maps, strict=True)))
 
 
 class PointHead(nn.Module):
