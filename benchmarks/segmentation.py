@@ -11,7 +11,10 @@ with the confound heads at the bottleneck: baseline, iterative (sequential) and 
 library's default adversary memory (``strategy.adversary_memory: auto``, 8 rows for
 segmentation), grl without it (``--set strategy.adversary_memory=0``, the library's behaviour
 before), iterative and grl with 32 rows of it (the first default), and grl with the site's
-beta at 2 and 4 (with the default memory). Two more arms run only when ``--arms`` names them:
+beta at 2 and 4 (with the default memory), and baseline and grl with scanner-like intensity
+augmentation of the training volumes (``--set data.augment=intensity``: random gamma, bias
+field, blur and noise), the usual alternative to unlearning. Two more arms run only when
+``--arms`` names them:
 grl with its heads at the first or second encoder level (``encoder0``, ``encoder1``), whose maps
 reach the decoder through the skip connections, past the bottleneck. Every arm trains with
 the same learning rate (``--lr``, 3e-3: on seed 0 the baseline U-Net reached Dice 0.805 on site
@@ -39,6 +42,8 @@ Writes ``benchmarks/results/segmentation.json`` and ``.md`` (with ``--results NA
     # a check on fresh seeds of settings chosen on seeds 0-2, in its own files
     python benchmarks/segmentation.py --seeds 3 4 5 --arms baseline grl "grl beta 2" \
         --results segmentation_confirm
+    # augmentation instead of, and with, unlearning, added to the stored table
+    python benchmarks/segmentation.py --arms "baseline augment" "grl augment"
     # longer training (60 epochs), and heads at the encoder levels (seed 0), in their own files
     python benchmarks/segmentation.py --epochs 60 --arms baseline grl \
         --results segmentation_60epochs
@@ -57,7 +62,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -73,19 +78,32 @@ RESULTS = Path(__file__).parent / "results"
 POINTS = ["bottleneck", "final"]
 #: the encoder levels evaluate also probes (runs made before they were attach points lack them)
 ENCODER_LEVELS = [p for p in ATTACH_POINTS if p.startswith("encoder")]
-#: arm -> (strategy, attach points, the site confound's beta, strategy.adversary_memory); the
-#: baseline's heads only watch (they never touch the U-Net)
-ARMS: dict[str, tuple[str, list[str], float, str | int]] = {
-    "baseline": ("baseline", ["bottleneck"], 1.0, "auto"),
-    "iterative": ("iterative", ["bottleneck"], 1.0, "auto"),
-    "grl": ("grl", ["bottleneck"], 1.0, "auto"),
-    "grl no memory": ("grl", ["bottleneck"], 1.0, 0),
-    "iterative memory 32": ("iterative", ["bottleneck"], 1.0, 32),
-    "grl memory 32": ("grl", ["bottleneck"], 1.0, 32),
-    "grl beta 2": ("grl", ["bottleneck"], 2.0, "auto"),
-    "grl beta 4": ("grl", ["bottleneck"], 4.0, "auto"),
-    "grl encoder0": ("grl", ["encoder0"], 1.0, "auto"),
-    "grl encoder1": ("grl", ["encoder1"], 1.0, "auto"),
+
+
+class Arm(NamedTuple):
+    """One arm: strategy, attach points, the site confound's beta, strategy.adversary_memory
+    and data.augment. The baseline's heads only watch (they never touch the U-Net)."""
+
+    strategy: str
+    attach: list[str]
+    beta: float = 1.0
+    memory: str | int = "auto"
+    augment: str = "none"
+
+
+ARMS: dict[str, Arm] = {
+    "baseline": Arm("baseline", ["bottleneck"]),
+    "iterative": Arm("iterative", ["bottleneck"]),
+    "grl": Arm("grl", ["bottleneck"]),
+    "grl no memory": Arm("grl", ["bottleneck"], memory=0),
+    "iterative memory 32": Arm("iterative", ["bottleneck"], memory=32),
+    "grl memory 32": Arm("grl", ["bottleneck"], memory=32),
+    "grl beta 2": Arm("grl", ["bottleneck"], beta=2.0),
+    "grl beta 4": Arm("grl", ["bottleneck"], beta=4.0),
+    "baseline augment": Arm("baseline", ["bottleneck"], augment="intensity"),
+    "grl augment": Arm("grl", ["bottleneck"], augment="intensity"),
+    "grl encoder0": Arm("grl", ["encoder0"]),
+    "grl encoder1": Arm("grl", ["encoder1"]),
 }
 #: arms that run only when ``--arms`` names them (not part of ``make bench``)
 EXTRA_ARMS = ("grl encoder0", "grl encoder1")
@@ -104,6 +122,7 @@ def seg_config(
     attach: list[str],
     beta: float = 1.0,
     memory: str | int = "auto",
+    augment: str = "none",
     seed: int,
     epochs: int,
     lr: float,
@@ -118,6 +137,7 @@ def seg_config(
             "classes": CLASSES,
             "id_column": "subject",
             "cache_dir": str(work / "cache"),
+            "augment": augment,
         },
         "confounds": [{"name": "site", "beta": beta}],
         "model": {"attach": attach},
@@ -174,13 +194,14 @@ def run_seed(
     semi, split = semi_supervised(manifest, seed)
     out: dict[str, Any] = {}
     for arm in arms:
-        strategy, attach, beta, memory = ARMS[arm]
+        a = ARMS[arm]
         cfg = seg_config(
             semi,
-            strategy=strategy,
-            attach=attach,
-            beta=beta,
-            memory=memory,
+            strategy=a.strategy,
+            attach=a.attach,
+            beta=a.beta,
+            memory=a.memory,
+            augment=a.augment,
             seed=seed,
             epochs=epochs,
             lr=lr,
@@ -243,7 +264,7 @@ def verdicts(summary: dict[str, dict[str, Any]]) -> dict[str, Any]:
         s = summary[arm]
         gain = s["dice_B"]["mean"] - base["dice_B"]["mean"]
         drop = base["dice_A"]["mean"] - s["dice_A"]["mean"]
-        used = ARMS[arm][1]  # the target counts at the attach points the arm unlearned at
+        used = ARMS[arm].attach  # the target counts at the attach points the arm unlearned at
         worst = max(s[f"bacc_{p}_{k}"]["mean"] for p in used for k in ("linear", "nonlinear"))
         out[arm] = {
             "dice_B_gain": gain,
@@ -296,11 +317,12 @@ def render(payload: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|" + ("---|" if levels else ""),
     ]
     for arm, s in summary.items():
-        _, attach, beta, memory = ARMS[arm]
-        where = " + ".join(attach) + (" (watching)" if arm == "baseline" else "")
-        where += f", β {beta:g}" if beta != 1.0 else ""
-        where += ", no memory" if memory == 0 else ""
-        where += f", memory {memory}" if memory not in (0, "auto") else ""
+        a = ARMS[arm]
+        where = " + ".join(a.attach) + (" (watching)" if a.strategy == "baseline" else "")
+        where += f", β {a.beta:g}" if a.beta != 1.0 else ""
+        where += ", no memory" if a.memory == 0 else ""
+        where += f", memory {a.memory}" if a.memory not in (0, "auto") else ""
+        where += ", augmented" if a.augment != "none" else ""
         lines.append(
             f"| {arm} | {where} | {fmt(s['dice_B'])} | {fmt(s['dice_A'])} | "
             f"{fmt(s['bacc_bottleneck_linear'], 2)} / {fmt(s['bacc_bottleneck_nonlinear'], 2)} | "
@@ -418,10 +440,7 @@ def write_results(
             "epochs": args.epochs,
             "per_site": args.per_site,
             "lr": args.lr,
-            "arms": {
-                arm: dict(zip(("strategy", "attach", "beta", "memory"), ARMS[arm], strict=True))
-                for arm in summary
-            },
+            "arms": {arm: ARMS[arm]._asdict() for arm in summary},
             "features": list(features),
             "minutes": minutes,
             "machine": f"{os.cpu_count()} CPU cores",

@@ -382,6 +382,30 @@ def test_fit_evaluate_predict_embed_segmentation(own: Any, tmp_path: Path) -> No
     assert metrics["evaluated_on"] == str(data) and metrics["task"]["n"] == 13
 
 
+def test_only_training_reads_are_augmented(
+    own: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from neurounlearn.data.augment import IntensityAugment
+
+    calls: list[tuple[int, ...]] = []
+    original = IntensityAugment.__call__
+
+    def counted(self: IntensityAugment, x: np.ndarray) -> np.ndarray:
+        calls.append(x.shape)
+        return original(self, x)
+
+    monkeypatch.setattr(IntensityAugment, "__call__", counted)
+    data, _ = own()
+    out = tmp_path / "run"
+    result = fit_seg(data, out, "--set", "data.augment=intensity")
+    assert result.exit_code == 0, result.output
+    assert "augment: intensity" in (out / "config.yaml").read_text()
+    n_train = int((pd.read_csv(out / "splits.csv")["split"] == "train").sum())
+    # 2 epochs of full batches of 4; validation, precise BN, evaluation: the volumes as cached
+    assert calls == [(16, 16, 16)] * ((n_train // 4) * 4 * 2)
+    assert json.loads((out / "run.json").read_text())["precise_bn_batches"] > 0
+
+
 def test_label_values_outside_the_declared_classes(own: Any, tmp_path: Path) -> None:
     data, _ = own()
     out = tmp_path / "run"

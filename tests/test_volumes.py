@@ -490,3 +490,23 @@ def test_cached_volumes_rejects_rows_outside_the_cache(cohort, tmp_path: Path) -
     cache, _ = cache_of(frame, manifest, tmp_path)
     with pytest.raises(ValueError, match=r"rows must lie in 0\.\.3"):
         CachedVolumes(cache, np.array([4]), np.zeros(1), np.zeros(1))
+
+
+def test_augmented_cached_volumes_change_images_on_every_read_but_not_labels(
+    cohort, tmp_path: Path
+) -> None:
+    frame, manifest = cohort(labels=True)
+    cache, _ = cache_of(frame, manifest, tmp_path, columns=VolumeColumns(label="seg"))
+    rows, y, codes = np.array([0, 1]), np.zeros(2), np.zeros(2, dtype=int)
+    plain = CachedVolumes(cache, rows, y, codes, with_labels=True)
+    torch.manual_seed(0)
+    augmented = CachedVolumes(cache, rows, y, codes, with_labels=True, augment="intensity")
+    first, second = augmented[0], augmented[0]
+    cached = plain[0]["x"]
+    assert not torch.equal(first["x"], cached) and not torch.equal(first["x"], second["x"])
+    assert torch.equal(first["x"][cached == 0], cached[cached == 0])  # background stays 0
+    assert torch.equal(first["label"], plain[0]["label"])
+    # workers draw their own changes: the augmenter is not pickled along
+    assert pickle.loads(pickle.dumps(augmented))._augmenter is None
+    with pytest.raises(ValueError, match="augment must be one of"):
+        CachedVolumes(cache, rows, y, codes, augment="spatial")

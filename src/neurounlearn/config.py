@@ -115,6 +115,13 @@ class DataConfig(_Strict):
     normalize: Literal["zscore", "minmax", "none"] = Field(
         "zscore", description="images: intensity normalisation (zscore over brain voxels)"
     )
+    augment: Literal["none", "intensity"] = Field(
+        "none",
+        description="images: intensity: every training volume, each time it is drawn, gets "
+        "random scanner-like changes of its intensities (a gamma in 0.5-2, a smooth bias "
+        "field, blur, noise; see neurounlearn.data.augment), an alternative or a companion to "
+        "unlearning the site; validation, test and predicted volumes are never changed",
+    )
     cache_dir: Path | None = Field(
         None,
         description="images: folder of the preprocessed-volume cache; default "

@@ -106,6 +106,15 @@ def volume_columns(cfg: RunConfig, *, labels: bool = True) -> VolumeColumns:
     )
 
 
+def check_augment_config(cfg: RunConfig) -> None:
+    """``data.augment`` changes images: refuse it for a feature table."""
+    if cfg.data.augment != "none" and cfg.data.input != "image":
+        raise InputError(
+            f"data.augment={cfg.data.augment} changes images, but the input is {cfg.data.input!r}",
+            hint="drop --set data.augment=..., or train on images (--input image)",
+        )
+
+
 def check_segmentation_config(cfg: RunConfig) -> None:
     """What a segmentation run cannot be, found before any file is read."""
     if cfg.data.task != "segmentation":
@@ -207,6 +216,7 @@ def load_inputs(cfg: RunConfig, path: str | Path) -> Inputs:
     path = Path(path)
     table_spec(cfg)  # a missing --features is reported before the file is read
     check_segmentation_config(cfg)
+    check_augment_config(cfg)
     segmentation = cfg.data.task == "segmentation"
     id_names = (*ID_CANDIDATES, cfg.data.id_column) if cfg.data.id_column else ID_CANDIDATES
     frame = read_table(path, text_columns=id_names)
@@ -339,8 +349,9 @@ class RowData:
             "bytes": int(self.cache.nbytes),
         }
 
-    def subset(self, rows: np.ndarray) -> Dataset:
-        """A dataset over ``rows`` (integer positions or a boolean mask)."""
+    def subset(self, rows: np.ndarray, *, augment: str = "none") -> Dataset:
+        """A dataset over ``rows`` (integer positions or a boolean mask); ``augment``
+        (images only): ``intensity`` changes each image at random every time it is read."""
         rows = np.asarray(rows)
         if rows.dtype == bool:
             rows = np.flatnonzero(rows)
@@ -348,6 +359,9 @@ class RowData:
         conditions = None if self.conditions is None else self.conditions[rows]
         if self.features is not None:
             from neurounlearn.training.datamodule import TensorDictDataset
+
+            if augment != "none":
+                raise ValueError("augmentation changes images; a feature table has none")
 
             return TensorDictDataset(
                 self.features[rows],
@@ -367,6 +381,7 @@ class RowData:
             values=values,
             conditions=conditions,
             with_labels=self.with_labels,
+            augment=augment,
         )
 
     def all(self) -> Dataset:

@@ -1413,10 +1413,13 @@ class CachedVolumes(Dataset):
         with_labels: also return the label map of each sample.
         values: optional ``(n, C)`` standardised values of continuous confounds (``NaN``: none).
         conditions: optional ``(n, C)`` target bins of target-conditioned confounds (``-1``).
+        augment: ``intensity``: each image, every time it is read, gets random scanner-like
+            intensity changes (:class:`~neurounlearn.data.augment.IntensityAugment`, seeded
+            per process from ``torch.initial_seed()``); ``none``: images as cached.
 
     Raises:
-        ValueError: lengths differ, a row is outside the cache, or labels are asked for but the
-            cache has none.
+        ValueError: lengths differ, a row is outside the cache, labels are asked for but the
+            cache has none, or ``augment`` is unknown.
 
     Examples:
         >>> data = CachedVolumes(cache, np.arange(10), ages, site_codes)  # doctest: +SKIP
@@ -1434,9 +1437,15 @@ class CachedVolumes(Dataset):
         with_labels: bool = False,
         values: np.ndarray | None = None,
         conditions: np.ndarray | None = None,
+        augment: str = "none",
     ) -> None:
+        from neurounlearn.data.augment import AUGMENTATIONS
         from neurounlearn.training.datamodule import confound_extras
 
+        if augment not in AUGMENTATIONS:
+            raise ValueError(f"augment must be one of {AUGMENTATIONS}, got {augment!r}")
+        self.augment = augment
+        self._augmenter: Any = None
         self.extra = confound_extras(values, conditions)
         if isinstance(cache, VolumeCache):
             self.path = cache.path
@@ -1471,6 +1480,7 @@ class CachedVolumes(Dataset):
         state = self.__dict__.copy()
         state["_images"] = None
         state["_labels"] = None
+        state["_augmenter"] = None  # each worker draws its own changes
         return state
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
@@ -1480,6 +1490,12 @@ class CachedVolumes(Dataset):
                 self._labels = np.load(self.label_path, mmap_mode="r")
         row = self.rows[i]
         x = np.array(self._images[row], dtype=np.float32)
+        if self.augment == "intensity":
+            if self._augmenter is None:
+                from neurounlearn.data.augment import IntensityAugment
+
+                self._augmenter = IntensityAugment(seed=torch.initial_seed())
+            x = self._augmenter(x)
         item = {
             "x": torch.from_numpy(x).unsqueeze(0),
             "y": torch.tensor(self.y[i], dtype=torch.float32),

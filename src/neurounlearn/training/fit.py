@@ -307,7 +307,7 @@ def fit(
     )
     sites = frame[cfg.data.site_column].astype(str).to_numpy()
     dm = TableDataModule(
-        rows.subset(train),
+        rows.subset(train, augment=cfg.data.augment),
         rows.subset(val),
         batch_size=t.batch_size,
         seed=t.seed,
@@ -365,6 +365,9 @@ def fit(
     precise_bn = t.precise_bn if t.precise_bn != "auto" else task == "segmentation"
     bn_batches = 0
     if precise_bn:
+        # the statistics of the training volumes as they are: validation, test and predicted
+        # volumes are never augmented (same rows, same batches, without the random changes)
+        dm.train = rows.subset(train)
         bn_batches = recompute_batchnorm(
             model.encoder.to(device),
             (b["x"] for b in dm.train_dataloader()),
