@@ -47,6 +47,8 @@ Writes ``benchmarks/results/segmentation.json`` and ``.md`` (with ``--results NA
     # longer training (60 epochs), and heads at the encoder levels (seed 0), in their own files
     python benchmarks/segmentation.py --epochs 60 --arms baseline grl \
         --results segmentation_60epochs
+    python benchmarks/segmentation.py --epochs 60 --arms "baseline augment" "grl augment" \
+        --results segmentation_60epochs
     python benchmarks/segmentation.py --seeds 0 --arms baseline "grl encoder0" "grl encoder1" \
         --results segmentation_encoder_levels
 """
