@@ -26,6 +26,7 @@ from pydantic import (
     model_validator,
 )
 
+from neurounlearn.data.augment import Augmentation
 from neurounlearn.errors import InputError
 
 
@@ -115,7 +116,7 @@ class DataConfig(_Strict):
     normalize: Literal["zscore", "minmax", "none"] = Field(
         "zscore", description="images: intensity normalisation (zscore over brain voxels)"
     )
-    augment: Literal["none", "intensity"] = Field(
+    augment: Augmentation = Field(
         "none",
         description="images: intensity: every training volume, each time it is drawn, gets "
         "random scanner-like changes of its intensities (a gamma in 0.5-2, a smooth bias "

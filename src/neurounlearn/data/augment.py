@@ -32,12 +32,13 @@ Examples:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 
-#: the values ``data.augment`` takes
-AUGMENTATIONS = ("none", "intensity")
+#: what ``data.augment`` can be
+Augmentation = Literal["none", "intensity"]
+AUGMENTATIONS: tuple[str, ...] = get_args(Augmentation)
 GAMMA = (0.5, 2.0)
 BIAS_COEFF = (-0.1, 0.1)
 BLUR_SIGMA = (0.25, 1.0)
@@ -76,10 +77,10 @@ class IntensityAugment:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         foreground = x != 0
         values = x[foreground].astype(np.float64)
-        if values.size < 2 or values.std() == 0:
+        if values.size == 0:
             return x
         lo, hi = np.percentile(values, [LOW_Q, HIGH_Q])
-        if hi <= lo:
+        if hi <= lo:  # a flat foreground has no contrast to change
             return x
         unit = np.zeros_like(x, dtype=np.float32)
         unit[foreground] = np.clip((values - lo) / (hi - lo), 0.0, 1.0)

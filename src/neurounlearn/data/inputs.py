@@ -19,6 +19,7 @@ import pandas as pd
 from torch.utils.data import Dataset
 
 from neurounlearn.config import RunConfig
+from neurounlearn.data.augment import Augmentation
 from neurounlearn.data.manifest import (
     ID_CANDIDATES,
     TableSpec,
@@ -349,7 +350,7 @@ class RowData:
             "bytes": int(self.cache.nbytes),
         }
 
-    def subset(self, rows: np.ndarray, *, augment: str = "none") -> Dataset:
+    def subset(self, rows: np.ndarray, *, augment: Augmentation = "none") -> Dataset:
         """A dataset over ``rows`` (integer positions or a boolean mask); ``augment``
         (images only): ``intensity`` changes each image at random every time it is read."""
         rows = np.asarray(rows)

@@ -45,6 +45,7 @@ from scipy import ndimage
 from torch.utils.data import DataLoader, Dataset
 
 from neurounlearn.atomic import atomic_path, write_json
+from neurounlearn.data.augment import AUGMENTATIONS, Augmentation, IntensityAugment
 from neurounlearn.data.manifest import _capped, _missing_column, _preview
 from neurounlearn.errors import InputError, Problem
 
@@ -1437,9 +1438,8 @@ class CachedVolumes(Dataset):
         with_labels: bool = False,
         values: np.ndarray | None = None,
         conditions: np.ndarray | None = None,
-        augment: str = "none",
+        augment: Augmentation = "none",
     ) -> None:
-        from neurounlearn.data.augment import AUGMENTATIONS
         from neurounlearn.training.datamodule import confound_extras
 
         if augment not in AUGMENTATIONS:
@@ -1492,8 +1492,6 @@ class CachedVolumes(Dataset):
         x = np.array(self._images[row], dtype=np.float32)
         if self.augment == "intensity":
             if self._augmenter is None:
-                from neurounlearn.data.augment import IntensityAugment
-
                 self._augmenter = IntensityAugment(seed=torch.initial_seed())
             x = self._augmenter(x)
         item = {
