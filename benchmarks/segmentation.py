@@ -13,10 +13,13 @@ segmentation), grl without it (``--set strategy.adversary_memory=0``, the librar
 before), iterative and grl with 32 rows of it (the first default), and grl with the site's
 beta at 2 and 4 (with the default memory), and baseline and grl with scanner-like intensity
 augmentation of the training volumes (``--set data.augment=intensity``: random gamma, bias
-field, blur and noise), the usual alternative to unlearning. Two more arms run only when
-``--arms`` names them:
-grl with its heads at the first or second encoder level (``encoder0``, ``encoder1``), whose maps
-reach the decoder through the skip connections, past the bottleneck. Every arm trains with
+field, blur and noise), the usual alternative to unlearning. More arms run only when
+``--arms`` names them: grl with its heads at the first or second encoder level (``encoder0``,
+``encoder1``), whose maps reach the decoder through the skip connections, past the bottleneck;
+and references for what site B's labels are worth, on the same split: the baseline with every
+B volume outside the test set labelled (30: fully supervised), and baseline and grl with none
+of them labelled (site A's labels only, as in unsupervised domain adaptation; grl is judged
+against that baseline). Every arm trains with
 the same learning rate (``--lr``, 3e-3: on seed 0 the baseline U-Net reached Dice 0.805 on site
 A in 30 epochs with it, 0.764 with the library's 1e-3).
 
@@ -51,6 +54,9 @@ Writes ``benchmarks/results/segmentation.json`` and ``.md`` (with ``--results NA
         --results segmentation_60epochs
     python benchmarks/segmentation.py --seeds 0 --arms baseline "grl encoder0" "grl encoder1" \
         --results segmentation_encoder_levels
+    # what site B's labels are worth: all of them, or none (with and without unlearning)
+    python benchmarks/segmentation.py --arms baseline "baseline all B labelled" \
+        "baseline no B labels" "grl no B labels" --results segmentation_labels
 """
 
 from __future__ import annotations
@@ -83,14 +89,18 @@ ENCODER_LEVELS = [p for p in ATTACH_POINTS if p.startswith("encoder")]
 
 
 class Arm(NamedTuple):
-    """One arm: strategy, attach points, the site confound's beta, strategy.adversary_memory
-    and data.augment. The baseline's heads only watch (they never touch the U-Net)."""
+    """One arm: strategy, attach points, the site confound's beta, strategy.adversary_memory,
+    data.augment, how many of site B's training volumes keep their labels (``None``: every B
+    training and validation volume) and the arm its targets are judged against. The
+    baseline's heads only watch (they never touch the U-Net)."""
 
     strategy: str
     attach: list[str]
     beta: float = 1.0
     memory: str | int = "auto"
     augment: str = "none"
+    labelled_b: int | None = 5
+    against: str = "baseline"
 
 
 ARMS: dict[str, Arm] = {
@@ -106,11 +116,23 @@ ARMS: dict[str, Arm] = {
     "grl augment": Arm("grl", ["bottleneck"], augment="intensity"),
     "grl encoder0": Arm("grl", ["encoder0"]),
     "grl encoder1": Arm("grl", ["encoder1"]),
+    # references for how much site B's labels are worth: every B volume outside the test set
+    # labelled (the fully supervised reference), or none (only site A's labels, as in
+    # unsupervised domain adaptation) with and without unlearning
+    "baseline all B labelled": Arm("baseline", ["bottleneck"], labelled_b=None),
+    "baseline no B labels": Arm("baseline", ["bottleneck"], labelled_b=0),
+    "grl no B labels": Arm("grl", ["bottleneck"], labelled_b=0, against="baseline no B labels"),
 }
 #: arms that run only when ``--arms`` names them (not part of ``make bench``)
-EXTRA_ARMS = ("grl encoder0", "grl encoder1")
+EXTRA_ARMS = (
+    "grl encoder0",
+    "grl encoder1",
+    "baseline all B labelled",
+    "baseline no B labels",
+    "grl no B labels",
+)
 CLASSES = ["background", "CSF", "GM", "WM"]
-LABELLED_B = 5
+LABELLED_B = Arm._field_defaults["labelled_b"]
 TEST_PER_SITE, VAL_PER_SITE = 50, 5
 TARGET_DICE_GAIN = 0.03
 TARGET_BACC = 0.60
@@ -161,10 +183,13 @@ def seg_config(
     return validate_config(raw, "segmentation benchmark")
 
 
-def semi_supervised(manifest: Path, seed: int) -> tuple[Path, np.ndarray]:
-    """A manifest with site B's label maps kept on LABELLED_B training rows and the test rows
-    only (B's validation rows have none), and the split (per site: TEST_PER_SITE test,
-    VAL_PER_SITE val, the rest train)."""
+def semi_supervised(
+    manifest: Path, seed: int, labelled_b: int | None = LABELLED_B
+) -> tuple[Path, np.ndarray]:
+    """A manifest with site B's label maps kept on ``labelled_b`` training rows and the test
+    rows only (B's validation rows have none; ``None``: kept on every B row), and the split
+    (per site: TEST_PER_SITE test, VAL_PER_SITE val, the rest train). The split, and the
+    LABELLED_B rows kept by default, are the same whatever ``labelled_b`` is."""
     frame = pd.read_csv(manifest)
     rng = np.random.default_rng([seed, 7])
     split = np.full(len(frame), "train", dtype=object)
@@ -174,11 +199,15 @@ def semi_supervised(manifest: Path, seed: int) -> tuple[Path, np.ndarray]:
         split[rows[TEST_PER_SITE : TEST_PER_SITE + VAL_PER_SITE]] = "val"
     b_fit = np.flatnonzero((frame["site"] == "B").to_numpy() & (split != "test"))
     b_train = np.flatnonzero((frame["site"] == "B").to_numpy() & (split == "train"))
-    keep = set(rng.choice(b_train, size=LABELLED_B, replace=False).tolist())
+    if labelled_b is None:
+        keep = set(b_fit.tolist())
+    else:
+        keep = set(rng.choice(b_train, size=labelled_b, replace=False).tolist())
     drop = [i for i in b_fit if i not in keep]
     frame["label"] = frame["label"].astype(object)
     frame.loc[drop, "label"] = ""
-    out = manifest.with_name("manifest_semi.csv")
+    name = "all" if labelled_b is None else labelled_b
+    out = manifest.with_name(f"manifest_semi_{name}.csv")
     frame.to_csv(out, index=False)
     return out, split
 
@@ -193,10 +222,10 @@ def run_seed(
         cohort, preset="segmentation", subjects=2 * per_site, shape=48, seed=seed, progress=False
     )
     print(f"seed {seed}: cohort simulated in {time.perf_counter() - t0:.0f} s", flush=True)
-    semi, split = semi_supervised(manifest, seed)
     out: dict[str, Any] = {}
     for arm in arms:
         a = ARMS[arm]
+        semi, split = semi_supervised(manifest, seed, a.labelled_b)
         cfg = seg_config(
             semi,
             strategy=a.strategy,
@@ -260,10 +289,11 @@ def summarise(per_seed: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def verdicts(summary: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    base = summary["baseline"]
     out: dict[str, Any] = {}
-    for arm in list(summary)[1:]:
-        s = summary[arm]
+    for arm, s in summary.items():
+        if arm == "baseline" or ARMS[arm].against not in summary:
+            continue
+        base = summary[ARMS[arm].against]
         gain = s["dice_B"]["mean"] - base["dice_B"]["mean"]
         drop = base["dice_A"]["mean"] - s["dice_A"]["mean"]
         used = ARMS[arm].attach  # the target counts at the attach points the arm unlearned at
@@ -276,6 +306,7 @@ def verdicts(summary: dict[str, dict[str, Any]]) -> dict[str, Any]:
             "worst_probe_bacc": worst,
             "attach": used,
             "probe_met": worst <= TARGET_BACC,
+            "against": ARMS[arm].against,
         }
     return out
 
@@ -298,12 +329,15 @@ def encoder_cell(s: dict[str, Any]) -> str:
 def render(payload: dict[str, Any]) -> str:
     summary, verdict, meta = payload["summary"], payload["verdicts"], payload["meta"]
     levels = any(v is not None for s in summary.values() for v in encoder_means(s))
+    other_labels = any(ARMS[arm].labelled_b != LABELLED_B for arm in summary)
     lines = [
         "# Segmentation with unlearning (issue 6)"
         + (f": {meta['results']}" if meta.get("results", "segmentation") != "segmentation" else ""),
         "",
         f"Two-site `segmentation` preset at 48³, {meta['per_site']} subjects per site; per site "
-        f"{TEST_PER_SITE} test and {VAL_PER_SITE} validation volumes, the rest train. Labels: "
+        f"{TEST_PER_SITE} test and {VAL_PER_SITE} validation volumes, the rest train. Labels"
+        + (" (unless the arm says otherwise)" if other_labels else "")
+        + ": "
         f"all of site A, {LABELLED_B} training volumes of site B (none of B's validation "
         f"volumes), test volumes scored "
         f"only. U-Net (MONAI BasicUNet, features {meta['features']}), site unlearned; "
@@ -325,6 +359,10 @@ def render(payload: dict[str, Any]) -> str:
         where += ", no memory" if a.memory == 0 else ""
         where += f", memory {a.memory}" if a.memory not in (0, "auto") else ""
         where += ", augmented" if a.augment != "none" else ""
+        if a.labelled_b != LABELLED_B:
+            where += {None: ", every B volume labelled", 0: ", no B labels"}.get(
+                a.labelled_b, f", {a.labelled_b} B volumes labelled"
+            )
         lines.append(
             f"| {arm} | {where} | {fmt(s['dice_B'])} | {fmt(s['dice_A'])} | "
             f"{fmt(s['bacc_bottleneck_linear'], 2)} / {fmt(s['bacc_bottleneck_nonlinear'], 2)} | "
@@ -333,8 +371,10 @@ def render(payload: dict[str, Any]) -> str:
         )
     lines += ["", "Targets (chance BAcc 0.50):", ""]
     for arm, v in verdict.items():
+        against = v.get("against", "baseline")  # results stored before arms named theirs
+        judged = "" if against == "baseline" else f" (against {against})"
         lines.append(
-            f"- {arm}: Dice B gain {v['dice_B_gain']:+.3f} (target ≥ +{TARGET_DICE_GAIN}: "
+            f"- {arm}{judged}: Dice B gain {v['dice_B_gain']:+.3f} (target ≥ +{TARGET_DICE_GAIN}: "
             f"{'met' if v['dice_B_met'] else 'NOT met'}); Dice A drop {v['dice_A_drop']:+.3f} "
             f"(target ≤ {TARGET_DICE_A_DROP}: {'met' if v['dice_A_met'] else 'NOT met'}); "
             f"worst probe BAcc at {' + '.join(v['attach'])} {v['worst_probe_bacc']:.2f} "
