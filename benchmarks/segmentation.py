@@ -13,7 +13,9 @@ segmentation), grl without it (``--set strategy.adversary_memory=0``, the librar
 before), iterative and grl with 32 rows of it (the first default), and grl with the site's
 beta at 2 and 4 (with the default memory), and baseline and grl with scanner-like intensity
 augmentation of the training volumes (``--set data.augment=intensity``: random gamma, bias
-field, blur and noise), the usual alternative to unlearning. More arms run only when
+field, blur and noise), the usual alternative to unlearning, and grl with its heads at the last
+decoder features (``final``, the paper's best) or at both points (its "multi"), and iterative at
+both (the issue's command), each with the defaults above. More arms run only when
 ``--arms`` names them: grl with its heads at the first or second encoder level (``encoder0``,
 ``encoder1``), whose maps reach the decoder through the skip connections, past the bottleneck;
 and references for what site B's labels are worth, on the same split: the baseline with every
@@ -47,6 +49,8 @@ Writes ``benchmarks/results/segmentation.json`` and ``.md`` (with ``--results NA
         --results segmentation_confirm
     # augmentation instead of, and with, unlearning, added to the stored table
     python benchmarks/segmentation.py --arms "baseline augment" "grl augment"
+    # heads at the final decoder features, and at both points, added to the stored table
+    python benchmarks/segmentation.py --arms "grl final" "grl multi" "iterative multi"
     # longer training (60 epochs), and heads at the encoder levels (seed 0), in their own files
     python benchmarks/segmentation.py --epochs 60 --arms baseline grl \
         --results segmentation_60epochs
@@ -119,6 +123,11 @@ ARMS: dict[str, Arm] = {
     "grl beta 4": Arm("grl", ["bottleneck"], beta=4.0),
     "baseline augment": Arm("baseline", ["bottleneck"], augment="intensity"),
     "grl augment": Arm("grl", ["bottleneck"], augment="intensity"),
+    # heads at the last decoder features (the paper's best) or at both points (its "multi"),
+    # with the defaults the bottleneck arms have (memory, precise batch-norm statistics)
+    "grl final": Arm("grl", ["final"]),
+    "grl multi": Arm("grl", ["bottleneck", "final"]),
+    "iterative multi": Arm("iterative", ["bottleneck", "final"]),
     "grl encoder0": Arm("grl", ["encoder0"]),
     "grl encoder1": Arm("grl", ["encoder1"]),
     # references for how much site B's labels are worth: every B volume outside the test set
