@@ -7,24 +7,24 @@ val / test (TEST_PER_SITE test and VAL_PER_SITE validation volumes, the rest tra
 every site-A volume, and only 5 training volumes of site B; the other B training and validation
 volumes keep their images but lose their label maps (semi-supervised: they serve the unlearning
 only). Test volumes keep their labels for scoring and are never trained on. Then, site unlearned
-with the confound heads at the bottleneck: baseline, iterative (sequential) and grl with the
-library's default adversary memory (``strategy.adversary_memory: auto``, 8 rows for
-segmentation), grl without it (``--set strategy.adversary_memory=0``, the library's behaviour
-before), iterative and grl with 32 rows of it (the first default), and grl with the site's
-beta at 2 and 4 (with the default memory), and baseline and grl with scanner-like intensity
-augmentation of the training volumes (``--set data.augment=intensity``: random gamma, bias
-field, blur and noise), the usual alternative to unlearning, and grl with its heads at the last
-decoder features (``final``, the paper's best) or at both points (its "multi"), and iterative at
-both (the issue's command), each with the defaults above. More arms run only when
-``--arms`` names them: grl with its heads at the first or second encoder level (``encoder0``,
-``encoder1``), whose maps reach the decoder through the skip connections, past the bottleneck;
-and references for what site B's labels are worth, on the same split: the baseline and grl with
-every B volume outside the test set labelled (30: fully supervised; grl judged against that
-baseline), and grl, the augmented baseline and grl with augmentation with none of them labelled
-(site A's labels only, as in unsupervised domain adaptation), judged against the baseline with
-none labelled. Every arm trains with
-the same learning rate (``--lr``, 3e-3: on seed 0 the baseline U-Net reached Dice 0.805 on site
-A in 30 epochs with it, 0.764 with the library's 1e-3).
+with the confound heads at the bottleneck unless the arm says otherwise: baseline, iterative
+(sequential) and grl with the library's default adversary memory (``strategy.adversary_memory:
+auto``, 8 rows for segmentation), grl without it (``--set strategy.adversary_memory=0``, the
+library's behaviour before), iterative and grl with 32 rows of it (the first default), and grl
+with the site's beta at 2 and 4 (with the default memory), and baseline and grl with
+scanner-like intensity augmentation of the training volumes (``--set data.augment=intensity``:
+random gamma, bias field, blur and noise), the usual alternative to unlearning, and grl with its
+heads at the last decoder features (``final``, the paper's best) or at both points (its
+"multi"), and iterative at both (the issue's command), each with the defaults above. More arms
+run only when ``--arms`` names them: grl with its heads at the first or second encoder level
+(``encoder0``, ``encoder1``), whose maps reach the decoder through the skip connections, past
+the bottleneck; and references for what site B's labels are worth, on the same split: the
+baseline and grl with every B volume outside the test set labelled (30: fully supervised; grl
+judged against that baseline), and grl, the augmented baseline and grl with augmentation with
+none of them labelled (site A's labels only, as in unsupervised domain adaptation), judged
+against the baseline with none labelled. Every arm trains with the same learning rate (``--lr``,
+3e-3: on seed 0 the baseline U-Net reached Dice 0.805 on site A in 30 epochs with it, 0.764 with
+the library's 1e-3).
 
 Reported per arm (mean ± sd over seeds): test Dice on site B and on site A (mean over CSF, GM,
 WM; background excluded), and the site balanced accuracy of fresh linear and nonlinear probes on
