@@ -215,6 +215,25 @@ def seg_config(
     return validate_config(raw, "segmentation benchmark")
 
 
+def arm_config(
+    arm: str, manifest: Path, *, seed: int, epochs: int, lr: float, work: Path
+) -> RunConfig:
+    """The run configuration of one arm of :data:`ARMS` on a (semi-supervised) manifest."""
+    a = ARMS[arm]
+    return seg_config(
+        manifest,
+        strategy=a.strategy,
+        attach=a.attach,
+        beta=a.beta,
+        memory=a.memory,
+        augment=a.augment,
+        seed=seed,
+        epochs=epochs,
+        lr=lr,
+        work=work,
+    )
+
+
 def semi_supervised(
     manifest: Path, seed: int, labelled_b: int | None = LABELLED_B
 ) -> tuple[Path, np.ndarray]:
@@ -258,20 +277,8 @@ def run_seed(
     semis = {n: semi_supervised(manifest, seed, n) for n in {ARMS[arm].labelled_b for arm in arms}}
     out: dict[str, Any] = {}
     for arm in arms:
-        a = ARMS[arm]
-        semi, split = semis[a.labelled_b]
-        cfg = seg_config(
-            semi,
-            strategy=a.strategy,
-            attach=a.attach,
-            beta=a.beta,
-            memory=a.memory,
-            augment=a.augment,
-            seed=seed,
-            epochs=epochs,
-            lr=lr,
-            work=work,
-        )
+        semi, split = semis[ARMS[arm].labelled_b]
+        cfg = arm_config(arm, semi, seed=seed, epochs=epochs, lr=lr, work=work)
         run_dir = work / f"seed{seed}_{arm.replace(' ', '_')}"
         shutil.rmtree(run_dir, ignore_errors=True)
         fit(cfg, run_dir, echo=lambda _: None, split=split)
@@ -526,14 +533,19 @@ def write_results(
         "summary": summary,
         "verdicts": verdicts(summary),
     }
-    for name, text in (
-        (f"{args.results}.json", json.dumps(payload, indent=2)),
-        (f"{args.results}.md", render(payload)),
-    ):
-        tmp = RESULTS / f".{name}.tmp"
-        tmp.write_text(text)
-        tmp.replace(RESULTS / name)
+    save(args.results, payload, render(payload))
     return payload
+
+
+def save(name: str, payload: dict[str, Any], markdown: str) -> None:
+    """``RESULTS/NAME.json`` and ``NAME.md``, each written under a temporary name and renamed."""
+    for path, text in (
+        (RESULTS / f"{name}.json", json.dumps(payload, indent=2)),
+        (RESULTS / f"{name}.md", markdown),
+    ):
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
 
 
 if __name__ == "__main__":

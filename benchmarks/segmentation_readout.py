@@ -1,0 +1,267 @@
+"""What tells the scanners apart at a U-Net's final decoder features? A diagnostic beside the
+segmentation benchmark (``benchmarks/segmentation.py``, the issue's setting).
+
+The audit reads site from the pooled final decoder features of every arm (0.99-1.00 with the
+heads at the bottleneck), and heads at ``final`` cost Dice without clearing them. Those features
+are one 1x1x1 convolution from the class logits, so whatever tells the sites apart there also
+shows in the output. This script asks which part of the output it is: how much of each tissue
+the U-Net predicts, how sure it is, or how well it segments. Per seed it builds the same cohort,
+split and label mask as the segmentation benchmark (labels on all of site A and 5 training
+volumes of site B), fits the arms asked for (default: baseline, grl at the bottleneck, grl at
+``final``) with the same configuration, and on the 100 test volumes fits the audit's linear
+probe (:class:`~neurounlearn.evaluation.leakage.LeakageAudit`, 5 folds) for site on:
+
+- the final decoder features, pooled as the audit pools them (per-channel mean and sd);
+- the output probabilities, pooled the same way (per class: mean and sd over the volume);
+- the confidence: per predicted class, the mean probability of the winning class over its voxels;
+- the predicted tissue shares (CSF, GM, WM as fractions of the predicted brain);
+- each volume's Dice per class (how well it was segmented);
+- the true tissue shares, from the label maps (anatomy only: the sites' ages are independent in
+  the preset, but 50 test subjects per site differ by chance).
+
+Writes ``benchmarks/results/segmentation_readout.json`` and ``.md``. Not part of ``make bench``
+(about 90 min on 2 cores for the three default arms and seeds).
+
+    python benchmarks/segmentation_readout.py [--seeds 0 1 2] [--arms baseline grl "grl final"]
+    python benchmarks/segmentation_readout.py --render   # re-render the markdown from the JSON
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+
+import segmentation as seg  # the benchmark beside this one (its folder is on sys.path)
+from neurounlearn.data.simulate import simulate_cohort
+from neurounlearn.evaluation.evaluate import evaluate
+from neurounlearn.evaluation.leakage import LeakageAudit
+from neurounlearn.training.fit import fit
+
+warnings.filterwarnings("ignore")
+
+RESULTS = seg.RESULTS
+NAME = "segmentation_readout"
+#: the feature sets probed, in table order, with their descriptions
+READOUTS = {
+    "final_features": "final decoder features (mean, sd per channel; what the audit probes)",
+    "probabilities": "output probabilities (mean, sd per class)",
+    "confidence": "confidence (mean winning probability per predicted class)",
+    "predicted_shares": "predicted tissue shares (CSF, GM, WM)",
+    "dice": "Dice per volume (CSF, GM, WM)",
+    "true_shares": "true tissue shares (label maps)",
+}
+
+
+def shares(labels: np.ndarray) -> list[float]:
+    """CSF, GM and WM as fractions of the labelled brain (``labels``: 0 background ... 3)."""
+    counts = np.array([(labels == k).sum() for k in range(1, len(seg.CLASSES))], dtype=float)
+    return (counts / max(counts.sum(), 1.0)).tolist()
+
+
+def readout(run_dir: Path, test_csv: Path, true_maps: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """The feature sets of :data:`READOUTS` for each test volume of a finished run."""
+    import torch
+
+    from neurounlearn.training.predict import _new_rows, segment_images
+    from neurounlearn.training.run import load_run, segment
+
+    run = load_run(run_dir)
+    _, rows = _new_rows(run, test_csv, lambda _: None)
+    out: dict[str, list[np.ndarray]] = {"final_features": [], "probabilities": [], "confidence": []}
+    for pooled, logits, _ in segment(run.model, rows.all(), batch_size=4):
+        out["final_features"].append(pooled["final"])
+        prob = torch.softmax(logits, dim=1).flatten(2)
+        out["probabilities"].append(torch.cat([prob.mean(2), prob.std(2)], dim=1).numpy())
+        top, hard = prob.max(dim=1)
+        conf = [
+            (top * (hard == k)).sum(1) / (hard == k).sum(1).clamp(min=1)
+            for k in range(prob.shape[1])
+        ]
+        out["confidence"].append(torch.stack(conf, dim=1).numpy())
+    with tempfile.TemporaryDirectory(prefix="nu-readout-") as maps:
+        frame, _ = segment_images(run, test_csv, out_dir=maps, echo=lambda _: None)
+        predicted = [np.asarray(nib.load(p).dataobj) for p in frame["segmentation"]]
+    dice = []
+    for pred, true in zip(predicted, true_maps, strict=True):
+        row = []
+        for k in range(1, len(seg.CLASSES)):
+            both = ((pred == k) & (true == k)).sum()
+            total = (pred == k).sum() + (true == k).sum()
+            row.append(2.0 * both / total if total else 1.0)
+        dice.append(row)
+    feats = {k: np.concatenate(v) for k, v in out.items()}
+    feats["predicted_shares"] = np.array([shares(p) for p in predicted])
+    feats["dice"] = np.array(dice)
+    return feats
+
+
+def probe(features: np.ndarray, site: np.ndarray, seed: int) -> float:
+    audit = LeakageAudit(
+        folds=5, n_permutations=0, n_bootstrap=0, probes=("linear",), random_state=seed
+    )
+    return float(audit.audit(features, site)["probe"]["linear"]["balanced_accuracy"])
+
+
+def by_site(values: np.ndarray, site: np.ndarray) -> dict[str, list[float]]:
+    return {s: [round(float(v), 4) for v in values[site == s].mean(0)] for s in ("A", "B")}
+
+
+def run_seed(seed: int, *, arms: list[str], epochs: int, per_site: int, lr: float, work: Path):
+    cohort = work / f"cohort{seed}"
+    shutil.rmtree(cohort, ignore_errors=True)
+    manifest = simulate_cohort(
+        cohort, preset="segmentation", subjects=2 * per_site, shape=48, seed=seed, progress=False
+    )
+    semi, split = seg.semi_supervised(manifest, seed, seg.LABELLED_B)
+    frame = pd.read_csv(manifest)
+    test = frame[split == "test"].reset_index(drop=True)
+    test_csv = manifest.with_name("test_only.csv")  # beside the images: relative paths hold
+    test.to_csv(test_csv, index=False)
+    site = test["site"].to_numpy()
+    true_maps = [np.asarray(nib.load(cohort / p).dataobj) for p in test["label"]]
+    true_shares = np.array([shares(t) for t in true_maps])
+    row: dict[str, Any] = {
+        "true_shares": {
+            "bacc": probe(true_shares, site, seed),
+            "by_site": by_site(true_shares, site),
+        },
+        "age_by_site": {s: round(float(test["age"][site == s].mean()), 1) for s in ("A", "B")},
+    }
+    for arm in arms:
+        cfg = seg.arm_config(arm, semi, seed=seed, epochs=epochs, lr=lr, work=work)
+        run_dir = work / f"seed{seed}_{arm.replace(' ', '_')}"
+        shutil.rmtree(run_dir, ignore_errors=True)
+        fit(cfg, run_dir, echo=lambda _: None, split=split)
+        m = evaluate(run_dir)
+        feats = readout(run_dir, test_csv, true_maps)
+        row[arm] = {
+            "dice_B": m["task"]["per_site"]["B"]["mean_dice"],
+            "dice_A": m["task"]["per_site"]["A"]["mean_dice"],
+            "audit_final_linear": m["leakage"]["site@final"]["probe"]["linear"][
+                "balanced_accuracy"
+            ],
+            "bacc": {k: probe(v, site, seed) for k, v in feats.items()},
+            "by_site": {
+                "confidence": by_site(feats["confidence"], site),
+                "predicted_shares": by_site(feats["predicted_shares"], site),
+                "dice": by_site(feats["dice"], site),
+            },
+        }
+        print(f"  seed {seed} {arm}: {json.dumps(row[arm])}", flush=True)
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return row
+
+
+def mean_sd(values: list[float]) -> str:
+    return seg.fmt(seg.mean_sd(list(values)), digits=2)
+
+
+def render(payload: dict[str, Any]) -> str:
+    meta, per_seed = payload["meta"], payload["per_seed"]
+    seeds, arms = list(per_seed), meta["arms"]
+    lines = [
+        "# What tells the scanners apart at the U-Net's final features (issue 6)",
+        "",
+        f"The segmentation benchmark's setting (two-site `segmentation` preset at 48³, "
+        f"{meta['per_site']} subjects per site, 50 test volumes per site; labels on all of A and "
+        f"{seg.LABELLED_B} training volumes of B; {meta['epochs']} epochs, lr {meta['lr']}), "
+        f"seeds {meta['seeds']}; {meta['minutes']:.0f} min on {meta['machine']}. Site balanced "
+        "accuracy (chance 0.50) of the audit's linear probe (5 folds) on the 100 test volumes, "
+        "mean ± sd over seeds, for each summary of a run's output.",
+        "",
+        "| read from | " + " | ".join(arms) + " |",
+        "|---|" + "---|" * len(arms),
+    ]
+    for key, text in READOUTS.items():
+        if key == "true_shares":
+            cells = [mean_sd([per_seed[s]["true_shares"]["bacc"] for s in seeds])] * len(arms)
+        else:
+            cells = [mean_sd([per_seed[s][a]["bacc"][key] for s in seeds]) for a in arms]
+        lines.append(f"| {text} | " + " | ".join(cells) + " |")
+    for label, key in (("Dice B", "dice_B"), ("Dice A", "dice_A")):
+        vals = [mean_sd([per_seed[s][a][key] for s in seeds]) for a in arms]
+        lines.append(f"| *{label} (test, mean over tissues)* | " + " | ".join(vals) + " |")
+    lines += [
+        "",
+        "Per seed, site means (A / B): confidence in background, CSF, GM, WM (0.00: no voxel "
+        "predicted as that class); predicted and true CSF share of the brain; Dice in CSF.",
+        "",
+        "| seed | arm | age A / B | confidence A | confidence B | CSF share pred A / B | "
+        "CSF share true A / B | CSF Dice A / B |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for s in seeds:
+        r = per_seed[s]
+        age = r["age_by_site"]
+        true = r["true_shares"]["by_site"]
+        for a in arms:
+            b = r[a]["by_site"]
+            conf = [", ".join(f"{v:.2f}" for v in b["confidence"][x]) for x in ("A", "B")]
+            pred = b["predicted_shares"]
+            dice = b["dice"]
+            lines.append(
+                f"| {s} | {a} | {age['A']:.0f} / {age['B']:.0f} | {conf[0]} | {conf[1]} | "
+                f"{pred['A'][0]:.3f} / {pred['B'][0]:.3f} | "
+                f"{true['A'][0]:.3f} / {true['B'][0]:.3f} | "
+                f"{dice['A'][0]:.2f} / {dice['B'][0]:.2f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--arms", nargs="+", choices=list(seg.ARMS), default=None)
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--per-site", type=int, default=80)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--render", action="store_true", help="re-render the markdown only")
+    args = parser.parse_args()
+    RESULTS.mkdir(exist_ok=True)
+    if args.render:
+        payload = json.loads((RESULTS / f"{NAME}.json").read_text())
+        (RESULTS / f"{NAME}.md").write_text(render(payload))
+        return
+    arms = args.arms or ["baseline", "grl", "grl final"]
+    start = time.perf_counter()
+    per_seed: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="nu-readout-") as tmp:
+        for seed in args.seeds:
+            per_seed[str(seed)] = run_seed(
+                seed,
+                arms=arms,
+                epochs=args.epochs,
+                per_site=args.per_site,
+                lr=args.lr,
+                work=Path(tmp),
+            )
+            payload = {
+                "meta": {
+                    "seeds": [int(s) for s in per_seed],
+                    "arms": arms,
+                    "epochs": args.epochs,
+                    "per_site": args.per_site,
+                    "lr": args.lr,
+                    "minutes": (time.perf_counter() - start) / 60,
+                    "machine": f"{os.cpu_count()} CPU cores",
+                },
+                "per_seed": per_seed,
+            }
+            # written after every seed, so a long run that is stopped keeps what it finished
+            seg.save(NAME, payload, render(payload))
+    print(render(payload))
+
+
+if __name__ == "__main__":
+    main()
