@@ -15,7 +15,7 @@ probe (:class:`~neurounlearn.evaluation.leakage.LeakageAudit`, 5 folds) for site
 - the output probabilities, pooled the same way (per class: mean and sd over the volume);
 - the confidence: per predicted class, the mean probability of the winning class over its voxels;
 - the predicted tissue shares (CSF, GM, WM as fractions of the predicted brain);
-- each volume's Dice per class (how well it was segmented);
+- each volume's Dice per class (how well it was segmented; evaluate's ``predictions.csv``);
 - the true tissue shares, from the label maps (anatomy only: the sites' ages are independent in
   the preset, but 50 test subjects per site differ by chance).
 
@@ -69,40 +69,39 @@ def shares(labels: np.ndarray) -> list[float]:
     return (counts / max(counts.sum(), 1.0)).tolist()
 
 
-def readout(run_dir: Path, test_csv: Path, true_maps: list[np.ndarray]) -> dict[str, np.ndarray]:
-    """The feature sets of :data:`READOUTS` for each test volume of a finished run."""
+def readout(run_dir: Path, test: pd.DataFrame, test_csv: Path) -> dict[str, np.ndarray]:
+    """The feature sets of :data:`READOUTS` for each test volume (``test``'s rows, in order; the
+    same rows as ``test_csv``) of a finished and evaluated run."""
     import torch
 
-    from neurounlearn.training.predict import _new_rows, segment_images
+    from neurounlearn.training.predict import _new_rows
     from neurounlearn.training.run import load_run, segment
 
     run = load_run(run_dir)
     _, rows = _new_rows(run, test_csv, lambda _: None)
-    out: dict[str, list[np.ndarray]] = {"final_features": [], "probabilities": [], "confidence": []}
+    out: dict[str, list[np.ndarray]] = {
+        "final_features": [],
+        "probabilities": [],
+        "confidence": [],
+        "predicted_shares": [],
+    }
     for pooled, logits, _ in segment(run.model, rows.all(), batch_size=4):
         out["final_features"].append(pooled["final"])
         prob = torch.softmax(logits, dim=1).flatten(2)
         out["probabilities"].append(torch.cat([prob.mean(2), prob.std(2)], dim=1).numpy())
         top, hard = prob.max(dim=1)
-        conf = [
-            (top * (hard == k)).sum(1) / (hard == k).sum(1).clamp(min=1)
-            for k in range(prob.shape[1])
-        ]
-        out["confidence"].append(torch.stack(conf, dim=1).numpy())
-    with tempfile.TemporaryDirectory(prefix="nu-readout-") as maps:
-        frame, _ = segment_images(run, test_csv, out_dir=maps, echo=lambda _: None)
-        predicted = [np.asarray(nib.load(p).dataobj) for p in frame["segmentation"]]
-    dice = []
-    for pred, true in zip(predicted, true_maps, strict=True):
-        row = []
-        for k in range(1, len(seg.CLASSES)):
-            both = ((pred == k) & (true == k)).sum()
-            total = (pred == k).sum() + (true == k).sum()
-            row.append(2.0 * both / total if total else 1.0)
-        dice.append(row)
+        counts = torch.stack([(hard == k).sum(1) for k in range(prob.shape[1])], dim=1)
+        conf = torch.stack(
+            [(top * (hard == k)).sum(1) for k in range(prob.shape[1])], dim=1
+        ) / counts.clamp(min=1)
+        out["confidence"].append(conf.numpy())
+        tissue = counts[:, 1:].double()  # the brain: every class but the background
+        out["predicted_shares"].append((tissue / tissue.sum(1, keepdim=True).clamp(min=1)).numpy())
     feats = {k: np.concatenate(v) for k, v in out.items()}
-    feats["predicted_shares"] = np.array([shares(p) for p in predicted])
-    feats["dice"] = np.array(dice)
+    # each volume's Dice per class, as evaluate wrote it
+    preds = pd.read_csv(run_dir / "predictions.csv")
+    dice_columns = [f"dice_{name}" for name in seg.CLASSES[1:]]
+    feats["dice"] = test[["subject"]].merge(preds, on="subject")[dice_columns].to_numpy()
     return feats
 
 
@@ -129,8 +128,9 @@ def run_seed(seed: int, *, arms: list[str], epochs: int, per_site: int, lr: floa
     test_csv = manifest.with_name("test_only.csv")  # beside the images: relative paths hold
     test.to_csv(test_csv, index=False)
     site = test["site"].to_numpy()
-    true_maps = [np.asarray(nib.load(cohort / p).dataobj) for p in test["label"]]
-    true_shares = np.array([shares(t) for t in true_maps])
+    true_shares = np.array(
+        [shares(np.asarray(nib.load(cohort / p).dataobj)) for p in test["label"]]
+    )
     row: dict[str, Any] = {
         "true_shares": {
             "bacc": probe(true_shares, site, seed),
@@ -144,7 +144,7 @@ def run_seed(seed: int, *, arms: list[str], epochs: int, per_site: int, lr: floa
         shutil.rmtree(run_dir, ignore_errors=True)
         fit(cfg, run_dir, echo=lambda _: None, split=split)
         m = evaluate(run_dir)
-        feats = readout(run_dir, test_csv, true_maps)
+        feats = readout(run_dir, test, test_csv)
         row[arm] = {
             "dice_B": m["task"]["per_site"]["B"]["mean_dice"],
             "dice_A": m["task"]["per_site"]["A"]["mean_dice"],
