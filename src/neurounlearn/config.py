@@ -48,8 +48,9 @@ class ConfoundConfig(_Strict):
         bins: ``binned`` only: number of quantile bins.
         alpha: weight of this confound's adversary loss (step 2 of the iterative strategy).
         beta: weight of this confound's confusion loss (step 3), or of its reversed gradient (grl).
-        subset: pandas query restricting which rows enter this confound's adversary and confusion
-            losses, e.g. ``"18 <= age <= 35"`` (the paper's overlap trick for biased data).
+        subset: query restricting which rows enter this confound's adversary and confusion
+            losses, e.g. ``"18 <= age <= 35"`` (the paper's overlap trick for biased data);
+            checked against the whitelist of :mod:`neurounlearn.query`, never run as code.
         conditional: target-conditioned unlearning (biased data): the adversary also sees the
             (binned) target and the confusion target is the training split's p(confound | target
             bin) instead of uniform, so only the confound information *beyond what the target
@@ -67,6 +68,19 @@ class ConfoundConfig(_Strict):
     subset: str | None = None
     conditional: bool = False
     target_bins: int | None = Field(None, ge=2)
+
+    @field_validator("subset")
+    @classmethod
+    def _safe_query(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        from neurounlearn.query import check
+
+        try:
+            check(v)
+        except InputError as err:
+            raise ValueError(str(err.problem)) from None
+        return v
 
     @model_validator(mode="after")
     def _conditional_needs_classes(self) -> ConfoundConfig:
@@ -353,10 +367,17 @@ class RunConfig(_Strict):
 def _validation_error(err: ValidationError, source: str) -> InputError:
     first = err.errors()[0]
     key = ".".join(str(p) for p in first["loc"])
+    message = first["msg"].removeprefix("Value error, ")
+    given = first.get("input")
+    if not (isinstance(given, str) and repr(given) in message):
+        message += f" (got {given!r})"
+    own_hint = " — " in message  # a validator's message that already says how to fix it
     return InputError(
-        f"invalid setting '{key}': {first['msg']} (got {first.get('input')!r})",
+        f"invalid setting '{key}': {message}",
         file=source,
-        hint="fix the value in the config file or the --set/flag that gave it",
+        hint=None
+        if own_hint
+        else "fix the value in the config file or the --set/flag that gave it",
     )
 
 

@@ -31,6 +31,7 @@ from neurounlearn.data.manifest import (
 )
 from neurounlearn.data.tabular import TableEncoding, has_path
 from neurounlearn.errors import InputError, Problem, raise_if_errors
+from neurounlearn.losses import IGNORE
 
 if TYPE_CHECKING:
     from neurounlearn.data.volumes import PreprocessSettings, VolumeCache, VolumeColumns
@@ -397,17 +398,26 @@ def row_data(
     progress: bool = True,
     echo: Callable[[str], Any] = print,
     labels: bool = True,
+    confounds: bool = True,
 ) -> RowData:
     """Encode every row of ``inputs``: scaled features, or volumes preprocessed into the cache.
 
-    ``labels=False`` leaves label maps out of the cache (new data for ``predict``).
+    ``labels=False`` leaves label maps out of the cache (new data for ``predict``);
+    ``confounds=False`` leaves the confounds uncoded (every row ``-1``/NaN), so new data needs no
+    confound column and the run's stored subset queries are never evaluated on it.
 
     Images are decoded and preprocessed once; later epochs, runs and ``predict`` calls on the
     same files with the same settings read the memory-mapped cache only.
     """
     y = encoding.targets(inputs.frame)
-    codes = encoding.codes(inputs.frame)
-    values, conditions = encoding.values(inputs.frame), encoding.conditions(inputs.frame)
+    if confounds:
+        codes = encoding.codes(inputs.frame)
+        values, conditions = encoding.values(inputs.frame), encoding.conditions(inputs.frame)
+    else:
+        shape = (len(inputs.frame), len(encoding.confound_levels))
+        codes = np.full(shape, IGNORE, dtype=np.int64)
+        conditions = np.full(shape, IGNORE, dtype=np.int64)
+        values = np.full(shape, np.nan, dtype=np.float32)
     if cfg.data.input == "features":
         x = encoding.features(inputs.frame)
         return RowData(

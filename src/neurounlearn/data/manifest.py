@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from neurounlearn.errors import InputError, Problem, raise_if_errors
+from neurounlearn.query import select
 
 ID_CANDIDATES = ("subject", "sub_id", "participant_id", "subject_id", "id")
 
@@ -799,22 +800,21 @@ def _encoded_confounds(
 
 def _subset_problems(df: pd.DataFrame, path: str | Path, name: str, query: str) -> list[Problem]:
     hint = (
-        "write a pandas query over manifest columns, e.g. '18 <= age <= 35'; quote column "
+        "write a query over manifest columns, e.g. '18 <= age <= 35'; quote column "
         "names that are not plain identifiers with backticks, e.g. '`age-years` > 18'"
     )
     try:
-        selected = df.query(query)
-    except Exception as err:  # pandas raises many types (SyntaxError, NameError, TypeError...)
+        selected = df[select(df, query)]
+    except InputError as err:
         return [
             Problem(
-                f"the subset for confound '{name}' ({query!r}) is not a valid query: "
-                f"{type(err).__name__}: {err}",
+                f"the subset for confound '{name}' is refused: {err.problem.message}",
                 file=path,
-                column=name,
-                hint=hint,
+                column=err.problem.column or name,
+                hint=err.problem.hint or hint,
             )
         ]
-    if not isinstance(selected, pd.DataFrame) or len(selected) == 0:
+    if len(selected) == 0:
         return [
             Problem(
                 f"the subset for confound '{name}' ({query!r}) selects no rows",

@@ -16,13 +16,12 @@ import pandas as pd
 
 from neurounlearn.config import ConfoundConfig
 from neurounlearn.losses import IGNORE
+from neurounlearn.query import select
 
 
 def subset_mask(frame: pd.DataFrame, query: str | None) -> np.ndarray:
-    """Rows selected by a pandas ``query`` (all rows when ``query`` is None)."""
-    if not query:
-        return np.ones(len(frame), dtype=bool)
-    return frame.index.isin(frame.query(query).index)
+    """Rows selected by a whitelisted ``query`` (all rows when ``query`` is None)."""
+    return select(frame, query)
 
 
 def _numeric(values: pd.Series) -> np.ndarray:

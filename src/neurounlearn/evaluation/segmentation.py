@@ -55,7 +55,7 @@ def external_predictions(
     path = Path(data)
     inputs = load_new_images(cfg, path, classes=enc.target_classes)
     frame = inputs.frame
-    rows = row_data(cfg, inputs, enc, progress=False)
+    rows = row_data(cfg, inputs, enc, progress=False, confounds=False)
     labelled = np.isfinite(enc.targets(frame))
     if not labelled.any():
         raise InputError(

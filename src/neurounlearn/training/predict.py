@@ -78,7 +78,9 @@ def _new_rows(
     from neurounlearn.data.inputs import load_new_images, row_data
 
     inputs = load_new_images(run.config, data)
-    rows = row_data(run.config, inputs, run.encoding, progress=False, echo=echo, labels=False)
+    rows = row_data(
+        run.config, inputs, run.encoding, progress=False, echo=echo, labels=False, confounds=False
+    )
     if tuple(rows.input_shape) != tuple(run.info.get("input_shape") or rows.input_shape):
         raise InputError(
             f"the volumes preprocess to shape {list(rows.input_shape)}, but the model was "
