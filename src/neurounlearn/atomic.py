@@ -36,10 +36,19 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield tmp
         # mkstemp makes the file private (0600); give it the permissions a plain open() would
         os.chmod(tmp, 0o666 & ~_umask())
+        _fsync(tmp)  # on disk before the rename, so a crash never leaves a truncated file
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _umask() -> int:

@@ -81,9 +81,20 @@ class TableDataModule(L.LightningDataModule):
         self.seed = seed
         self.balance_groups = balance_groups
         self.num_workers = num_workers
+        # one generator for the whole run, its state kept in checkpoints: a resumed run draws
+        # the batches the uninterrupted run would have drawn, not epoch 0's again
+        self.generator = torch.Generator().manual_seed(seed)
 
-    def train_dataloader(self) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed)
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.generator.set_state(state_dict["generator"])
+
+    def train_dataloader(self, *, fresh: bool = False) -> DataLoader:
+        """The training loader; ``fresh``: from a new generator of the same seed (the order of
+        the first epoch), leaving the run's own generator where it is."""
+        generator = torch.Generator().manual_seed(self.seed) if fresh else self.generator
         n = len(self.train)  # type: ignore[arg-type]
         drop_last = n > self.batch_size
         if self.balance_groups is not None:

@@ -8,6 +8,7 @@ temporary name and renamed, so none is ever half-written.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import time
 import warnings
@@ -30,6 +31,7 @@ from neurounlearn.errors import InputError, Problem
 from neurounlearn.models.segmentation import SegmentationModel
 from neurounlearn.registry import strategy_class
 from neurounlearn.training.batchnorm import recompute_batchnorm
+from neurounlearn.training.checkpoints import AtomicCheckpointIO, ExactResume, read_weights
 from neurounlearn.training.datamodule import TableDataModule
 from neurounlearn.training.run import (
     MODEL_FILE,
@@ -142,6 +144,100 @@ def _check_encoding(cfg: RunConfig, encoding: TableEncoding) -> None:
             )
 
 
+def check_out_dir(out: Path) -> None:
+    """``--out`` must be a folder (or not exist yet) under a folder this user can write."""
+    if out.exists() and not out.is_dir():
+        raise InputError(
+            "--out is a file, not a folder", file=out, hint="give a folder for the run"
+        )
+    parent = out if out.exists() else out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InputError(
+            f"--out lies under {parent}, which is a file", file=out, hint="give a folder path"
+        )
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(
+            f"cannot write in {parent} (permission denied)",
+            file=out,
+            hint="choose an --out folder you can write to",
+        )
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """A run's checkpoint, weights-only, with the fields ``--resume`` needs."""
+    hint = (
+        "the checkpoint is damaged (a run killed while writing it leaves the previous one; "
+        "this one is not from this package); delete the run directory and start again"
+    )
+    checkpoint = read_weights(path, what="checkpoint", hint=hint)
+    if (
+        not isinstance(checkpoint, dict)
+        or not isinstance(checkpoint.get("epoch"), int)
+        or not isinstance(checkpoint.get("state_dict"), dict)
+    ):
+        raise InputError("the checkpoint holds no epoch and weights", file=path, hint=hint)
+    return checkpoint
+
+
+def stored_split(path: Path, frame: pd.DataFrame, id_column: str) -> pd.Series:
+    """The split an interrupted run stored, checked against the manifest it resumes on."""
+    try:
+        stored = pd.read_csv(path)
+    except (OSError, ValueError, pd.errors.ParserError) as err:
+        raise InputError(f"cannot read the stored split: {err}", file=path) from None
+    hint = "resume with the manifest the run was started on, or start a new run"
+    if "split" not in stored or len(stored) != len(frame):
+        raise InputError(
+            f"the run's split holds {len(stored)} rows, the manifest {len(frame)}",
+            file=path,
+            hint=hint,
+        )
+    if id_column in stored:
+        given = frame[id_column].astype(str).to_numpy()
+        kept = stored[id_column].astype(str).to_numpy()
+        differ = np.flatnonzero(given != kept)
+        if differ.size:
+            row = int(differ[0])
+            raise InputError(
+                f"row {row + 1} of the manifest is subject {given[row]!r}, but the run was "
+                f"started with {kept[row]!r} there",
+                file=path,
+                row=row + 1,
+                column=id_column,
+                hint=hint,
+            )
+    split = stored["split"].astype(str).to_numpy()
+    if not set(split.tolist()) <= {"train", "val", "test"}:
+        raise InputError("the stored split holds values other than train/val/test", file=path)
+    return pd.Series(split, index=frame.index, name="split")
+
+
+def check_finite(
+    embeddings: pd.DataFrame, preds: pd.DataFrame, cfg: RunConfig, epochs: int
+) -> None:
+    """A run whose outputs are not finite has diverged: it is never marked finished.
+
+    Dice is NaN by design on rows without a label map, so only predictions, probabilities and
+    embeddings are checked.
+    """
+    outputs = [c for c in preds.columns if c == "prediction" or str(c).startswith("prob_")]
+    values = preds[outputs].select_dtypes("number").to_numpy(dtype=np.float64)
+    bad_preds = int((~np.isfinite(values)).sum())
+    features = embeddings.select_dtypes("number").to_numpy(dtype=np.float64)
+    bad_emb = int((~np.isfinite(features)).sum())
+    if bad_preds or bad_emb:
+        raise InputError(
+            f"training diverged after {epochs} epochs: {bad_preds} predictions and {bad_emb} "
+            "embedding values are not finite (NaN or infinite); the run is not written",
+            file=cfg.data.path,
+            column=cfg.data.target,
+            hint="check the target for extreme values, lower the learning rate (--set "
+            "train.lr=1e-4) or use train.precision=32-true",
+        )
+
+
 def config_split(cfg: RunConfig, frame: pd.DataFrame, id_column: str) -> pd.Series:
     """The train/val/test split a configuration gives (what ``fit`` writes to splits.csv)."""
     t = cfg.train
@@ -190,6 +286,8 @@ def fit(
     """
     out = Path(out)
     ckpt_path: Path | None = None
+    checkpoint: dict[str, Any] = {}
+    check_out_dir(out)
     if resume:
         ckpt_path = out / CHECKPOINT_DIR / LAST_CKPT
         if not ckpt_path.is_file():
@@ -198,6 +296,7 @@ def fit(
                 file=out,
                 hint="start the run without --resume",
             )
+        checkpoint = read_checkpoint(ckpt_path)
     elif out.exists() and any(out.iterdir()):
         raise InputError(
             "the run directory already exists and is not empty",
@@ -222,8 +321,7 @@ def fit(
     cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"task": task})})
     t = cfg.train
     if resume and (out / "splits.csv").is_file():  # keep the interrupted run's split
-        stored = pd.read_csv(out / "splits.csv")
-        row_split = pd.Series(stored["split"].to_numpy(), index=frame.index)
+        row_split = stored_split(out / "splits.csv", frame, id_column)
     elif split is not None:
         given = np.asarray(split, dtype=object)
         if len(given) != len(frame) or not set(given.tolist()) <= {"train", "val", "test"}:
@@ -316,12 +414,19 @@ def fit(
         val_batch_size=t.batch_size if cfg.data.input == "image" else None,
     )
 
-    # -- the run directory ---------------------------------------------------------------------
-    out.mkdir(parents=True, exist_ok=True)
-    write_text(cfg.to_yaml(), out / "config.yaml")
-    write_csv(splits_frame(frame, row_split, id_column, cfg.data.site_column), out / "splits.csv")
+    if checkpoint:
+        try:
+            system.load_state_dict(checkpoint["state_dict"])
+        except (RuntimeError, KeyError, TypeError) as err:
+            raise InputError(
+                f"the checkpoint does not fit this run's model: {str(err).splitlines()[0][:200]}",
+                file=ckpt_path,
+                hint="resume with the run's own config.yaml (change only the epochs), or start "
+                "a new run",
+            ) from None
 
     quiet_lightning()
+    history = HistoryWriter(out / "history.csv", strategy)
     callbacks = [
         ModelCheckpoint(
             dirpath=out / CHECKPOINT_DIR,
@@ -336,31 +441,124 @@ def fit(
             if stopping
             else []
         ),
-        HistoryWriter(out / "history.csv", strategy),
+        history,
+        ExactResume({"memory": strategy.memory} if hasattr(strategy, "memory") else {}),
         *callbacks,
     ]
-    trainer = L.Trainer(
-        max_epochs=t.epochs,
-        accelerator=t.accelerator,
-        devices=t.devices,
-        precision=cast(Any, precision),  # validated by Lightning itself
-        # some CUDA kernels (3D max-pool backward) have no deterministic version: warn there
-        deterministic=True if not uses_gpu(t.accelerator) else "warn",
-        logger=False,
+    trainer = make_trainer(
+        cfg,
         callbacks=callbacks,
-        enable_model_summary=False,
-        enable_progress_bar=t.progress_bar,
-        num_sanity_val_steps=0,
+        precision=precision,
         default_root_dir=out,
     )
-    first_epoch = 0
-    if ckpt_path is not None:
-        first_epoch = (
-            int(torch.load(ckpt_path, map_location="cpu", weights_only=False)["epoch"]) + 1
+
+    # -- the run directory: nothing is written before everything above has passed --------------
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        config_text = cfg.to_yaml()
+        config_file = out / "config.yaml"
+        if not config_file.is_file() or config_file.read_text() != config_text:
+            write_text(config_text, config_file)
+        if not (resume and (out / "splits.csv").is_file()):
+            write_csv(
+                splits_frame(frame, row_split, id_column, cfg.data.site_column),
+                out / "splits.csv",
+            )
+        return _train_and_write(
+            cfg,
+            out,
+            trainer,
+            system,
+            dm,
+            rows,
+            model,
+            encoding,
+            inputs,
+            row_split,
+            train=train,
+            y=y,
+            task=task,
+            precision=precision,
+            channels_last=channels_last,
+            memory=memory,
+            ckpt_path=ckpt_path,
+            checkpoint=checkpoint,
+            warnings_=_warnings,
         )
+    except KeyboardInterrupt:
+        raise  # the checkpoints stay: --resume goes on from the last one
+    except BaseException:
+        if created:  # a new run that failed leaves nothing behind
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def make_trainer(
+    cfg: RunConfig,
+    *,
+    callbacks: Sequence[Callback] = (),
+    precision: str = "32-true",
+    default_root_dir: str | Path | None = None,
+) -> L.Trainer:
+    """The Lightning trainer of a run; a bad accelerator, device count or precision is an
+    :class:`InputError` (raised before the run directory is written)."""
+    t = cfg.train
+    try:
+        return L.Trainer(
+            max_epochs=t.epochs,
+            accelerator=t.accelerator,
+            devices=t.devices,
+            precision=cast(Any, precision),  # validated by Lightning itself
+            # some CUDA kernels (3D max-pool backward) have no deterministic version: warn there
+            deterministic=True if not uses_gpu(t.accelerator) else "warn",
+            logger=False,
+            callbacks=list(callbacks),
+            plugins=[AtomicCheckpointIO()],
+            enable_model_summary=False,
+            enable_progress_bar=t.progress_bar,
+            num_sanity_val_steps=0,
+            default_root_dir=default_root_dir,
+        )
+    except (ValueError, TypeError, RuntimeError) as err:
+        message = " ".join(str(err).split())
+        raise InputError(
+            f"Lightning refuses train.accelerator={t.accelerator!r}, train.devices={t.devices!r}, "
+            f"precision {precision!r}: {message[:300]}",
+            hint="e.g. --set train.accelerator=cpu (or gpu, auto), train.devices=1, "
+            "train.precision=32-true (or bf16-mixed, 16-mixed, auto)",
+        ) from None
+
+
+def _train_and_write(
+    cfg: RunConfig,
+    out: Path,
+    trainer: L.Trainer,
+    system: UnlearningSystem,
+    dm: TableDataModule,
+    rows: Any,
+    model: Any,
+    encoding: TableEncoding,
+    inputs: Any,
+    row_split: pd.Series,
+    *,
+    train: np.ndarray,
+    y: np.ndarray,
+    task: str,
+    precision: str,
+    channels_last: bool,
+    memory: int,
+    ckpt_path: Path | None,
+    checkpoint: dict[str, Any],
+    warnings_: list[Problem],
+) -> Path:
+    t, s, frame, id_column = cfg.train, cfg.strategy, inputs.frame, inputs.id_column
+    first_epoch = int(checkpoint["epoch"]) + 1 if checkpoint else 0
     start = time.perf_counter()
-    trainer.fit(system, datamodule=dm, ckpt_path=ckpt_path)
+    trainer.fit(system, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
     fit_seconds = time.perf_counter() - start
+    if trainer.interrupted:  # Lightning caught Ctrl-C: the run is not finished
+        raise KeyboardInterrupt
     device = "cuda" if uses_gpu(t.accelerator) else "cpu"
     precise_bn = t.precise_bn if t.precise_bn != "auto" else task == "segmentation"
     bn_batches = 0
@@ -370,7 +568,7 @@ def fit(
         dm.train = rows.subset(train)
         bn_batches = recompute_batchnorm(
             model.encoder.to(device),
-            (b["x"] for b in dm.train_dataloader()),
+            (b["x"] for b in dm.train_dataloader(fresh=True)),
             device,
         )
     epochs_run = trainer.current_epoch
@@ -379,9 +577,6 @@ def fit(
     # -- outputs -------------------------------------------------------------------------------
     model.cpu()
     set_memory_format(model, channels_last=False)
-    save_model(out / MODEL_FILE, model, cfg, encoding, input_shape=rows.input_shape)
-    with atomic_path(out / "model.ckpt") as tmp:
-        shutil.copyfile(out / CHECKPOINT_DIR / LAST_CKPT, tmp)
     ids = pd.DataFrame(
         {
             id_column: frame[id_column].to_numpy(),
@@ -409,6 +604,10 @@ def fit(
         feats, pred = infer(model, rows.all(), batch_size=t.batch_size, device=device)
         preds = prediction_columns(preds, encoding, frame, pred)
         embeddings = embedding_frame(ids, feats)
+    check_finite(embeddings, preds, cfg, epochs_run)
+    save_model(out / MODEL_FILE, model, cfg, encoding, input_shape=rows.input_shape)
+    with atomic_path(out / "model.ckpt") as tmp:
+        shutil.copyfile(out / CHECKPOINT_DIR / LAST_CKPT, tmp)
     write_csv(preds, out / "predictions.csv")
     write_csv(embeddings, out / "embeddings.csv")
     write_json(
@@ -431,7 +630,7 @@ def fit(
             "adversary_memory": memory,
             "precise_bn_batches": bn_batches,
             "cache": rows.cache_info,
-            "warnings": [str(w) for w in _warnings],
+            "warnings": [str(w) for w in warnings_],
             "versions": versions(),
         },
         out / RUN_INFO,

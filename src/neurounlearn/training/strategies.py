@@ -150,6 +150,30 @@ class FeatureMemory:
     def clear(self) -> None:
         self.features, self.targets = None, {}
 
+    def state_dict(self) -> dict[str, Any]:
+        """The remembered rows as plain tensors (kept in checkpoints, so a resumed run goes on
+        with the memory it had)."""
+        if self.features is None:
+            return {"kind": "empty"}
+        if isinstance(self.features, SegFeatures):
+            return {
+                "kind": "points",
+                "logits": self.features.logits,
+                "points": dict(self.features.points),
+                "targets": dict(self.targets),
+            }
+        return {"kind": "rows", "features": self.features, "targets": dict(self.targets)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("kind") == "points":
+            self.features = SegFeatures(state["logits"], dict(state["points"]))
+        elif state.get("kind") == "rows":
+            self.features = state["features"]
+        else:
+            self.clear()
+            return
+        self.targets = dict(state["targets"])
+
     def combined(self, features: Features, batch: Targets) -> tuple[Features, dict[str, Tensor]]:
         """The batch's rows (as given, gradient and all), then the remembered rows, with their
         confound targets (``codes`` and, where the batch has them, ``values``/``conditions``)."""

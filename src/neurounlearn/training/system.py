@@ -117,10 +117,22 @@ class HistoryWriter(Callback):
         self.path = Path(path)
         self.strategy = strategy
         self.rows: list[dict[str, Any]] = []
+        self._restored: list[dict[str, Any]] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        # the rows travel in the checkpoint, so a resumed run rewrites history.csv exactly
+        return {"rows": [dict(r) for r in self.rows]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._restored = [dict(r) for r in state_dict.get("rows", [])]
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # on_train_start, not on_fit_start: a resumed loop knows its epoch only from here on
-        if self.path.exists() and trainer.current_epoch > 0:
+        if trainer.current_epoch == 0:
+            self.rows = []
+        elif self._restored is not None:
+            self.rows = [r for r in self._restored if r["epoch"] < trainer.current_epoch]
+        elif self.path.exists():  # a checkpoint written before the rows were kept in it
             old = pd.read_csv(self.path)
             self.rows = old[old["epoch"] < trainer.current_epoch].to_dict("records")
         else:
