@@ -70,3 +70,20 @@ def write_json(obj: Any, path: str | Path) -> None:
 def write_csv(frame: pd.DataFrame, path: str | Path) -> None:
     with atomic_path(path) as tmp:
         frame.to_csv(tmp, index=False)
+
+
+def write_torch(obj: Any, path: str | Path) -> None:
+    """``torch.save`` atomically. torch reports a failed write (a full disk, a file-size limit)
+    as a ``RuntimeError`` from its zip writer; the operating system's error is raised instead,
+    so callers see ``ENOSPC``/``EFBIG`` with the file named."""
+    import torch
+
+    with atomic_path(path) as tmp:
+        try:
+            with open(tmp, "wb") as fh:
+                torch.save(obj, fh)
+        except RuntimeError as err:
+            cause = err.__context__ or err.__cause__
+            if isinstance(cause, OSError):
+                raise type(cause)(cause.errno, cause.strerror, str(path)) from None
+            raise

@@ -6,6 +6,7 @@ column, how to fix it) and exits with code 2 — never a traceback.
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 from collections.abc import Callable
@@ -52,8 +53,29 @@ def _friendly(fn: F) -> F:
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
             raise typer.Exit(130) from None
+        except OSError as err:  # a full disk, a read-only folder, a file over the size limit
+            typer.echo(f"error: {_os_problem(err)}", err=True)
+            raise typer.Exit(EXIT_INPUT_ERROR) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _os_problem(err: OSError) -> str:
+    """One line for an operating-system error: the file, what happened and what to do."""
+    where = f"{err.filename}: " if err.filename else ""
+    what = err.strerror or str(err) or type(err).__name__
+    fixes = {
+        errno.ENOSPC: "the disk is full: free space or write to another disk (--out, "
+        "data.cache_dir)",
+        errno.EDQUOT: "the disk quota is used up: free space or write elsewhere",
+        errno.EFBIG: "the file is larger than this system allows: write elsewhere or raise the "
+        "file-size limit (ulimit -f)",
+        errno.EACCES: "permission denied: choose a folder you can write to, or fix its permissions",
+        errno.EPERM: "not permitted: choose a folder you can write to, or fix its permissions",
+        errno.EROFS: "the file system is read-only: write somewhere else",
+    }
+    fix = fixes.get(err.errno or -1, "check the path and try again")
+    return f"{where}{what} — {fix}"
 
 
 # -- shared options ------------------------------------------------------------------------------

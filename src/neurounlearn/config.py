@@ -13,6 +13,7 @@ Examples:
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -143,6 +144,13 @@ class DataConfig(_Strict):
         "$NEUROUNLEARN_CACHE_DIR, else ~/.cache/neurounlearn",
     )
     target: str = "age"
+    target_range: Literal["auto"] | tuple[float, float] | None = Field(
+        "auto",
+        description="regression: the range a target value can plausibly take; a value outside "
+        "it is an error naming the row (a typo, or a unit such as days or months). auto: "
+        "[0, 120] when the target is an age (named age, age_at_scan, age_years, ...), else no "
+        "range; null allows any finite value",
+    )
     id_column: str | None = Field(
         None,
         description="subject id column; default: the first of subject, sub_id, "
@@ -175,6 +183,15 @@ class DataConfig(_Strict):
             return (v, v, v)
         if isinstance(v, (list, tuple)) and len(v) == 1:
             return (v[0], v[0], v[0])
+        return v
+
+    @field_validator("target_range")
+    @classmethod
+    def _ordered_range(
+        cls, v: Literal["auto"] | tuple[float, float] | None
+    ) -> Literal["auto"] | tuple[float, float] | None:
+        if isinstance(v, tuple) and not v[0] < v[1]:
+            raise ValueError(f"target_range must be [low, high] with low < high, got {list(v)}")
         return v
 
     @field_validator("shape")
@@ -283,6 +300,24 @@ class StrategyConfig(_Strict):
         return v
 
 
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
+"""Lightning's accelerator names (``gpu`` is its alias of ``cuda``)."""
+PRECISIONS = (
+    "auto",
+    "32-true",
+    "bf16-mixed",
+    "16-mixed",
+    "bf16-true",
+    "16-true",
+    "64-true",
+    "32",
+    "16",
+    "bf16",
+    "64",
+)
+"""Lightning's precision names, and ``auto`` (bf16-mixed for 3D CNNs on a capable GPU)."""
+
+
 class TrainConfig(_Strict):
     """The training loop."""
 
@@ -327,6 +362,35 @@ class TrainConfig(_Strict):
         "segmentation, off otherwise (not yet measured there); no effect on a model without "
         "batch norm",
     )
+
+    @field_validator("accelerator")
+    @classmethod
+    def _known_accelerator(cls, v: str) -> str:
+        if v not in ACCELERATORS:
+            raise ValueError(f"unknown accelerator '{v}': use one of {', '.join(ACCELERATORS)}")
+        return v
+
+    @field_validator("devices")
+    @classmethod
+    def _known_devices(cls, v: int | str) -> int | str:
+        ok = (
+            (isinstance(v, int) and (v >= 1 or v == -1))
+            or v == "auto"
+            or (isinstance(v, str) and re.fullmatch(r"-1|\d+|\d+(,\d+)*,?", v.strip()))
+        )
+        if not ok:
+            raise ValueError(
+                f"devices '{v}' is not a count (1, 2, -1 for all), 'auto' or a list of device "
+                "indices like '0,1'"
+            )
+        return v
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _known_precision(cls, v: Any) -> str:
+        if str(v) not in PRECISIONS:
+            raise ValueError(f"unknown precision '{v}': use one of {', '.join(PRECISIONS)}")
+        return str(v)
 
 
 class AuditConfig(_Strict):
@@ -404,30 +468,52 @@ def load_config(path: str | Path) -> RunConfig:
 
 
 def set_by_path(raw: dict[str, Any], dotted: str, value: Any) -> None:
-    """Set ``raw['a']['b'][0]['c'] = value`` for ``dotted = 'a.b.0.c'``, creating dicts."""
+    """Set ``raw['a']['b'][0]['c'] = value`` for ``dotted = 'a.b.0.c'``, creating dicts.
+
+    A list is indexed by a number only, and nothing is set below a plain value: both are an
+    :class:`InputError` naming the setting (pydantic then checks the names that remain).
+    """
     parts = dotted.split(".")
+    if not all(parts):
+        raise InputError(
+            f"--set {dotted}: empty part in the setting name", hint="e.g. --set train.epochs=50"
+        )
     node: Any = raw
-    for i, part in enumerate(parts[:-1]):
-        nxt = parts[i + 1]
+    for i, part in enumerate(parts):
+        where = ".".join(parts[:i]) or "the configuration"
+        last = i == len(parts) - 1
         if isinstance(node, list):
+            if not part.isdigit():
+                raise InputError(
+                    f"--set {dotted}: '{where}' is a list, so '{part}' must be a position "
+                    f"(0 to {len(node) - 1})"
+                    if node
+                    else f"--set {dotted}: '{where}' is an empty list",
+                    hint=f"e.g. --set {where}.0.name=site",
+                )
             idx = int(part)
             if idx >= len(node):
                 raise InputError(
-                    f"--set {dotted}: index {idx} is past the end of a list of {len(node)}"
+                    f"--set {dotted}: index {idx} is past the end of a list of {len(node)}",
+                    hint=f"'{where}' has {len(node)} entries, numbered from 0",
                 )
+            if last:
+                node[idx] = value
+                return
             node = node[idx]
             continue
+        if not isinstance(node, dict):
+            raise InputError(
+                f"--set {dotted}: '{where}' is a single value ({node!r}), it has no setting "
+                f"'{part}'",
+                hint=f"e.g. --set {where}=VALUE",
+            )
+        if last:
+            node[part] = value
+            return
         if part not in node or node[part] is None:
-            node[part] = [] if nxt.isdigit() else {}
+            node[part] = [] if parts[i + 1].isdigit() else {}
         node = node[part]
-    last = parts[-1]
-    if isinstance(node, list):
-        idx = int(last)
-        if idx >= len(node):
-            raise InputError(f"--set {dotted}: index {idx} is past the end of a list")
-        node[idx] = value
-    else:
-        node[last] = value
 
 
 def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:

@@ -9,6 +9,7 @@ at once before anything is written.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,7 +76,21 @@ def table_spec(
         confound_kinds={c.name: c.kind for c in cfg.confounds},
         conditional={c.name: c.target_bins for c in cfg.confounds if c.conditional},
         unlabelled_sites=list(cfg.data.unlabelled_sites) if training else [],
+        target_range=target_range(cfg),
     )
+
+
+#: The range ``data.target_range: auto`` gives a target that is an age, in years.
+AGE_RANGE = (0.0, 120.0)
+
+
+def target_range(cfg: RunConfig) -> tuple[float, float] | None:
+    """The plausible target range: the configured one, or for ``auto`` :data:`AGE_RANGE` when
+    the target is named as an age (``age``, ``age_at_scan``, ``Age_years``), else none."""
+    chosen = cfg.data.target_range
+    if chosen != "auto":
+        return chosen
+    return AGE_RANGE if re.fullmatch(r"age([_ ].*)?", cfg.data.target.lower()) else None
 
 
 def cache_dir(cfg: RunConfig) -> Path:

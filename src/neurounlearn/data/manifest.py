@@ -60,6 +60,8 @@ class TableSpec:
         conditional: target-conditioned confounds -> their number of target bins (``None``:
             not given, an error with a regression target).
         unlabelled_sites: sites whose targets are hidden from training; each must exist.
+        target_range: regression: ``(low, high)``; a target outside it is an error naming the
+            row (``None``: any finite value up to :data:`MAX_TARGET` in size).
     """
 
     target: str | None
@@ -74,7 +76,12 @@ class TableSpec:
     confound_kinds: dict[str, str] = field(default_factory=dict)
     conditional: dict[str, int | None] = field(default_factory=dict)
     unlabelled_sites: list[str] = field(default_factory=list)
+    target_range: tuple[float, float] | None = None
 
+
+#: A regression target beyond this size cannot be trained on in float32 (its variance
+#: overflows); far past any measurement in years, millimetres or cubic millimetres.
+MAX_TARGET = 1e12
 
 #: A numeric target with at most this many distinct values is taken for classes (e.g. sex 0/1).
 MAX_AUTO_CLASSES = 2
@@ -417,7 +424,12 @@ def _one_class_problem(values: pd.Series, path: str | Path, target: str) -> list
 
 
 def _target_problems(
-    df: pd.DataFrame, path: str | Path, target: str, training: bool, task: str = "regression"
+    df: pd.DataFrame,
+    path: str | Path,
+    target: str,
+    training: bool,
+    task: str = "regression",
+    target_range: tuple[float, float] | None = None,
 ) -> list[Problem]:
     values = df[target]
     if training and values.isna().all():
@@ -452,7 +464,74 @@ def _target_problems(
         Problem(f"target '{target}' is infinite", file=path, row=r, column=target, hint=hint)
         for r in infinite
     ]
-    return problems + _capped(inf_problems, f"an infinite '{target}'", path, hint)
+    problems += _capped(inf_problems, f"an infinite '{target}'", path, hint)
+    return problems + _range_problems(values, path, target, training, target_range)
+
+
+def _fmt_number(x: float) -> str:
+    return f"{x:g}"
+
+
+def _range_problems(
+    values: pd.Series,
+    path: str | Path,
+    target: str,
+    training: bool,
+    target_range: tuple[float, float] | None,
+) -> list[Problem]:
+    """A regression target outside its plausible range, too large to train on, or the same
+    in every labelled row."""
+    numbers = _as_float(values)
+    finite = np.isfinite(numbers)
+    if target_range is not None:
+        low, high = target_range
+        outside = finite & ((numbers < low) | (numbers > high))
+        hint = (
+            f"correct the value (is it in another unit?), or if such values are right set the "
+            f"range, e.g. --set data.target_range=[{_fmt_number(low)},{_fmt_number(high * 10)}]"
+            ", or allow any value with --set data.target_range=null"
+        )
+        found = [
+            Problem(
+                f"target '{target}' is {_fmt_number(numbers[r - 1])}, outside the plausible "
+                f"range [{_fmt_number(low)}, {_fmt_number(high)}]",
+                file=path,
+                row=r,
+                column=target,
+                hint=hint,
+            )
+            for r in _rows(outside)
+        ]
+        if found:
+            return _capped(found, f"a '{target}' outside its range", path, hint)
+    huge = finite & (np.abs(numbers) > MAX_TARGET)
+    hint = "correct the value, or rescale the column (e.g. to thousands) before training"
+    found = [
+        Problem(
+            f"target '{target}' is {_fmt_number(numbers[r - 1])}, too large to train on "
+            f"(more than {_fmt_number(MAX_TARGET)} in size)",
+            file=path,
+            row=r,
+            column=target,
+            hint=hint,
+        )
+        for r in _rows(huge)
+    ]
+    if found:
+        return _capped(found, f"a '{target}' too large to train on", path, hint)
+    labelled = numbers[finite]
+    if training and labelled.size > 1 and np.all(labelled == labelled[0]):
+        return [
+            Problem(
+                f"regression target '{target}' is {_fmt_number(labelled[0])} in every row; "
+                "there is nothing to learn",
+                file=path,
+                column=target,
+                hint="name another column with --target, or check that the column was "
+                "exported with its values",
+            )
+        ]
+    return []
 
 
 def _feature_value_problems(
@@ -870,7 +949,7 @@ def find_problems(
             )
             target = None
         else:
-            problems += _target_problems(df, path, target, training, spec.task)
+            problems += _target_problems(df, path, target, training, spec.task, spec.target_range)
 
     site = spec.site_column if training else None
     if site is not None and site not in df.columns:

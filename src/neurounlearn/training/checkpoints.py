@@ -25,7 +25,7 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback
 
-from neurounlearn.atomic import atomic_path
+from neurounlearn.atomic import write_torch
 from neurounlearn.errors import InputError
 
 
@@ -43,6 +43,8 @@ def read_weights(path: str | Path, *, what: str = "file", hint: str | None = Non
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         if "weights_only" in str(err) or "Unsupported global" in str(err):
             first = "it holds Python objects other than weights, which are never unpickled"
+        elif "zip archive" in str(err) or isinstance(err, EOFError):
+            first = "the file is truncated or not a PyTorch file"
         raise InputError(f"cannot read the {what}: {first[:200]}", file=path, hint=fix) from None
 
 
@@ -55,8 +57,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     ) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp:
-            torch.save(checkpoint, tmp)
+        write_torch(checkpoint, path)
 
     def load_checkpoint(
         self,

@@ -20,11 +20,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from neurounlearn.atomic import atomic_path
+from neurounlearn.atomic import write_torch
 from neurounlearn.config import RunConfig, validate_config
 from neurounlearn.data.tabular import TableEncoding
 from neurounlearn.errors import InputError
 from neurounlearn.models.unlearning import MLPEncoder, UnlearningModel
+from neurounlearn.training.checkpoints import read_weights
 
 if TYPE_CHECKING:
     from neurounlearn.models.segmentation import SegmentationModel
@@ -196,20 +197,43 @@ def load_run(run_dir: str | Path) -> LoadedRun:
             hint="run 'neurounlearn fit ... --out DIR' to the end first, or "
             "'neurounlearn fit --resume --out DIR' to finish an interrupted run",
         )
+    model_file = run_dir / MODEL_FILE
+    refit = "the file is damaged, incomplete or not one this package wrote; refit"
+    blob = read_weights(model_file, what="model", hint=refit)
+    missing = [
+        k
+        for k in ("state_dict", "config", "encoding")
+        if not isinstance(blob, dict) or k not in blob
+    ]
+    if missing:
+        raise InputError(
+            f"is not a neurounlearn model (no {', '.join(missing)})", file=model_file, hint=refit
+        )
     try:
-        blob = torch.load(run_dir / MODEL_FILE, map_location="cpu", weights_only=True)
-        cfg = validate_config(json.loads(blob["config"]), str(run_dir / MODEL_FILE))
+        cfg = validate_config(json.loads(blob["config"]), str(model_file))
         encoding = TableEncoding.from_dict(json.loads(blob["encoding"]))
         model = build_model(cfg, encoding, input_shape=blob.get("input_shape"))
         model.load_state_dict(blob["state_dict"])
-    except (OSError, RuntimeError, KeyError, ValueError) as err:
-        raise InputError(
-            f"cannot read the model: {err}",
-            file=run_dir / MODEL_FILE,
-            hint="the file is damaged or from another version; refit",
-        ) from None
+    except InputError:
+        raise
+    except Exception as err:  # json, KeyError, TypeError, shape mismatch, ...
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise InputError(f"cannot read the model: {first}", file=model_file, hint=refit) from None
     model.eval()
-    info = json.loads((run_dir / RUN_INFO).read_text())
+    try:
+        info = json.loads((run_dir / RUN_INFO).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputError(
+            f"cannot read the run summary: {err}",
+            file=run_dir / RUN_INFO,
+            hint="the file is damaged; 'neurounlearn fit --resume --out DIR' rewrites it",
+        ) from None
+    if not isinstance(info, dict):
+        raise InputError(
+            "the run summary is not a JSON object",
+            file=run_dir / RUN_INFO,
+            hint="the file is damaged; 'neurounlearn fit --resume --out DIR' rewrites it",
+        )
     return LoadedRun(run_dir, cfg, encoding, model, info)
 
 
@@ -227,8 +251,7 @@ def save_model(
         "encoding": json.dumps(encoding.to_dict()),
         "input_shape": list(input_shape) if input_shape is not None else None,
     }
-    with atomic_path(path) as tmp:
-        torch.save(blob, tmp)
+    write_torch(blob, path)
 
 
 @torch.no_grad()
