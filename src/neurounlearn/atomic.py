@@ -11,9 +11,14 @@ Examples:
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
+import shutil
+import socket
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,15 +26,52 @@ from typing import Any
 
 import pandas as pd
 
+from neurounlearn.errors import InputError
+
+
+def check_out(out: str | Path, *, folder: bool, flag: str = "--out") -> None:
+    """An output path is usable before any work starts: a folder (``folder=True``; it may
+    exist) or a file (it may exist, but not as a folder), under folders this user can write.
+
+    Raises:
+        InputError: naming the path and what to give instead.
+    """
+    out = Path(out)
+    kind = "folder" if folder else "file"
+    if folder and out.exists() and not out.is_dir():
+        raise InputError(f"{flag} is a file, not a folder", file=out, hint="give a folder path")
+    if not folder and out.is_dir():
+        raise InputError(
+            f"{flag} is an existing folder; a file is written here",
+            file=out,
+            hint="give a file path, e.g. a new name inside that folder",
+        )
+    parent = out if folder and out.exists() else out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InputError(
+            f"{flag} lies under {parent}, which is a file", file=out, hint=f"give a {kind} path"
+        )
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(
+            f"cannot write in {parent} (permission denied)",
+            file=out,
+            hint=f"choose a {flag} {kind} you can write to",
+        )
+
 
 @contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
+def atomic_path(path: str | Path, *, owned: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
 
-    On any error the temporary file is removed and ``path`` is left as it was.
+    On any error the temporary file is removed and ``path`` is left as it was. ``owned``
+    puts this host and process id in the temporary name (``.NAME.HOST.PID.XXXX.tmp``), so that
+    :func:`remove_orphans` can later remove it if a kill left it behind.
     """
     path = Path(path)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    prefix = f".{path.name}.{_owner()}." if owned else f".{path.name}."
+    fd, name = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(name)
     try:
@@ -41,6 +83,90 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def outputs_or_nothing(folder: str | Path, names: tuple[str, ...]) -> Iterator[Path]:
+    """Write several outputs into ``folder``; if the block fails (a full disk, Ctrl-C), remove
+    the ``names`` it writes there, and ``folder`` itself if the block created it, so that no
+    half-written set is left that looks complete. An operating-system error that names no
+    file is raised again naming ``folder``.
+    """
+    folder = Path(folder)
+    existed = folder.exists()
+    try:
+        yield folder
+    except BaseException as err:
+        for name in names:
+            target = folder / name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target, ignore_errors=True)
+            else:
+                target.unlink(missing_ok=True)
+        if not existed:
+            shutil.rmtree(folder, ignore_errors=True)
+        if isinstance(err, OSError) and not err.filename:  # name the folder being written
+            raise OSError(err.errno, err.strerror, str(folder)) from None
+        raise
+
+
+def _owner() -> str:
+    host = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
+    return f"{host}.{os.getpid()}"
+
+
+#: A temporary file written from another host is taken for abandoned after this long.
+ORPHAN_AGE_S = 24 * 3600
+
+
+def remove_orphans(folder: str | Path, pattern: str) -> list[Path]:
+    """Remove the temporary files :func:`atomic_path` (``owned=True``) left in ``folder`` that
+    match ``pattern`` and whose writer is gone: a dead process on this host, or a file from
+    another host untouched for :data:`ORPHAN_AGE_S`. Returns the paths removed."""
+    removed = []
+    here = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
+    for tmp in Path(folder).glob(pattern):
+        found = re.search(r"\.([A-Za-z0-9-]+)\.(\d+)\.[^.]+\.tmp$", tmp.name)
+        if found is None:
+            continue
+        host, pid = found.group(1), int(found.group(2))
+        try:
+            if host == here:
+                abandoned = pid != os.getpid() and not _alive(pid)
+            else:
+                abandoned = time.time() - tmp.stat().st_mtime > ORPHAN_AGE_S
+            if abandoned:
+                tmp.unlink()
+                removed.append(tmp)
+        except OSError:  # removed meanwhile, or not ours to remove: leave it
+            continue
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def reserve(path: str | Path) -> None:
+    """Allocate a file's whole length on disk now, so that a full disk is an ``OSError`` here
+    rather than a SIGBUS when a memory map later writes into a hole. File systems without
+    allocation support are left as they are."""
+    if not hasattr(os, "posix_fallocate"):  # macOS, Windows
+        return
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    except OSError as err:
+        if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise OSError(err.errno, err.strerror, str(path)) from None
+    finally:
+        os.close(fd)
 
 
 def _fsync(path: Path) -> None:

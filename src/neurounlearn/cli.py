@@ -533,9 +533,10 @@ def report(
 
 
 def _apply(run: LoadedRun, data: Path, out: Path, which: int) -> int:
-    from neurounlearn.atomic import write_csv
+    from neurounlearn.atomic import check_out, write_csv
     from neurounlearn.training.predict import predict_file
 
+    check_out(out, folder=False)
     frame = predict_file(run, data, echo=typer.echo)[which]
     out.parent.mkdir(parents=True, exist_ok=True)
     write_csv(frame, out)
@@ -559,9 +560,10 @@ def predict(
 
     run = load_run(run_dir)
     if run.encoding.task == "segmentation":
-        from neurounlearn.atomic import write_csv
+        from neurounlearn.atomic import check_out, write_csv
         from neurounlearn.training.predict import segment_images
 
+        check_out(out, folder=True)
         frame, _ = segment_images(run, data, out_dir=out, echo=typer.echo)
         write_csv(frame, out / "segmentations.csv")
         typer.echo(f"{len(frame)} label maps written to {out} (list: {out / 'segmentations.csv'})")

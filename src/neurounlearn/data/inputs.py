@@ -77,6 +77,7 @@ def table_spec(
         conditional={c.name: c.target_bins for c in cfg.confounds if c.conditional},
         unlabelled_sites=list(cfg.data.unlabelled_sites) if training else [],
         target_range=target_range(cfg),
+        image_column=cfg.data.image_column if images else None,
     )
 
 

@@ -60,6 +60,7 @@ class TableSpec:
         conditional: target-conditioned confounds -> their number of target bins (``None``:
             not given, an error with a regression target).
         unlabelled_sites: sites whose targets are hidden from training; each must exist.
+        image_column: images: the column of image paths (a repeated id is judged by it).
         target_range: regression: ``(low, high)``; a target outside it is an error naming the
             row (``None``: any finite value up to :data:`MAX_TARGET` in size).
     """
@@ -77,6 +78,7 @@ class TableSpec:
     conditional: dict[str, int | None] = field(default_factory=dict)
     unlabelled_sites: list[str] = field(default_factory=list)
     target_range: tuple[float, float] | None = None
+    image_column: str | None = None
 
 
 #: A regression target beyond this size cannot be trained on in float32 (its variance
@@ -601,6 +603,7 @@ def _id_problems(
     target: str | None,
     features: list[str],
     site: str | None,
+    image_column: str | None = None,
 ) -> list[Problem]:
     problems = _empty_cells(df, id_col, path, "subject id", "fill in the id or drop the row")
     ids = df[id_col]
@@ -609,26 +612,45 @@ def _id_problems(
         return problems
     sub = df.loc[repeated]
     if target is not None and target in df.columns and features:
+        what = "image" if features == [image_column] else "features"
         feature_hash = pd.util.hash_pandas_object(sub[features], index=False)
         per_id = pd.DataFrame({"id": sub[id_col], "f": feature_hash, "t": sub[target]})
         grouped = per_id.groupby("id", sort=False)
         same = grouped["f"].nunique() == 1
         differ = grouped["t"].nunique(dropna=False) > 1
-        flagged = same[same & differ].index.tolist()
-        if flagged:
-            examples = [
+
+        def examples(flagged: list[object]) -> str:
+            return "; ".join(
                 f"'{i}' (rows {', '.join(map(str, _rows((ids == i).to_numpy())))})"
                 for i in flagged[:3]
-            ]
+            )
+
+        copied = same[same & differ].index.tolist()
+        if copied:
             problems.append(
                 Problem(
-                    f"{len(flagged)} subject id(s) appear on several rows with identical "
-                    f"features but a different '{target}', e.g. {'; '.join(examples)}; "
+                    f"{len(copied)} subject id(s) appear on several rows with identical "
+                    f"{what} but a different '{target}', e.g. {examples(copied)}; "
                     "their rows are kept on the same side of the split",
                     file=path,
                     column=id_col,
                     hint="expected for repeat sessions that share one feature extraction; "
                     "otherwise check for rows copied under the wrong id",
+                    severity="warning",
+                )
+            )
+        sessions = same[~same & differ].index.tolist()
+        if sessions:
+            problems.append(
+                Problem(
+                    f"{len(sessions)} subject id(s) appear on several rows with a different "
+                    f"{what} and a different '{target}', e.g. {examples(sessions)}; they are "
+                    "taken for repeat sessions of one subject and kept on the same side of "
+                    "the split",
+                    file=path,
+                    column=id_col,
+                    hint="expected for longitudinal data; if the rows are different people, "
+                    "give each its own id",
                     severity="warning",
                 )
             )
@@ -976,7 +998,12 @@ def find_problems(
 
     problems += _duplicate_rows(df, path)
     if id_col is not None:
-        problems += _id_problems(df, path, id_col, target, numeric_features, site)
+        inputs = numeric_features
+        if not spec.use_features and spec.image_column and spec.image_column in df.columns:
+            inputs = [spec.image_column]
+        problems += _id_problems(
+            df, path, id_col, target, inputs, site, image_column=spec.image_column
+        )
     if training:
         if site is not None:
             problems += _site_problems(df, path, site, id_col, spec.min_subjects_per_site)

@@ -31,7 +31,7 @@ import pandas as pd
 from numpy.typing import NDArray
 from scipy import ndimage
 
-from neurounlearn.atomic import atomic_path, write_csv, write_json
+from neurounlearn.atomic import atomic_path, check_out, outputs_or_nothing, write_csv, write_json
 from neurounlearn.errors import InputError
 
 #: Age ranges (years) that sites draw from, used in turn for sites A, B, C, … (cycled when there
@@ -209,12 +209,13 @@ def _is_previous_simulation(folder: Path) -> bool:
     return isinstance(meta, dict) and meta.get("generator") == GENERATOR
 
 
+#: What a simulation writes into its folder (removed again if the simulation fails).
+SIMULATION_FILES = ("images", "labels", "generation.json", "sites.png", "manifest.csv")
+
+
 def _check_out_dir(out_dir: Path) -> bool:
     """Return whether ``out_dir`` holds an earlier simulation (which this one replaces)."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InputError(
-            "the output folder is a file", file=out_dir, hint="give a new or empty folder"
-        )
+    check_out(out_dir, folder=True)
     if not out_dir.exists() or not any(out_dir.iterdir()):
         return False
     if _is_previous_simulation(out_dir):
@@ -897,52 +898,54 @@ def simulate_cohort(
             i = len(people)
             people.append(_make_subject(seed, i, f"sub-{i:0{width}d}", site_list[k]))
 
-    tpl = _template(grid)
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    (out / "labels").mkdir(exist_ok=True)
-    if previous:
-        # A manifest from the earlier simulation would point at a mix of old and new images
-        # while this one runs; it is written again, last, once every image is in place.
-        (out / "manifest.csv").unlink(missing_ok=True)
-    # Written first: it marks the folder as a simulation, so an interrupted run can be redone.
-    write_json(
-        _generation_record(
-            seed=seed,
-            grid=grid,
-            tpl=tpl,
-            ages=ages,
-            strength=strength,
-            effect=effect,
-            site_list=site_list,
-            people=people,
-        )
-        | {"scanner_preset": preset},
-        out / "generation.json",
-    )
-
-    examples: dict[str, tuple[_Subject, Float]] = {}
-    rows = []
-    for person in tqdm(people, desc="simulate", unit="subject", disable=not progress):
-        csf, gm, wm = _anatomy(person, tpl, effect)
-        image = _scan(person, csf, gm, wm, grid)
-        image_rel = f"images/{person.subject}.nii.gz"
-        label_rel = f"labels/{person.subject}.nii.gz"
-        _save_nifti(image, tpl.affine, out / image_rel)
-        _save_nifti(_labels(csf, gm, wm), tpl.affine, out / label_rel)
-        examples.setdefault(person.site.name, (person, image))
-        rows.append(
-            [person.subject, image_rel, label_rel, person.site.name, person.age, person.sex]
+    # A failure part-way (a full disk, Ctrl-C) leaves no half-written cohort: its files go.
+    with outputs_or_nothing(out, SIMULATION_FILES):
+        tpl = _template(grid)
+        (out / "images").mkdir(parents=True, exist_ok=True)
+        (out / "labels").mkdir(exist_ok=True)
+        if previous:
+            # A manifest from the earlier simulation would point at a mix of old and new images
+            # while this one runs; it is written again, last, once every image is in place.
+            (out / "manifest.csv").unlink(missing_ok=True)
+        # Written first: it marks the folder as a simulation, so it can be simulated into again.
+        write_json(
+            _generation_record(
+                seed=seed,
+                grid=grid,
+                tpl=tpl,
+                ages=ages,
+                strength=strength,
+                effect=effect,
+                site_list=site_list,
+                people=people,
+            )
+            | {"scanner_preset": preset},
+            out / "generation.json",
         )
 
-    if previous:
-        # Images of subjects that the earlier, larger simulation had and this one has not.
-        wanted = {f"{p.subject}.nii.gz" for p in people}
-        for folder in (out / "images", out / "labels"):
-            for stale in folder.glob("sub-*.nii.gz"):
-                if stale.name not in wanted:
-                    stale.unlink()
+        examples: dict[str, tuple[_Subject, Float]] = {}
+        rows = []
+        for person in tqdm(people, desc="simulate", unit="subject", disable=not progress):
+            csf, gm, wm = _anatomy(person, tpl, effect)
+            image = _scan(person, csf, gm, wm, grid)
+            image_rel = f"images/{person.subject}.nii.gz"
+            label_rel = f"labels/{person.subject}.nii.gz"
+            _save_nifti(image, tpl.affine, out / image_rel)
+            _save_nifti(_labels(csf, gm, wm), tpl.affine, out / label_rel)
+            examples.setdefault(person.site.name, (person, image))
+            rows.append(
+                [person.subject, image_rel, label_rel, person.site.name, person.age, person.sex]
+            )
 
-    _plot_sites(list(examples.values()), out / "sites.png", voxel_mm=tpl.voxel_mm)
-    manifest = out / "manifest.csv"
-    write_csv(pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS)), manifest)
+        if previous:
+            # Images of subjects that the earlier, larger simulation had and this one has not.
+            wanted = {f"{p.subject}.nii.gz" for p in people}
+            for folder in (out / "images", out / "labels"):
+                for stale in folder.glob("sub-*.nii.gz"):
+                    if stale.name not in wanted:
+                        stale.unlink()
+
+        _plot_sites(list(examples.values()), out / "sites.png", voxel_mm=tpl.voxel_mm)
+        manifest = out / "manifest.csv"
+        write_csv(pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS)), manifest)
     return manifest

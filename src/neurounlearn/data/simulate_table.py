@@ -76,7 +76,7 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
-from neurounlearn.atomic import write_csv, write_json
+from neurounlearn.atomic import check_out, outputs_or_nothing, write_csv, write_json
 from neurounlearn.data.simulate import _check_ages, _check_factor, _is_int, _r, _site_name
 from neurounlearn.errors import InputError
 
@@ -196,10 +196,7 @@ def _is_previous_table(folder: Path) -> bool:
 
 
 def _check_out_dir(out_dir: Path) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InputError(
-            "the output folder is a file", file=out_dir, hint="give a new or empty folder"
-        )
+    check_out(out_dir, folder=True)
     if out_dir.exists() and any(out_dir.iterdir()) and not _is_previous_table(out_dir):
         raise InputError(
             "the output folder is not empty and holds no earlier table simulation (no "
@@ -561,11 +558,13 @@ def simulate_table(
             "sex_effect": sex_k,
             "noise": noise_k,
         }
-        out.mkdir(parents=True, exist_ok=True)
-        # Written first: it marks the folder as a table simulation, so a failed run can be redone.
-        write_json(
-            _generation_record(arguments=arguments, names=names, model=model, site_rows=site_rows),
-            out / "generation.json",
-        )
-        write_csv(table, out / "manifest.csv")
+        with outputs_or_nothing(out, ("generation.json", "manifest.csv")):
+            out.mkdir(parents=True, exist_ok=True)
+            write_json(
+                _generation_record(
+                    arguments=arguments, names=names, model=model, site_rows=site_rows
+                ),
+                out / "generation.json",
+            )
+            write_csv(table, out / "manifest.csv")
     return table

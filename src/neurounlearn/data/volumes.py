@@ -25,6 +25,7 @@ Examples:
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
@@ -44,7 +45,7 @@ import torch
 from scipy import ndimage
 from torch.utils.data import DataLoader, Dataset
 
-from neurounlearn.atomic import atomic_path, write_json
+from neurounlearn.atomic import atomic_path, remove_orphans, reserve, write_json
 from neurounlearn.data.augment import AUGMENTATIONS, Augmentation, IntensityAugment
 from neurounlearn.data.manifest import _capped, _missing_column, _preview
 from neurounlearn.errors import InputError, Problem
@@ -1180,7 +1181,10 @@ def build_cache(
         json.dumps({"settings": key, "rows": rows}, sort_keys=True).encode(), digest_size=10
     ).hexdigest()
     cache_dir = Path(cache_dir).expanduser()
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise _cache_error(cache_dir, err) from None
     array, labels_file, sidecar = _cache_paths(cache_dir, f"volumes-{name}")
     labels = labels_file if columns.label else None
 
@@ -1200,20 +1204,42 @@ def build_cache(
         echo(f"caching {len(rows)} preprocessed images in {array}")
     else:
         echo(f"cache {array} {reason}; rebuilding")
-    # A stale sidecar must not outlive the arrays it describes if this build is interrupted.
-    sidecar.unlink(missing_ok=True)
-    return _build(
-        jobs=jobs,
-        rows=rows,
-        manifest=manifest,
-        columns=columns,
-        settings=settings,
-        array=array,
-        labels=labels,
-        sidecar=sidecar,
-        progress=progress,
-        echo=echo,
-        num_workers=num_workers,
+    try:
+        # A stale sidecar must not outlive the arrays it describes if this build is interrupted.
+        sidecar.unlink(missing_ok=True)
+        for orphan in remove_orphans(cache_dir, ".volumes-*.tmp"):
+            echo(f"removed {orphan.name}, left in the cache by an interrupted build")
+        return _build(
+            jobs=jobs,
+            rows=rows,
+            manifest=manifest,
+            columns=columns,
+            settings=settings,
+            array=array,
+            labels=labels,
+            sidecar=sidecar,
+            progress=progress,
+            echo=echo,
+            num_workers=num_workers,
+        )
+    except OSError as err:  # a full disk, a read-only cache, a file-size limit
+        raise _cache_error(cache_dir, err) from None
+
+
+def _cache_error(cache_dir: Path, err: OSError) -> InputError:
+    """A failed cache write as one line: what happened, and where else to put the cache."""
+    what = err.strerror or str(err)
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        what = "the disk is full"
+    elif err.errno == errno.EFBIG:
+        what = "the cache file is larger than this system allows (ulimit -f)"
+    elif err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        what = "the cache folder cannot be written (read-only or permission denied)"
+    return InputError(
+        f"cannot write the image cache: {what}; nothing partial is kept",
+        file=cache_dir,
+        hint="free space, or put the cache on another disk with --set data.cache_dir=DIR or "
+        "NEUROUNLEARN_CACHE_DIR=DIR",
     )
 
 
@@ -1304,8 +1330,10 @@ def _fill(
     label_maps: np.memmap | None = None
     first_shape: tuple[int, ...] | None = None
     with ExitStack() as stack:
-        tmp_array = stack.enter_context(atomic_path(array))
-        tmp_labels = stack.enter_context(atomic_path(labels)) if labels is not None else None
+        tmp_array = stack.enter_context(atomic_path(array, owned=True))
+        tmp_labels = (
+            stack.enter_context(atomic_path(labels, owned=True)) if labels is not None else None
+        )
         with _progress(len(targets), "preprocessing images", enabled=progress) as advance:
             for k, x, lab, error in loader:
                 row = targets[k][0] + 1
@@ -1322,10 +1350,12 @@ def _fill(
                     images = np.lib.format.open_memmap(
                         tmp_array, mode="w+", dtype=dtype, shape=(n, *first_shape)
                     )
+                    reserve(tmp_array)  # a full disk fails here, not as a SIGBUS mid-write
                     if tmp_labels is not None:
                         label_maps = np.lib.format.open_memmap(
                             tmp_labels, mode="w+", dtype=np.uint8, shape=(n, *first_shape)
                         )
+                        reserve(tmp_labels)
                 elif tuple(x.shape) != first_shape:
                     raise InputError(
                         f"image {jobs[row - 1][0]} has shape {_fmt_shape(x.shape)} after "

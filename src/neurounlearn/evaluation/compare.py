@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from neurounlearn.atomic import write_csv, write_json, write_text
+from neurounlearn.atomic import check_out, write_csv, write_json, write_text
 from neurounlearn.config import RunConfig
 from neurounlearn.errors import InputError
 
@@ -911,6 +911,7 @@ def compare(
     start = time.perf_counter()
     out = Path(out)
     arms = parse_arms(arms)
+    check_out(out, folder=True)
     if out.exists() and any(out.iterdir()):
         raise InputError(
             "the output directory already exists and is not empty",

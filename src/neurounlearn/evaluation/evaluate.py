@@ -143,7 +143,9 @@ def _target_as_number(encoding: TableEncoding, values: pd.Series) -> np.ndarray:
     return pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
 
 
-def _read_labels(labels: str | Path, id_column: str, target: str) -> pd.Series:
+def _read_labels(
+    labels: str | Path, id_column: str, target: str, *, numeric: bool = False
+) -> pd.Series:
     """True targets by subject id from a labels file (for sites unlabelled in training)."""
     frame = read_table(labels, text_columns=(id_column,))
     missing = [c for c in (id_column, target) if c not in frame]
@@ -154,6 +156,19 @@ def _read_labels(labels: str | Path, id_column: str, target: str) -> pd.Series:
             column=missing[0],
             hint=f"give a CSV with the subject id column '{id_column}' and the target '{target}'",
         )
+    if numeric:
+        given = frame[target].notna().to_numpy()
+        values = pd.to_numeric(frame[target], errors="coerce")
+        bad = np.flatnonzero(given & values.isna().to_numpy())
+        if bad.size:
+            raise InputError(
+                f"target '{target}' is not a number: {frame[target].iloc[bad[0]]!r}",
+                file=labels,
+                row=int(bad[0]) + 1,
+                column=target,
+                hint="write a number ('.' as the decimal point), or leave the cell empty",
+            )
+        frame = frame.assign(**{target: values})
     frame = frame.dropna(subset=[target])
     conflicting = frame.groupby(id_column)[target].nunique() > 1
     if conflicting.any():
@@ -175,6 +190,13 @@ def _unlabelled_block(
     """Task metrics on the sites whose targets were hidden from training, from ``labels``."""
     cfg = run.config
     sites = list(cfg.data.unlabelled_sites)
+    if not sites and labels is not None:
+        raise InputError(
+            "--labels gives targets for the sites that were unlabelled in training, but this "
+            "run has none (data.unlabelled_sites is empty)",
+            file=labels,
+            hint="leave out --labels, or fit with --unlabelled-site SITE first",
+        )
     if not sites:
         return None
     block: dict[str, Any] = {"sites": sites, "test": None, "all_rows": None}
@@ -185,7 +207,9 @@ def _unlabelled_block(
         )
         return block
     id_column = run.info.get("id_column") or "subject"
-    truth_by_id = _read_labels(labels, id_column, cfg.data.target)
+    truth_by_id = _read_labels(
+        labels, id_column, cfg.data.target, numeric=run.encoding.task == "regression"
+    )
     ids = preds[id_column].astype(str)
     truth_by_id.index = truth_by_id.index.astype(str)
     truth = ids.map(truth_by_id)
@@ -210,6 +234,27 @@ def _unlabelled_block(
     return block
 
 
+REWRITE_HINT = (
+    "the run directory is incomplete or was edited: 'neurounlearn fit --resume --out RUN_DIR' "
+    "writes its outputs again"
+)
+
+
+def _read_output(run_dir: Path, name: str, **kwargs: Any) -> pd.DataFrame:
+    """One of the CSVs ``fit`` wrote, with a clear error when it is missing or damaged."""
+    path = run_dir / name
+    if not path.is_file():
+        raise InputError(f"the run has no {name}", file=path, hint=REWRITE_HINT)
+    try:
+        frame = pd.read_csv(path, **kwargs)
+    except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as err:
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else "unreadable"
+        raise InputError(f"cannot read {name}: {first}", file=path, hint=REWRITE_HINT) from None
+    if "split" not in frame.columns and name == "predictions.csv":
+        raise InputError(f"{name} has no 'split' column", file=path, hint=REWRITE_HINT)
+    return frame
+
+
 def evaluate(
     run_dir: str | Path,
     *,
@@ -230,17 +275,39 @@ def evaluate(
     label maps.
     """
     run = load_run(run_dir)
+    if labels is not None and data is not None:
+        raise InputError(
+            "--labels applies to the run's own unlabelled sites, not to --data",
+            file=labels,
+            hint="give the targets in the --data manifest itself, or leave out --data",
+        )
+    if labels is not None and not Path(labels).is_file():
+        raise InputError(
+            "the labels file is not found", file=labels, hint="give the path of an existing CSV"
+        )
     if run.encoding.task == "segmentation":
+        if labels is not None:
+            raise InputError(
+                "--labels is for regression and classification runs, not segmentation",
+                file=labels,
+                hint="leave out --labels",
+            )
         from neurounlearn.evaluation.segmentation import evaluate_segmentation
 
         return evaluate_segmentation(run, data)
     cfg, run_dir, encoding = run.config, run.run_dir, run.encoding
     target, site = cfg.data.target, cfg.data.site_column
     id_column = run.info.get("id_column") or "subject"
-    preds = pd.read_csv(run_dir / "predictions.csv", dtype={target: object, id_column: str})
+    preds = _read_output(run_dir, "predictions.csv", dtype={target: object, id_column: str})
     if encoding.task != "classification":
         preds[target] = pd.to_numeric(preds[target], errors="coerce")
-    emb = pd.read_csv(run_dir / "embeddings.csv")
+    emb = _read_output(run_dir, "embeddings.csv")
+    if len(emb) != len(preds):
+        raise InputError(
+            f"embeddings.csv has {len(emb)} rows but predictions.csv {len(preds)}",
+            file=run_dir / "embeddings.csv",
+            hint=REWRITE_HINT,
+        )
     ecols = embedding_columns(emb)
     if data is not None:
         from neurounlearn.training.predict import predict_file

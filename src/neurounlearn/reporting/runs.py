@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from neurounlearn.atomic import check_out
 from neurounlearn.errors import InputError
 from neurounlearn.reporting.report import ReportArm, render_report
 
@@ -80,6 +81,7 @@ def render_runs(
         InputError: no run given, a run missing or unfinished, or runs of different targets.
     """
     dirs = [Path(d) for d in run_dirs]
+    check_out(out, folder=False)
     if not dirs:
         raise InputError("no run directories given", hint=FINISH_HINT)
     configs = []

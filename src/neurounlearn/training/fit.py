@@ -8,7 +8,6 @@ temporary name and renamed, so none is ever half-written.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import time
 import warnings
@@ -22,7 +21,7 @@ import pandas as pd
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
-from neurounlearn.atomic import atomic_path, write_csv, write_json, write_text
+from neurounlearn.atomic import atomic_path, check_out, write_csv, write_json, write_text
 from neurounlearn.config import RunConfig
 from neurounlearn.data.inputs import load_inputs, row_data, table_spec
 from neurounlearn.data.splits import make_splits, splits_frame
@@ -142,27 +141,6 @@ def _check_encoding(cfg: RunConfig, encoding: TableEncoding) -> None:
                 file=cfg.data.path,
                 hint="check the target column, or drop ':conditional'",
             )
-
-
-def check_out_dir(out: Path) -> None:
-    """``--out`` must be a folder (or not exist yet) under a folder this user can write."""
-    if out.exists() and not out.is_dir():
-        raise InputError(
-            "--out is a file, not a folder", file=out, hint="give a folder for the run"
-        )
-    parent = out if out.exists() else out.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise InputError(
-            f"--out lies under {parent}, which is a file", file=out, hint="give a folder path"
-        )
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise InputError(
-            f"cannot write in {parent} (permission denied)",
-            file=out,
-            hint="choose an --out folder you can write to",
-        )
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
@@ -287,7 +265,7 @@ def fit(
     out = Path(out)
     ckpt_path: Path | None = None
     checkpoint: dict[str, Any] = {}
-    check_out_dir(out)
+    check_out(out, folder=True)
     if resume:
         ckpt_path = out / CHECKPOINT_DIR / LAST_CKPT
         if not ckpt_path.is_file():
