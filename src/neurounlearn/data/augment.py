@@ -74,6 +74,18 @@ class IntensityAugment:
         )
         self.transforms.set_random_state(seed=seed % 2**32)
 
+    def state_dict(self) -> dict[str, Any]:
+        """Where each transform's random stream stands (weights-only types), for checkpoints."""
+        from neurounlearn.training.checkpoints import pack_numpy_state
+
+        return {"streams": [pack_numpy_state(t.R.get_state()) for t in self.transforms.transforms]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        from neurounlearn.training.checkpoints import unpack_numpy_state
+
+        for t, packed in zip(self.transforms.transforms, state["streams"], strict=True):
+            t.R.set_state(unpack_numpy_state(packed))
+
     def __call__(self, x: np.ndarray) -> np.ndarray:
         foreground = x != 0
         values = x[foreground].astype(np.float64)

@@ -1513,6 +1513,17 @@ class CachedVolumes(Dataset):
         state["_augmenter"] = None  # each worker draws its own changes
         return state
 
+    def state_dict(self) -> dict[str, Any]:
+        """The augmentation's random streams (empty before the first augmented read, or without
+        augmentation): a resumed run goes on drawing the same changes. With DataLoader workers
+        each worker keeps its own streams, which are not stored."""
+        return {} if self._augmenter is None else {"augment": self._augmenter.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "augment" in state:
+            self._augmenter = IntensityAugment(seed=torch.initial_seed())
+            self._augmenter.load_state_dict(state["augment"])
+
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         if self._images is None:
             self._images = np.load(self.path, mmap_mode="r")

@@ -17,7 +17,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import numpy as np
@@ -71,19 +71,30 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return loaded
 
 
+def pack_numpy_state(state: tuple[Any, ...]) -> list[Any]:
+    """A legacy ``RandomState`` state as weights-only types (its key array as a tensor)."""
+    kind, keys, pos, has_gauss, gauss = state
+    return [
+        str(kind),
+        torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+        int(pos),
+        int(has_gauss),
+        float(gauss),
+    ]
+
+
+def unpack_numpy_state(packed: list[Any]) -> tuple[Any, ...]:
+    """The ``RandomState`` state :func:`pack_numpy_state` packed."""
+    kind, keys, pos, has_gauss, gauss = packed
+    return (kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss)
+
+
 def random_states() -> dict[str, Any]:
     """The torch (CPU and CUDA), NumPy and Python random states, as weights-only types."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()  # noqa: NPY002 (what seed_everything seeds)
     version, internal, gauss_next = random.getstate()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
-        "numpy": [
-            str(kind),
-            torch.from_numpy(np.asarray(keys, dtype=np.int64)),
-            int(pos),
-            int(has_gauss),
-            float(gauss),
-        ],
+        "numpy": pack_numpy_state(cast(tuple, np.random.get_state())),  # noqa: NPY002
         "python": [int(version), list(internal), gauss_next],
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -94,8 +105,7 @@ def random_states() -> dict[str, Any]:
 def set_random_states(state: dict[str, Any]) -> None:
     """Put back what :func:`random_states` returned."""
     torch.set_rng_state(state["torch"])
-    kind, keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))  # noqa: NPY002
+    np.random.set_state(unpack_numpy_state(state["numpy"]))  # noqa: NPY002
     version, internal, gauss_next = state["python"]
     random.setstate((version, tuple(internal), gauss_next))
     if "cuda" in state and torch.cuda.is_available():

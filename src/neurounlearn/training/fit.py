@@ -382,8 +382,9 @@ def fit(
         channels_last=channels_last,
     )
     sites = frame[cfg.data.site_column].astype(str).to_numpy()
+    train_rows = rows.subset(train, augment=cfg.data.augment)
     dm = TableDataModule(
-        rows.subset(train, augment=cfg.data.augment),
+        train_rows,
         rows.subset(val),
         batch_size=t.batch_size,
         seed=t.seed,
@@ -420,7 +421,12 @@ def fit(
             else []
         ),
         history,
-        ExactResume({"memory": strategy.memory} if hasattr(strategy, "memory") else {}),
+        ExactResume(
+            {
+                **({"memory": strategy.memory} if hasattr(strategy, "memory") else {}),
+                **({"augment": train_rows} if cfg.data.augment != "none" else {}),
+            }
+        ),
         *callbacks,
     ]
     trainer = make_trainer(
