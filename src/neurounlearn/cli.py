@@ -70,8 +70,8 @@ def _os_problem(err: OSError) -> str:
         errno.EDQUOT: "the disk quota is used up: free space or write elsewhere",
         errno.EFBIG: "the file is larger than this system allows: write elsewhere or raise the "
         "file-size limit (ulimit -f)",
-        errno.EACCES: "permission denied: choose a folder you can write to, or fix its permissions",
-        errno.EPERM: "not permitted: choose a folder you can write to, or fix its permissions",
+        errno.EACCES: "choose a folder you can write to, or fix its permissions",
+        errno.EPERM: "choose a folder you can write to, or fix its permissions",
         errno.EROFS: "the file system is read-only: write somewhere else",
     }
     fix = fixes.get(err.errno or -1, "check the path and try again")
@@ -121,7 +121,7 @@ UnlabelledOpt = typer.Option(
 WhereOpt = typer.Option(
     None,
     "--unlearn-where",
-    help="pandas query restricting which rows enter the unlearning, e.g. '18 <= age <= 35' "
+    help="query restricting which rows enter the unlearning, e.g. '18 <= age <= 35' "
     "(one for all confounds, or one per --unlearn in order)",
 )
 SeedOpt = typer.Option(None, "--seed", help="seed of the split, initialisation and batches")
@@ -180,6 +180,14 @@ def _parse_unlearn(
             f"{len(wheres)} --unlearn-where for {len(items)} --unlearn",
             hint="give one --unlearn-where for all confounds, or one per --unlearn",
         )
+    from neurounlearn.query import check as check_query
+
+    for text in wheres:
+        try:
+            check_query(text)
+        except InputError as err:  # name the flag the query came from
+            p = err.problem
+            raise InputError(p.message, file="--unlearn-where", hint=p.hint) from None
     known = {c.name: c for c in base}
     out = []
     for i, item in enumerate(items):
@@ -644,7 +652,7 @@ def check(
         )
     errors = [p for p in problems if p.severity == "error"]
     for p in problems:
-        typer.echo(f"{p.severity}: {p}", err=p.severity == "error")
+        typer.echo(f"{p.severity}: {p}", err=True)
     if errors:
         typer.echo(f"{len(errors)} error(s): fix them before training", err=True)
         raise typer.Exit(EXIT_INPUT_ERROR)

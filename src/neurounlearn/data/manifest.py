@@ -41,8 +41,9 @@ class TableSpec:
     Args:
         target: column to predict; ``None`` for predict/embed, where no target is needed.
         confounds: columns to unlearn (e.g. ``["site"]``); they must exist when training.
-        subsets: confound name -> pandas query restricting the rows that enter that confound's
-            adversary (e.g. ``{"site": "18 <= age <= 35"}``); may be empty.
+        subsets: confound name -> query (:mod:`neurounlearn.query`) restricting the rows that
+            enter that confound's adversary (e.g. ``{"site": "18 <= age <= 35"}``); may be
+            empty.
         features: regex applied with :func:`re.search` to every column name; ``None`` selects
             every numeric column that is not the id, site, target or a confound.
         id_column: subject id column; ``None`` picks the first of :data:`ID_CANDIDATES`
@@ -643,7 +644,7 @@ def _id_problems(
         if sessions:
             problems.append(
                 Problem(
-                    f"{len(sessions)} subject id(s) appear on several rows with a different "
+                    f"{len(sessions)} subject id(s) appear on several rows with different "
                     f"{what} and a different '{target}', e.g. {examples(sessions)}; they are "
                     "taken for repeat sessions of one subject and kept on the same side of "
                     "the split",

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import errno
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -41,10 +42,18 @@ def read_weights(path: str | Path, *, what: str = "file", hint: str | None = Non
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # UnpicklingError, EOFError, RuntimeError (zip), ValueError, ...
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        if "weights_only" in str(err) or "Unsupported global" in str(err):
+        text = str(err)
+        if "Unsupported global" in text or "GLOBAL" in text:
             first = "it holds Python objects other than weights, which are never unpickled"
-        elif "zip archive" in str(err) or isinstance(err, EOFError):
+        elif (
+            "zip archive" in text
+            or "Unsupported operand" in text  # a legacy pickle stream that is no pickle
+            or isinstance(err, EOFError)
+            or (isinstance(err, OSError) and err.errno == errno.EINVAL)  # seek past a cut end
+        ):
             first = "the file is truncated or not a PyTorch file"
+        elif "weights_only" in text or "Weights only" in text:
+            first = "it holds Python objects other than weights, which are never unpickled"
         raise InputError(f"cannot read the {what}: {first[:200]}", file=path, hint=fix) from None
 
 
