@@ -30,6 +30,7 @@ lint: $(STAMP)
 	$(BIN)/mypy src/neurounlearn
 
 bench: $(STAMP)
+	$(BIN)/python benchmarks/robustness.py
 	$(BIN)/python benchmarks/tabular_openneuro.py
 	$(BIN)/python benchmarks/tabular_knobs.py
 	$(BIN)/python benchmarks/image_speed.py

@@ -360,6 +360,8 @@ def test_a_constant_regression_target_is_refused(
         ("confounds.x.subset=age > 1", "confounds.x"),
         ("strategy.pretrain_epochs.deeper=1", "strategy.pretrain_epochs"),
         ("train..lr=1", "train..lr"),
+        ("confounds.x.name=foo", "confounds.x"),
+        ("train.epochs.x=1", "train.epochs"),
     ],
 )
 def test_a_bad_setting_is_refused_before_anything_is_written(
@@ -400,6 +402,39 @@ def test_an_output_below_a_plain_file_is_refused(
     result = invoke(args)
     assert_input_error(result, where(out), f"lies under {blocker}, which is a file")
     assert blocker.read_text() == "keep me"
+
+
+def test_fit_into_a_plain_file_is_refused(finished: tuple[Path, Path], tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    out.write_text("keep me")
+    result = invoke(fit_args(finished[1], out))
+    assert_input_error(result, where(out), "file")
+    assert out.read_text() == "keep me"
+
+
+def test_report_into_an_existing_folder_is_refused(
+    finished: tuple[Path, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "report.html"
+    out.mkdir()
+    result = invoke(["report", finished[0], "--out", out])
+    assert_input_error(result, where(out), "folder")
+    assert list(out.iterdir()) == []
+
+
+def test_predict_never_evaluates_the_subsets_a_run_stores(tmp_path: Path, manifest_factory) -> None:
+    frame = manifest_factory(per_site=10)
+    data = tmp_path / "manifest.csv"
+    frame.to_csv(data, index=False)
+    run = tmp_path / "run"
+    result = invoke(fit_args(data, run, "--unlearn-where", "sex == 'F' and age > 25"))
+    assert result.exit_code == 0, describe(result)
+    new = tmp_path / "new.csv"
+    frame.drop(columns=["site", "age", "sex"]).to_csv(new, index=False)  # no column it names
+    out = tmp_path / "p.csv"
+    result = invoke(["predict", run, "--data", new, "--out", out])
+    assert result.exit_code == 0, describe(result)
+    assert len(pd.read_csv(out)) == len(frame)
 
 
 def test_an_unwritable_run_folder_is_one_clear_line(

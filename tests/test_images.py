@@ -327,6 +327,14 @@ def test_images_of_different_shapes_with_shape_train(
     assert result.exit_code == 0, result.output
 
 
+def test_an_uncreatable_cache_folder_is_one_clear_line(cohort: Path, tmp_path: Path) -> None:
+    cache, out = Path("/sys/neurounlearn-test-cache"), tmp_path / "run"  # not even for root
+    result = fit_image(cohort, out, "--set", f"data.cache_dir={cache}")
+    text = assert_exit_2(result, str(cache))
+    assert len([line for line in text.splitlines() if line.startswith("error:")]) == 1, text
+    assert not out.exists() and not cache.exists()
+
+
 def test_corrupt_cache_is_rebuilt_with_a_message(cohort: Path, tmp_path: Path) -> None:
     assert fit_image(cohort, tmp_path / "a", strategy="baseline").exit_code == 0
     cache = Path(json.loads((tmp_path / "a" / "run.json").read_text())["cache"]["path"])
