@@ -6,7 +6,7 @@ The public pieces, importable from here::
                               GradientReversal, confusion_loss, squared_correlation,
                               simulate_cohort, simulate_table,
                               BaselineStrategy, IterativeStrategy, GRLStrategy,
-                              LeakageAudit, ComBatArm, RunConfig, fit, evaluate)
+                              LeakageAudit, ComBatArm, ConceptEraser, RunConfig, fit, evaluate)
 
 They are imported on first use, so the command line starts quickly.
 """
@@ -42,6 +42,7 @@ _EXPORTS = {
     "UnlearningSystem": "neurounlearn.training.system",
     "LeakageAudit": "neurounlearn.evaluation.leakage",
     "ComBatArm": "neurounlearn.evaluation.combat",
+    "ConceptEraser": "neurounlearn.erasure",
     "RunConfig": "neurounlearn.config",
     "InputError": "neurounlearn.errors",
     "fit": "neurounlearn.training.fit",
@@ -54,6 +55,7 @@ __all__ = [
     "BaselineStrategy",
     "ComBatArm",
     "CompactCNN3D",
+    "ConceptEraser",
     "ConfoundHead",
     "GRLStrategy",
     "GradientReversal",
@@ -92,6 +94,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from neurounlearn.config import RunConfig
     from neurounlearn.data.simulate import simulate_cohort
     from neurounlearn.data.simulate_table import simulate_table
+    from neurounlearn.erasure import ConceptEraser
     from neurounlearn.errors import InputError
     from neurounlearn.evaluation.combat import ComBatArm
     from neurounlearn.evaluation.evaluate import evaluate

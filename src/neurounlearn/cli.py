@@ -118,6 +118,14 @@ UnlabelledOpt = typer.Option(
     help="site whose targets are hidden from training: its rows serve the unlearning only "
     "(e.g. a new scanner); repeatable",
 )
+EraseOpt = typer.Option(
+    None,
+    "--erase",
+    help="confound column to erase from the trained embedding (LEACE), the task head then "
+    "refit on the erased training rows; repeatable. NAME[:conditional|plain]"
+    "[:categorical|continuous]: conditional (the default) erases only what the target does "
+    "not explain; e.g. --erase site. Inference needs no site column",
+)
 WhereOpt = typer.Option(
     None,
     "--unlearn-where",
@@ -172,6 +180,33 @@ def parse_unlearn_item(item: str, base: ConfoundConfig | None = None) -> dict[st
     return settings
 
 
+ERASE_WORDS = ("conditional", "plain", "categorical", "continuous")
+
+
+def parse_erase_item(item: str) -> dict[str, Any]:
+    """``NAME[:conditional|plain][:categorical|continuous]`` as erasure settings.
+
+    Examples:
+        >>> parse_erase_item("site:plain")
+        {'name': 'site', 'mode': 'plain'}
+    """
+    name, *options = item.split(":")
+    if not name:
+        raise InputError(f"--erase {item}: no column name", hint="e.g. --erase site")
+    settings: dict[str, Any] = {"name": name}
+    for option in options:
+        if option in ("conditional", "plain"):
+            settings["mode"] = option
+        elif option in ("categorical", "continuous"):
+            settings["kind"] = option
+        else:
+            raise InputError(
+                f"--erase {item}: unknown option '{option}'",
+                hint=f"options are {', '.join(ERASE_WORDS)}, e.g. --erase site:conditional",
+            )
+    return settings
+
+
 def _parse_unlearn(
     items: list[str], wheres: list[str], base: list[ConfoundConfig]
 ) -> list[dict[str, Any]]:
@@ -209,6 +244,7 @@ def build_config(
     unlabelled_sites: list[str] | None = None,
     unlearn: list[str] | None = None,
     where: list[str] | None = None,
+    erase: list[str] | None = None,
     strategy: str | None = None,
     mode: str | None = None,
     band: tuple[float, float] | None = None,
@@ -246,6 +282,8 @@ def build_config(
             "--unlearn-where needs --unlearn",
             hint="e.g. --unlearn site --unlearn-where '18 <= age <= 35'",
         )
+    if erase:
+        raw["erase"] = [parse_erase_item(item) for item in erase]
     if strategy is not None:
         raw["strategy"]["name"] = strategy
     if mode is not None:
@@ -336,6 +374,7 @@ def fit(
     task: str | None = TaskOpt,
     unlearn: list[str] | None = UnlearnOpt,
     unlearn_where: list[str] | None = WhereOpt,
+    erase: list[str] | None = EraseOpt,
     unlabelled_site: list[str] | None = UnlabelledOpt,
     strategy: str | None = typer.Option(
         None, "--strategy", help="baseline | iterative | grl (default: iterative)"
@@ -375,6 +414,7 @@ def fit(
         unlabelled_sites=unlabelled_site,
         unlearn=unlearn,
         where=unlearn_where,
+        erase=erase,
         strategy=strategy,
         mode=mode,
         band=band,
@@ -431,7 +471,9 @@ def compare(
         "combat-inference (ComBat on the raw features; -inference: test subjects harmonised "
         "without the target covariate, as at inference) | baseline | iterative | "
         "iterative-joint | grl (networks) | baseline+combat | baseline+combat-inference "
-        "(ComBat on the baseline's embeddings)",
+        "(ComBat on the baseline's embeddings) | raw+erase | baseline+erase | iterative+erase "
+        "| grl+erase (LEACE of the --erase confounds, default site, conditional; a network's "
+        "task head refit on the erased training rows)",
     ),
     folds: int = typer.Option(
         5,
@@ -471,6 +513,7 @@ def compare(
     task: str | None = TaskOpt,
     unlearn: list[str] | None = UnlearnOpt,
     unlearn_where: list[str] | None = WhereOpt,
+    erase: list[str] | None = EraseOpt,
     unlabelled_site: list[str] | None = UnlabelledOpt,
     band: tuple[float, float] | None = typer.Option(
         None, "--band", help="audit also within this target band, e.g. --band 18 35"
@@ -497,6 +540,7 @@ def compare(
         unlabelled_sites=unlabelled_site,
         unlearn=unlearn,
         where=unlearn_where,
+        erase=erase,
         band=band,
         seed=seed,
         epochs=epochs,

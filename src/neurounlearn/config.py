@@ -414,11 +414,40 @@ class AuditConfig(_Strict):
         return v
 
 
+class EraseConfig(_Strict):
+    """One confound to erase from the trained embedding (LEACE, :mod:`neurounlearn.erasure`).
+
+    Args:
+        name: manifest column holding the confound (need not be unlearned too).
+        mode: ``conditional`` (erase only the confound information beyond what a smooth basis of
+            the target explains), ``plain`` (erase all of it) or ``auto`` (conditional: a run
+            always has a target).
+        kind: ``categorical`` (one-hot), ``continuous`` (its standardised value) or ``auto``:
+            the unlearned confound's kind when it is unlearned, else continuous for a numeric
+            column with more than 20 distinct values.
+        n_knots: spline knots of the regression target's basis (conditional mode).
+    """
+
+    name: str
+    mode: Literal["auto", "conditional", "plain"] = "auto"
+    kind: Literal["auto", "categorical", "continuous"] = "auto"
+    n_knots: int = Field(5, ge=2)
+
+    @property
+    def conditional(self) -> bool:
+        return self.mode != "plain"
+
+
 class RunConfig(_Strict):
     """Everything a run needs; written resolved to ``RUN_DIR/config.yaml``."""
 
     data: DataConfig = Field(default_factory=DataConfig)
     confounds: list[ConfoundConfig] = Field(default_factory=list)
+    erase: list[EraseConfig] = Field(
+        default_factory=list,
+        description="confounds erased from the embedding after training (LEACE), the task "
+        "head refit on the erased training rows",
+    )
     model: ModelConfig = Field(default_factory=ModelConfig)
     strategy: StrategyConfig = Field(default_factory=StrategyConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)

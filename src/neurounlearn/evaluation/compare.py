@@ -53,7 +53,10 @@ MODEL_ARMS: dict[str, tuple[str, str]] = {
 RAW_ARMS = ("raw", "combat", "combat-inference")
 #: ComBat on the baseline network's embeddings.
 EMBEDDING_ARMS = ("baseline+combat", "baseline+combat-inference")
-ARM_NAMES = (*RAW_ARMS, *MODEL_ARMS, *EMBEDDING_ARMS)
+#: Concept erasure (LEACE, ``cfg.erase``; default: site, conditional) on the raw features, or
+#: on a model arm's embedding with its task head refit: what ``fit --erase`` gives.
+ERASE_ARMS = ("raw+erase", *(f"{arm}+erase" for arm in MODEL_ARMS))
+ARM_NAMES = (*RAW_ARMS, *MODEL_ARMS, *EMBEDDING_ARMS, *ERASE_ARMS)
 DEFAULT_ARMS = ("raw", "combat", "baseline", "baseline+combat", "iterative", "grl")
 EXTERNAL_VIEWS = ("leave-one-site-out",)
 UNSEEN_SITE = "cannot apply to an unseen site"
@@ -134,6 +137,10 @@ def parse_arms(text: str | Sequence[str]) -> list[str]:
     out = list(dict.fromkeys(arms))
     if any(a in EMBEDDING_ARMS for a in out) and "baseline" not in out:
         out.insert(out.index(next(a for a in out if a in EMBEDDING_ARMS)), "baseline")
+    for arm in [a for a in out if a.endswith("+erase") and a != "raw+erase"]:
+        base = arm.removesuffix("+erase")
+        if base not in out:  # the erased arm reuses its model arm's fit
+            out.insert(out.index(arm), base)
     return out
 
 
@@ -405,7 +412,7 @@ def run_job(job: Job, context: Context | None = None) -> list[ArmFold]:
     """Run one job (in a worker process, or here when ``context`` is given)."""
     ctx = context or _CONTEXT
     assert ctx is not None, "worker not initialised"
-    if job.arms[0] in RAW_ARMS:
+    if job.arms[0] in (*RAW_ARMS, "raw+erase"):
         x = ctx.frame[ctx.feature_columns].to_numpy(dtype=float)
         x = x[:, x[job.split == "train"].std(axis=0) > 0]
         out: list[ArmFold] = []
@@ -413,7 +420,9 @@ def run_job(job: Job, context: Context | None = None) -> list[ArmFold]:
             t0 = time.perf_counter()
             pred = _readout(ctx, x, job.split)
             out.append(_arm_fold(ctx, "raw", job, x, pred, seconds=time.perf_counter() - t0))
-        combat = [a for a in job.arms if a != "raw"]
+        if "raw+erase" in job.arms:
+            out.append(_raw_erase_arm(ctx, job, x))
+        combat = [a for a in job.arms if a not in ("raw", "raw+erase")]
         if combat:
             out += _combat_arms(ctx, job, combat, x, 0.0)
         return out
@@ -432,20 +441,90 @@ def _model_job(ctx: Context, job: Job) -> list[ArmFold]:
     preds = pd.read_csv(job.run_dir / "predictions.csv", dtype={ctx.target: object})
     emb = pd.read_csv(job.run_dir / "embeddings.csv")
     features = emb[embedding_columns(emb)].to_numpy(dtype=float)
-    if ctx.task == "classification":
-        prediction = np.zeros((len(preds), len(ctx.classes)))
-        for k, name in enumerate(ctx.classes):
-            if f"prob_{name}" in preds:
-                prediction[:, k] = preds[f"prob_{name}"].to_numpy(dtype=float)
-    else:
-        prediction = preds["prediction"].to_numpy(dtype=float)
+    prediction = _prediction_array(ctx, preds)
     out = [
         _arm_fold(ctx, arm, job, features, prediction, seconds=seconds, run_dir=str(job.run_dir))
     ]
     embedding_arms = [a for a in job.arms[1:] if a in EMBEDDING_ARMS]
     if embedding_arms:
         out += _combat_arms(ctx, job, embedding_arms, features, seconds)
+    if f"{arm}+erase" in job.arms:
+        out.append(_model_erase_arm(ctx, job, f"{arm}+erase", features, seconds))
     return out
+
+
+def _prediction_array(ctx: Context, preds: pd.DataFrame) -> np.ndarray:
+    """A run's predictions as numbers: the prediction, or the class probabilities in
+    ``ctx.classes`` order."""
+    if ctx.task == "classification":
+        prediction = np.zeros((len(preds), len(ctx.classes)))
+        for k, name in enumerate(ctx.classes):
+            if f"prob_{name}" in preds:
+                prediction[:, k] = preds[f"prob_{name}"].to_numpy(dtype=float)
+        return prediction
+    return preds["prediction"].to_numpy(dtype=float)
+
+
+def _erase_kinds(ctx: Context) -> dict[str, str]:
+    from neurounlearn.erasure import erase_kinds
+
+    unlearned = {c.name: c.kind for c in ctx.cfg.confounds}
+    return erase_kinds(ctx.cfg.erase, ctx.frame, unlearned)
+
+
+def _raw_erase_arm(ctx: Context, job: Job, x: np.ndarray) -> ArmFold:
+    """LEACE on the standardised raw features (fit on the training rows), then the readout."""
+    from sklearn.preprocessing import StandardScaler
+
+    from neurounlearn.erasure import fit_run_eraser
+
+    t0 = time.perf_counter()
+    train = job.split == "train"
+    xs = StandardScaler().fit(x[train]).transform(x)
+    eraser = fit_run_eraser(
+        ctx.cfg.erase,
+        xs,
+        ctx.frame,
+        train,
+        kinds=_erase_kinds(ctx),
+        target=_target_number(ctx, np.arange(len(x))),
+        task=ctx.task,
+    )
+    xe = eraser.transform(xs)
+    pred = _readout(ctx, xe, job.split)
+    return _arm_fold(ctx, "raw+erase", job, xe, pred, seconds=time.perf_counter() - t0)
+
+
+def _model_erase_arm(
+    ctx: Context, job: Job, name: str, features: np.ndarray, fit_seconds: float
+) -> ArmFold:
+    """The model arm's run, erased as ``fit --erase`` erases: the eraser fit on the training
+    rows' embeddings, the task head refit on them."""
+    from neurounlearn.training.fit import erase_run
+    from neurounlearn.training.run import load_run, prediction_columns
+
+    assert job.run_dir is not None
+    t0 = time.perf_counter()
+    run = load_run(job.run_dir)
+    y = run.encoding.targets(ctx.frame)
+    hidden = ctx.frame[ctx.site_column].astype(str).isin(ctx.cfg.data.unlabelled_sites)
+    y[hidden.to_numpy()] = np.nan
+    erased, pred, _ = erase_run(
+        ctx.cfg,
+        run.model,
+        run.encoding,
+        features.astype(np.float32),
+        ctx.frame,
+        y,
+        pd.Series(job.split),
+    )
+    preds = prediction_columns(
+        pd.DataFrame(index=range(len(ctx.frame))), run.encoding, ctx.frame, pred
+    )
+    seconds = fit_seconds + time.perf_counter() - t0
+    return _arm_fold(
+        ctx, name, job, erased.astype(float), _prediction_array(ctx, preds), seconds=seconds
+    )
 
 
 # -- aggregation ---------------------------------------------------------------------------------
@@ -918,6 +997,10 @@ def compare(
             file=out,
             hint="choose a new --out, or delete it",
         )
+    if any(a in ERASE_ARMS for a in arms) and not cfg.erase:
+        from neurounlearn.config import EraseConfig
+
+        cfg = cfg.model_copy(update={"erase": [EraseConfig(name=cfg.data.site_column)]})
     if cfg.data.path is None:
         raise InputError("no data given", hint="pass --data MANIFEST.csv")
     if cfg.data.task == "segmentation":
@@ -933,6 +1016,19 @@ def compare(
     frame, id_column = inputs.frame, inputs.id_column
     assert id_column is not None
     check_data(cfg, arms, frame, id_column, folds=folds, combat=combat)
+    if any(a in ERASE_ARMS for a in arms):
+        from neurounlearn.erasure import check_erase, erase_kinds
+
+        check_erase(
+            cfg.erase,
+            frame,
+            np.ones(len(frame), bool),
+            kinds=erase_kinds(cfg.erase, frame, {c.name: c.kind for c in cfg.confounds}),
+            target=cfg.data.target,
+            task=inputs.task,
+            embedding_dim=cfg.model.embedding_dim,
+            path=cfg.data.path,
+        )
     n_jobs = jobs or default_jobs(cfg.data.input)
     if cfg.data.input == "image" and n_jobs > 1:
         # one 3D CNN uses every core (and the GPU); parallel fits would also race on the cache
@@ -970,6 +1066,12 @@ def compare(
     confounds = [c.name for c in cfg.confounds]
     if site not in confounds:
         confounds.append(site)  # the site probe is always reported (OpenBHB)
+    kinds: dict[str, str] = {c.name: c.kind for c in cfg.confounds}
+    if any(a in ERASE_ARMS for a in arms):  # erased confounds are audited too
+        from neurounlearn.erasure import erase_kinds
+
+        kinds = {**erase_kinds(cfg.erase, frame, kinds), **kinds}
+        confounds += [e.name for e in cfg.erase if e.name not in confounds]
     classes = (
         sorted(frame[cfg.data.target].dropna().astype(str).unique())
         if inputs.task == "classification"
@@ -981,7 +1083,7 @@ def compare(
         task=inputs.task,
         classes=classes,
         confounds=confounds,
-        kinds={c.name: c.kind for c in cfg.confounds},
+        kinds=kinds,
         combat=combat,
         target=cfg.data.target,
         site_column=site,
@@ -1074,7 +1176,7 @@ def make_jobs(
 ) -> list[Job]:
     """One job per model arm and split (the baseline's job also runs the ComBat-on-embedding
     arms), and one per split for all raw-feature arms."""
-    raw_arms = tuple(a for a in arms if a in RAW_ARMS)
+    raw_arms = tuple(a for a in arms if a in RAW_ARMS or a == "raw+erase")
     emb_arms = tuple(a for a in arms if a in EMBEDDING_ARMS)
     jobs: list[Job] = []
     for view, key, split in views:
@@ -1084,10 +1186,12 @@ def make_jobs(
             strategy, mode = MODEL_ARMS[arm]
             job_cfg = cfg.model_copy(
                 update={
-                    "strategy": cfg.strategy.model_copy(update={"name": strategy, "mode": mode})
+                    "strategy": cfg.strategy.model_copy(update={"name": strategy, "mode": mode}),
+                    "erase": [],  # the +erase arm erases the saved run's embedding itself
                 }
             )
-            own = (arm, *(emb_arms if arm == "baseline" else ()))
+            erased = (f"{arm}+erase",) if f"{arm}+erase" in arms else ()
+            own = (arm, *(emb_arms if arm == "baseline" else ()), *erased)
             jobs.append(Job(view, key, split, own, job_cfg, runs / label / arm, first))
         if raw_arms:
             jobs.append(Job(view, key, split, raw_arms, cfg, keep_embeddings=first))
@@ -1184,7 +1288,7 @@ def _run_jobs(
     )
     try:
         # models first (the long jobs), so the quick raw-feature jobs fill the gaps at the end
-        order = sorted(jobs, key=lambda j: j.arms[0] in RAW_ARMS)
+        order = sorted(jobs, key=lambda j: j.arms[0] in (*RAW_ARMS, "raw+erase"))
         pending: set[Future[list[ArmFold]]] = {pool.submit(run_job, j) for j in order}
         done_count = 0
         while pending:

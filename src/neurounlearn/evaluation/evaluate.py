@@ -333,6 +333,12 @@ def evaluate(
     feats = emb.loc[test_mask, ecols].to_numpy(dtype=float)
     test_meta = meta.loc[test_mask].reset_index(drop=True)
     confounds = [c.name for c in cfg.confounds] or [site]
+    kinds: dict[str, str] = {c.name: c.kind for c in cfg.confounds}
+    if cfg.erase:
+        from neurounlearn.erasure import erase_kinds
+
+        confounds += [e.name for e in cfg.erase if e.name not in confounds]
+        kinds = {**erase_kinds(cfg.erase, meta, kinds), **kinds}
     leakage = audit_features(
         feats,
         test_meta,
@@ -340,8 +346,26 @@ def evaluate(
         target=None if y_num is None else y_num[test_mask],
         audit=cfg.audit,
         seed=cfg.train.seed,
-        kinds={c.name: c.kind for c in cfg.confounds},
+        kinds=kinds,
     )
+    if cfg.erase and data is None:
+        # where LEACE's guarantee holds: the rows the eraser was fit on (a linear probe there
+        # reads no more than chance); beside it, the held-out figures above
+        from neurounlearn.erasure import erase_kinds
+
+        train_mask = (preds["split"] == "train").to_numpy()
+        erased = [e.name for e in cfg.erase]
+        leakage_train = audit_features(
+            emb.loc[train_mask, ecols].to_numpy(dtype=float),
+            meta.loc[train_mask].reset_index(drop=True),
+            erased,
+            target=None if y_num is None else y_num[train_mask],
+            audit=cfg.audit.model_copy(update={"n_permutations": 0, "n_bootstrap": 0}),
+            seed=cfg.train.seed,
+            kinds=kinds,
+        )
+    else:
+        leakage_train = None
     ridge_mae = (
         ridge_probe_mae(feats, y_num[test_mask], seed=cfg.train.seed)
         if y_num is not None and encoding.task == "regression"
@@ -357,6 +381,14 @@ def evaluate(
         "n_test": int(test_mask.sum()),
         "task": task,
         "leakage": leakage,
+        "erasure_training_rows": None
+        if leakage_train is None
+        else {
+            "leakage": leakage_train,
+            "note": "probes cross-validated on the erased training rows, the rows the eraser "
+            "was fit on: the linear guarantee holds there (at chance); 'leakage' above is "
+            "held-out",
+        },
         "unlabelled_sites": _unlabelled_block(run, preds, labels) if data is None else None,
         "openbhb": {
             "ridge_age_probe_mae": ridge_mae,

@@ -195,9 +195,13 @@ class UnlearningModel(nn.Module):
             }
         )
         self.reversal = nn.ModuleDict({name: GradientReversal(0.0) for name in sizes})
+        #: A fitted concept eraser (:class:`neurounlearn.erasure.EraserLayer`) between the
+        #: encoder and the heads, attached after training when the run erases; else ``None``.
+        self.eraser: nn.Module | None = None
 
     def encode(self, x: Tensor) -> Tensor:
-        return self.encoder(x)
+        f = self.encoder(x)
+        return self.eraser(f) if self.eraser is not None else f
 
     def predict_task(self, features: Tensor) -> Tensor:
         out = self.task_head(features)

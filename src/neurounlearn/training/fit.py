@@ -321,6 +321,19 @@ def fit(
         classes=inputs.classes,
     )
     _check_encoding(cfg, encoding)
+    if cfg.erase:
+        from neurounlearn.erasure import check_erase, erase_kinds
+
+        check_erase(
+            cfg.erase,
+            frame,
+            train,
+            kinds=erase_kinds(cfg.erase, frame, {c.name: c.kind for c in cfg.confounds}),
+            target=cfg.data.target,
+            task=task,
+            embedding_dim=cfg.model.embedding_dim,
+            path=cfg.data.path,
+        )
     y = encoding.targets(frame)
     codes = encoding.codes(frame)
     what = "a label map" if task == "segmentation" else "a target"
@@ -478,6 +491,69 @@ def fit(
         raise
 
 
+def erase_run(
+    cfg: RunConfig,
+    model: Any,
+    encoding: TableEncoding,
+    feats: np.ndarray,
+    frame: pd.DataFrame,
+    y: np.ndarray,
+    row_split: pd.Series,
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Fit the run's eraser on the training rows' embeddings, attach it to ``model`` (between
+    encoder and heads), refit the task head on the erased training rows (validation rows for
+    early stopping). Returns the erased embeddings, the new predictions (model units) and what
+    ``run.json`` records of it."""
+    from neurounlearn.erasure import erase_kinds, fit_run_eraser, refit_head
+
+    start = time.perf_counter()
+    train = (row_split == "train").to_numpy()
+    val = (row_split == "val").to_numpy()
+    task = encoding.task
+    kinds = erase_kinds(cfg.erase, frame, {c.name: c.kind for c in cfg.confounds})
+    eraser = fit_run_eraser(
+        cfg.erase,
+        feats.astype(np.float64),
+        frame,
+        train,
+        kinds=kinds,
+        target=y,  # model units; NaN where hidden (unlabelled sites) or missing
+        task=task,
+    )
+    model.eraser = eraser.module()
+    with torch.no_grad():
+        erased = model.eraser(torch.as_tensor(feats, dtype=torch.float32))
+    weight = None
+    if task == "classification" and cfg.train.class_balance == "weighted":
+        weight = torch.as_tensor(encoding.task_class_weights(y[train]), dtype=torch.float32)
+    steps = refit_head(
+        model.task_head,
+        erased.numpy(),
+        y,
+        train,
+        val,
+        task=task,
+        lr=cfg.train.lr,
+        weight_decay=cfg.train.weight_decay,
+        seed=cfg.train.seed,
+        class_weight=weight,
+        task_loss=cfg.train.task_loss,
+    )
+    with torch.no_grad():
+        pred = model.predict_task(erased).float().numpy()
+    info = {
+        "confounds": {
+            e.name: {"kind": kinds[e.name], "mode": "conditional" if e.conditional else "plain"}
+            for e in cfg.erase
+        },
+        "rank": eraser.rank_,
+        "fit_rows": eraser.n_fit_rows_,
+        "head_steps": steps,
+        "seconds": time.perf_counter() - start,
+    }
+    return erased.numpy(), pred, info
+
+
 def make_trainer(
     cfg: RunConfig,
     *,
@@ -537,6 +613,7 @@ def _train_and_write(
     warnings_: list[Problem],
 ) -> Path:
     t, s, frame, id_column = cfg.train, cfg.strategy, inputs.frame, inputs.id_column
+    erasure: dict[str, Any] | None = None
     first_epoch = int(checkpoint["epoch"]) + 1 if checkpoint else 0
     start = time.perf_counter()
     trainer.fit(system, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
@@ -569,9 +646,10 @@ def _train_and_write(
         }
     )
     preds = ids.copy()
-    for c in cfg.confounds:  # the audit needs them; the run dir must not depend on the manifest
-        if c.name not in preds:
-            preds[c.name] = frame[c.name].to_numpy()
+    # the audit needs them; the run dir must not depend on the manifest
+    for name in [*(c.name for c in cfg.confounds), *(e.name for e in cfg.erase)]:
+        if name not in preds:
+            preds[name] = frame[name].to_numpy()
     if isinstance(model, SegmentationModel):
         labelled = np.isfinite(y)
         pooled, dice = segmentation_outputs(
@@ -586,6 +664,8 @@ def _train_and_write(
         embeddings = point_frame(ids, pooled)
     else:
         feats, pred = infer(model, rows.all(), batch_size=t.batch_size, device=device)
+        if cfg.erase:
+            feats, pred, erasure = erase_run(cfg, model, encoding, feats, frame, y, row_split)
         preds = prediction_columns(preds, encoding, frame, pred)
         embeddings = embedding_frame(ids, feats)
     check_finite(embeddings, preds, cfg, epochs_run)
@@ -613,6 +693,7 @@ def _train_and_write(
             "channels_last": channels_last,
             "adversary_memory": memory,
             "precise_bn_batches": bn_batches,
+            "erasure": erasure,
             "cache": rows.cache_info,
             "warnings": [str(w) for w in warnings_],
             "versions": versions(),

@@ -213,7 +213,13 @@ def load_run(run_dir: str | Path) -> LoadedRun:
         cfg = validate_config(json.loads(blob["config"]), str(model_file))
         encoding = TableEncoding.from_dict(json.loads(blob["encoding"]))
         model = build_model(cfg, encoding, input_shape=blob.get("input_shape"))
-        model.load_state_dict(blob["state_dict"])
+        state = blob["state_dict"]
+        if "eraser.proj_left" in state and isinstance(model, UnlearningModel):
+            from neurounlearn.erasure import EraserLayer
+
+            dim, rank = state["eraser.proj_left"].shape
+            model.eraser = EraserLayer(int(dim), int(rank))
+        model.load_state_dict(state)
     except InputError:
         raise
     except Exception as err:  # json, KeyError, TypeError, shape mismatch, ...
