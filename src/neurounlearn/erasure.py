@@ -43,11 +43,12 @@ Kind = Literal["auto", "categorical", "continuous"]
 AUTO_CONTINUOUS_LEVELS = 20
 
 
-def _kind_of(values: pd.Series, kind: str) -> str:
-    if kind != "auto":
-        return kind
-    numeric = pd.api.types.is_float_dtype(values)
-    return "continuous" if numeric and values.nunique() > AUTO_CONTINUOUS_LEVELS else "categorical"
+def infer_kind(values: pd.Series) -> str:
+    """``continuous`` for a numeric column with more than 20 distinct values, else
+    ``categorical`` (site codes written as numbers stay categorical)."""
+    numbers = pd.to_numeric(values, errors="coerce")
+    numeric = numbers.notna().sum() == values.notna().sum()
+    return "continuous" if numeric and numbers.nunique() > AUTO_CONTINUOUS_LEVELS else "categorical"
 
 
 def target_basis(
@@ -79,7 +80,8 @@ class ConceptEraser(TransformerMixin, BaseEstimator):
             fitting, so that only the confound information beyond the target is erased
             (``fit`` then needs ``target``).
         kind: ``categorical`` (one-hot coding), ``continuous`` (the standardised value) or
-            ``auto`` (continuous for a float column with more than 20 distinct values); a dict
+            ``auto`` (:func:`infer_kind`: continuous for a numeric column with more than 20
+            distinct values); a dict
             gives one kind per confound column.
         target_task: ``regression`` (spline basis) or ``classification`` (class basis) for the
             conditional coding; ``auto``: classification when the target is not numeric.
@@ -151,7 +153,8 @@ class ConceptEraser(TransformerMixin, BaseEstimator):
         rows = np.isfinite(x).all(axis=1)
         for name in frame.columns:
             column = frame[name]
-            kind = _kind_of(column, kinds.get(name, "auto") if kinds else str(self.kind))
+            kind = kinds.get(name, "auto") if kinds else str(self.kind)
+            kind = infer_kind(column) if kind == "auto" else kind
             seen = column[rows & column.notna().to_numpy()]
             if kind == "continuous":
                 values = pd.to_numeric(seen, errors="coerce").dropna().to_numpy(dtype=float)
@@ -293,10 +296,7 @@ def erase_kinds(
         elif e.name not in frame.columns:  # check_erase names the missing column
             out[e.name] = "categorical"
         else:
-            values = pd.to_numeric(frame[e.name], errors="coerce")
-            numeric = values.notna().sum() == frame[e.name].notna().sum()
-            many = values.nunique() > AUTO_CONTINUOUS_LEVELS
-            out[e.name] = "continuous" if numeric and many else "categorical"
+            out[e.name] = infer_kind(frame[e.name])
     return out
 
 

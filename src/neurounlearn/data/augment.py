@@ -76,12 +76,12 @@ class IntensityAugment:
 
     def state_dict(self) -> dict[str, Any]:
         """Where each transform's random stream stands (weights-only types), for checkpoints."""
-        from neurounlearn.training.checkpoints import pack_numpy_state
+        from neurounlearn.rng import pack_numpy_state
 
         return {"streams": [pack_numpy_state(t.R.get_state()) for t in self.transforms.transforms]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        from neurounlearn.training.checkpoints import unpack_numpy_state
+        from neurounlearn.rng import unpack_numpy_state
 
         for t, packed in zip(self.transforms.transforms, state["streams"], strict=True):
             t.R.set_state(unpack_numpy_state(packed))

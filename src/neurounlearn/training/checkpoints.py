@@ -28,6 +28,7 @@ from lightning.pytorch.callbacks import Callback
 
 from neurounlearn.atomic import write_torch
 from neurounlearn.errors import InputError
+from neurounlearn.rng import pack_numpy_state, unpack_numpy_state
 
 
 def read_weights(path: str | Path, *, what: str = "file", hint: str | None = None) -> Any:
@@ -78,24 +79,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if not isinstance(loaded, dict):
             raise InputError("the checkpoint is not a Lightning checkpoint", file=path)
         return loaded
-
-
-def pack_numpy_state(state: tuple[Any, ...]) -> list[Any]:
-    """A legacy ``RandomState`` state as weights-only types (its key array as a tensor)."""
-    kind, keys, pos, has_gauss, gauss = state
-    return [
-        str(kind),
-        torch.from_numpy(np.asarray(keys, dtype=np.int64)),
-        int(pos),
-        int(has_gauss),
-        float(gauss),
-    ]
-
-
-def unpack_numpy_state(packed: list[Any]) -> tuple[Any, ...]:
-    """The ``RandomState`` state :func:`pack_numpy_state` packed."""
-    kind, keys, pos, has_gauss, gauss = packed
-    return (kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss)
 
 
 def random_states() -> dict[str, Any]:
