@@ -2,7 +2,7 @@
 
 Variants (each a separate ``compare`` run, one after the other; the command line is recorded):
 
-* ``all-ages`` — the issue's command: ``--unlearn site`` over every age, 5 folds, all six arms;
+* ``all-ages`` — ``--unlearn site`` over every age, 5 folds, all six arms;
 * ``18-35`` — site unlearned within the age band the adult sites share
   (``--unlearn-where '18 <= age <= 35' --band 18 35``), as in the demo;
 * ``external`` — ``all-ages`` plus ``--external leave-one-site-out``.

@@ -1,11 +1,11 @@
-"""Quality benchmark of the volume issue, on the default simulated cohort.
+"""Quality benchmark of the image path, on the default simulated cohort.
 
 Per seed: simulate 3 sites x 300 subjects at 48^3 with age independent of site (``--ages
 independent``), then train the compact 3D CNN to predict age as baseline, iterative (sequential
 and joint) and grl with site unlearned. On the test split: age MAE and site balanced accuracy of
 fresh linear and nonlinear probes on the held-out embeddings.
 
-Targets (issue 3): baseline linear-probe site BAcc >= 0.90 (the simulated scanner effect is
+Targets: baseline linear-probe site BAcc >= 0.90 (the simulated scanner effect is
 real); each unlearned arm: site BAcc <= 0.43 (chance 0.33 + 0.10) for both probes and age MAE
 <= 1.15 x baseline.
 

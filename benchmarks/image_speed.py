@@ -1,4 +1,4 @@
-"""Speed benchmark of the volume issue: training throughput per strategy, loader throughput
+"""Speed benchmark of the image path: training throughput per strategy, loader throughput
 with and without the preprocessed cache, cache cost, and peak memory of a fit.
 
 One run on a simulated cohort (3 sites, ``--subjects`` subjects, 48^3, batch 16):

@@ -1,4 +1,4 @@
-"""Acceptance benchmark of the segmentation issue: does unlearning the scanner help a U-Net
+"""Benchmark of segmentation: does unlearning the scanner help a U-Net
 segment a scanner it has few labels for, and is the scanner gone from its features?
 
 Per seed: simulate the two-site ``segmentation`` preset (site B's contrast and bias field differ
@@ -15,7 +15,7 @@ with the site's beta at 2 and 4 (with the default memory), and baseline and grl 
 scanner-like intensity augmentation of the training volumes (``--set data.augment=intensity``:
 random gamma, bias field, blur and noise), the usual alternative to unlearning, and grl with its
 heads at the last decoder features (``final``, the paper's best) or at both points (its
-"multi"), and iterative at both (the issue's command), each with the defaults above. More arms
+"multi"), and iterative at both, each with the defaults above. More arms
 run only when ``--arms`` names them: iterative with its heads at ``final`` alone (the paper's
 best setting exactly: its confusion loss, at its best point), and grl at ``final`` with the
 site's beta at 0.1 (is the collapse of heads at ``final`` a matter of the adversary's weight?);
@@ -98,7 +98,7 @@ RESULTS = Path(__file__).parent / "results"
 POINTS = ["bottleneck", "final"]
 #: the encoder levels evaluate also probes (runs made before they were attach points lack them)
 ENCODER_LEVELS = [p for p in ATTACH_POINTS if p.startswith("encoder")]
-#: site B's training volumes that keep their labels in the issue's setting
+#: site B's training volumes that keep their labels in the main setting
 LABELLED_B = 5
 
 
@@ -381,7 +381,7 @@ def render(payload: dict[str, Any]) -> str:
     levels = any(v is not None for s in summary.values() for v in encoder_means(s))
     other_labels = any(ARMS[arm].labelled_b != LABELLED_B for arm in summary)
     lines = [
-        "# Segmentation with unlearning (issue 6)"
+        "# Segmentation with unlearning"
         + (f": {meta['results']}" if meta.get("results", "segmentation") != "segmentation" else ""),
         "",
         f"Two-site `segmentation` preset at 48³, {meta['per_site']} subjects per site; per site "

@@ -1,5 +1,5 @@
 """What tells the scanners apart at a U-Net's final decoder features? A diagnostic beside the
-segmentation benchmark (``benchmarks/segmentation.py``, the issue's setting).
+segmentation benchmark (``benchmarks/segmentation.py``, its main setting).
 
 The audit reads site from the pooled final decoder features of every arm (0.99-1.00 with the
 heads at the bottleneck), and heads at ``final`` cost Dice without clearing them. Those features
@@ -171,7 +171,7 @@ def render(payload: dict[str, Any]) -> str:
     meta, per_seed = payload["meta"], payload["per_seed"]
     seeds, arms = list(per_seed), meta["arms"]
     lines = [
-        "# What tells the scanners apart at the U-Net's final features (issue 6)",
+        "# What tells the scanners apart at the U-Net's final features",
         "",
         f"The segmentation benchmark's setting (two-site `segmentation` preset at 48³, "
         f"{meta['per_site']} subjects per site, 50 test volumes per site; labels on all of A and "

@@ -1,4 +1,4 @@
-"""Acceptance benchmark of the foundation issue, on the bundled OpenNeuroTransfer table.
+"""Benchmark of the table path, on the bundled OpenNeuroTransfer table.
 
 For 5 seeds (5 different subject-level, site-stratified splits), on the test split:
 age MAE, and site balanced accuracy of fresh linear and nonlinear probes on the test embeddings,
