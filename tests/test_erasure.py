@@ -193,16 +193,176 @@ def test_bad_erase_is_refused_before_anything_is_written(
     assert not out.exists()
 
 
+def compare_args(data: Path, out: Path, arms: str, *extra: object) -> list[object]:
+    """A quick two-fold ``compare`` of the given arms, site unlearned, no permutations."""
+    return [
+        "compare", "--data", data, "--features", r"^f\d$", "--target", "age", "--unlearn",
+        "site", "--arms", arms, "--folds", "2", "--epochs", "2", "--jobs", "1",
+        "--set", "train.progress_bar=false", "--set", "audit.n_permutations=0",
+        "--set", "audit.n_bootstrap=0", *extra, "--out", out,
+    ]  # fmt: skip
+
+
 def test_compare_runs_the_erased_arms_on_the_same_folds(tmp_path: Path, manifest_factory) -> None:
     data = tmp_path / "manifest.csv"
     manifest_factory(per_site=16).to_csv(data, index=False)
     out = tmp_path / "cmp"
-    result = invoke(
-        ["compare", "--data", data, "--features", r"^f\d$", "--target", "age", "--unlearn",
-         "site", "--arms", "raw+erase,baseline+erase", "--folds", "2", "--epochs", "2",
-         "--jobs", "1", "--set", "train.progress_bar=false", "--set", "audit.n_permutations=0",
-         "--set", "audit.n_bootstrap=0", "--out", out]
-    )  # fmt: skip
+    result = invoke(compare_args(data, out, "raw+erase,baseline+erase"))
     assert result.exit_code == 0, describe(result)
     arms = list(json.loads((out / "comparison.json").read_text())["summaries"])
     assert arms == ["raw+erase", "baseline", "baseline+erase"]
+
+
+# ------------------------------------------------------------------- principal directions kept
+
+
+def test_variance_drops_low_variance_directions_and_still_erases() -> None:
+    x, site, _ = entangled()
+    x[:, 3:] *= 0.01  # nine nearly empty directions
+    eraser = ConceptEraser(conditional=False, variance=0.95).fit(x, site)
+    assert eraser.n_components_ < x.shape[1]
+    erased = eraser.transform(x)
+    centred = erased - erased.mean(0)
+    assert np.linalg.matrix_rank(centred, tol=1e-6) <= eraser.n_components_
+    means = np.stack([erased[site == s].mean(0) for s in "abc"])
+    assert np.abs(means - means[0]).max() < 1e-8
+
+
+def test_variance_one_keeps_every_direction() -> None:
+    x, site, _ = entangled()
+    eraser = ConceptEraser(conditional=False, variance=1.0).fit(x, site)
+    assert eraser.n_components_ == x.shape[1]
+    assert eraser.proj_left_.shape[1] == eraser.rank_ == 2
+
+
+def test_at_least_one_direction_survives_the_erasure() -> None:
+    rng = np.random.default_rng(0)
+    site = np.repeat(["a", "b", "c", "d"], 40)
+    x = rng.normal(size=(160, 6)) * 0.01
+    x[:, 0] += rng.normal(size=160) * 10  # one direction holds all the variance
+    eraser = ConceptEraser(conditional=False, variance=0.5).fit(x, site)
+    assert eraser.n_components_ == 4  # three site directions + one left over
+    erased = eraser.transform(x)
+    assert np.linalg.matrix_rank(erased - erased.mean(0), tol=1e-6) >= 1
+
+
+@pytest.mark.parametrize("variance", [0.0, 1.5])
+def test_a_variance_outside_zero_one_is_an_input_error(variance: float) -> None:
+    x, site, _ = entangled()
+    with pytest.raises(InputError, match="variance must be in"):
+        ConceptEraser(conditional=False, variance=variance).fit(x, site)
+
+
+# ----------------------------------------------------------------------- erasure during training
+
+
+def test_the_refresh_refits_the_layer_from_the_encoder_and_restores_train_mode() -> None:
+    from types import SimpleNamespace
+
+    from neurounlearn.config import validate_config
+    from neurounlearn.erasure import EraserLayer
+    from neurounlearn.training.datamodule import TensorDictDataset
+    from neurounlearn.training.erasing import EraserRefresh
+
+    x, site, age = entangled(n_per_site=30)
+    cfg = validate_config({"erase": [{"name": "site"}], "data": {"target": "age"}})
+    encoder = torch.nn.Sequential(torch.nn.Linear(12, 6), torch.nn.Dropout(0.5))
+    model = SimpleNamespace(encoder=encoder, eraser=EraserLayer(6, 6, training_layer=True))
+    model.training = True
+    model.eval = lambda: encoder.eval()
+    model.train = lambda mode=True: encoder.train(mode)
+    encoder.train()
+    data = TensorDictDataset(x, age, np.zeros((len(x), 1)))
+    refresh = EraserRefresh(
+        cfg, data, pd.DataFrame({"site": site}), age, task="regression", batch_size=16
+    )
+    refresh.on_train_epoch_start(None, SimpleNamespace(model=model, device=torch.device("cpu")))  # type: ignore[arg-type]
+    assert refresh.refits == 1 and encoder.training
+    assert model.eraser.proj_left.shape == (6, 6)  # padded to the embedding: one shape always
+    with torch.no_grad():
+        feats = encoder.eval()(torch.as_tensor(x, dtype=torch.float32))
+        erased = model.eraser(feats).numpy()
+    fitted = ConceptEraser().fit(feats.numpy().astype(float), site, age)
+    assert np.allclose(erased, fitted.transform(feats.numpy()), atol=1e-4)
+
+
+def test_fit_erases_during_training_and_resumes_with_the_layer(
+    tmp_path: Path, manifest_factory
+) -> None:
+    from neurounlearn.config import validate_config
+    from neurounlearn.training.fit import fit
+    from neurounlearn.training.run import load_run
+
+    data = tmp_path / "m.csv"
+    manifest_factory(sites=3, per_site=10).to_csv(data, index=False)
+
+    def config(epochs: int):
+        return validate_config(
+            {
+                "data": {"path": str(data), "features": r"^f\d$", "target": "age"},
+                "confounds": [{"name": "site"}],
+                "erase": [{"name": "site"}],
+                "erasure": {"when": "during"},
+                "strategy": {"name": "iterative", "pretrain_epochs": 1},
+                "model": {"hidden": [8], "embedding_dim": 4},
+                "train": {"epochs": epochs, "batch_size": 8, "progress_bar": False},
+            }
+        )
+
+    out = tmp_path / "run"
+    fit(config(2), out)
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
+    assert ckpt["state_dict"]["model.eraser.proj_left"].shape == (4, 4)
+    fit(config(4), out, resume=True)
+    run = load_run(out)
+    assert run.info["epochs_run"] == 4 and run.info["erasure"]["when"] == "during"
+    assert run.info["erasure"]["during_training"]["refits"] == 2  # epochs 2 and 3, resumed
+    assert run.model.eraser is not None
+
+
+def test_compare_erasing_during_training_fits_the_erased_arm_alone(
+    tmp_path: Path, manifest_factory
+) -> None:
+    data = tmp_path / "manifest.csv"
+    manifest_factory(per_site=16).to_csv(data, index=False)
+    out = tmp_path / "cmp"
+    result = invoke(compare_args(data, out, "grl+erase", "--set", "erasure.when=during"))
+    assert result.exit_code == 0, describe(result)
+    assert list(json.loads((out / "comparison.json").read_text())["summaries"]) == ["grl+erase"]
+    info = json.loads((out / "runs" / "fold1" / "grl+erase" / "run.json").read_text())
+    assert info["erasure"]["when"] == "during"
+
+
+@pytest.mark.parametrize(
+    ("setting", "fragment"),
+    [("erasure.when=sometimes", "erasure.when"), ("erasure.variance=0", "erasure.variance")],
+    ids=["when", "variance"],
+)
+def test_a_bad_erasure_setting_is_refused_before_anything_is_written(
+    tmp_path: Path,
+    write_manifest: Callable[..., Path],
+    manifest_frame: pd.DataFrame,
+    setting: str,
+    fragment: str,
+) -> None:
+    data, out = write_manifest(manifest_frame), tmp_path / "run"
+    result = invoke(fit_args(data, out, "--erase", "site", "--set", setting))
+    assert result.exit_code == 2, describe(result)
+    assert fragment in result.stderr and "Traceback" not in result.output, describe(result)
+    assert not out.exists()
+
+
+# ----------------------------------------------------------------------------------- the report
+
+
+def test_the_report_shows_the_fit_rows_beside_the_held_out_subjects(
+    erased_run: tuple[Path, Path], tmp_path: Path
+) -> None:
+    run, _ = erased_run
+    out = tmp_path / "report.html"
+    result = invoke(["report", run, "--out", out])
+    assert result.exit_code == 0, describe(result)
+    html = out.read_text()
+    section = html[html.index('id="erasure"') : html.index('id="predictions"')]
+    assert "training rows (the eraser&#39;s fit rows)" in section
+    assert "held-out subjects" in section

@@ -124,7 +124,10 @@ EraseOpt = typer.Option(
     help="confound column to erase from the trained embedding (LEACE), the task head then "
     "refit on the erased training rows; repeatable. NAME[:conditional|plain]"
     "[:categorical|continuous]: conditional (the default) erases only what the target does "
-    "not explain; e.g. --erase site. Inference needs no site column",
+    "not explain; e.g. --erase site. Inference needs no site column. --set "
+    "erasure.when=during also erases inside training (refit every epoch); --set "
+    "erasure.variance=0.95 erases within the principal components holding 95% of the "
+    "variance (default 1.0: every direction)",
 )
 WhereOpt = typer.Option(
     None,
@@ -473,7 +476,8 @@ def compare(
         "iterative-joint | grl (networks) | baseline+combat | baseline+combat-inference "
         "(ComBat on the baseline's embeddings) | raw+erase | baseline+erase | iterative+erase "
         "| grl+erase (LEACE of the --erase confounds, default site, conditional; a network's "
-        "task head refit on the erased training rows)",
+        "task head refit on the erased training rows; with --set erasure.when=during a fit of "
+        "its own that erases inside training)",
     ),
     folds: int = typer.Option(
         5,

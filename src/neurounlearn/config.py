@@ -438,6 +438,25 @@ class EraseConfig(_Strict):
         return self.mode != "plain"
 
 
+class ErasureConfig(_Strict):
+    """How the ``erase`` confounds are erased (:mod:`neurounlearn.erasure`).
+
+    Args:
+        when: ``after`` training (the eraser fit once on the trained embeddings of the training
+            rows) or ``during`` it too (an erasure layer between encoder and heads, refit on
+            the training rows' features at the start of every epoch, so the heads train on
+            erased features; then refit once more after training). Either way the task head is
+            refit on the final erased training rows.
+        variance: share of the training rows' embedding variance the eraser keeps (principal
+            components), the low-variance rest set to its mean before erasing: fewer
+            directions for the eraser's estimation error to show in on new subjects. ``1.0``
+            (the default): plain LEACE over every direction.
+    """
+
+    when: Literal["after", "during"] = "after"
+    variance: float = Field(1.0, gt=0, le=1)
+
+
 class RunConfig(_Strict):
     """Everything a run needs; written resolved to ``RUN_DIR/config.yaml``."""
 
@@ -448,6 +467,7 @@ class RunConfig(_Strict):
         description="confounds erased from the embedding after training (LEACE), the task "
         "head refit on the erased training rows",
     )
+    erasure: ErasureConfig = Field(default_factory=ErasureConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     strategy: StrategyConfig = Field(default_factory=StrategyConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)

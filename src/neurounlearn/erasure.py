@@ -13,6 +13,13 @@ age with it. Conditional erasure first residualises the confound coding on a smo
 target (cubic splines of a regression target, the classes of a classification target) and
 erases only what remains: the confound information beyond what the target explains.
 
+The guarantee holds on the rows the eraser was fit on. On new subjects the eraser's estimation
+error can still be read: the confound's class means are estimated in every direction of the
+embedding, so what is left grows with the number of directions over the number of fit rows.
+``variance`` below 1 keeps only the principal components that hold that share of the fit rows'
+variance (the low-variance rest set to its mean) and erases within them: fewer directions, less
+estimation error, at some cost to the task. ``benchmarks/erasure_diagnostic.py`` measures both.
+
 Examples:
     >>> import numpy as np
     >>> rng = np.random.default_rng(0)
@@ -72,6 +79,24 @@ def target_basis(
     return np.hstack([np.ones((len(values), 1)), basis]), spline
 
 
+def principal_directions(
+    x: np.ndarray, variance: float, *, at_least: int = 1
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The mean of ``x`` ``(n, d)`` and its principal directions split in two: the leading ones
+    that hold ``variance`` of the total (at least ``at_least`` of them), ``(d, m)``, and the
+    rest, ``(d, d - m)``. ``variance=1`` keeps every direction."""
+    mean = x.mean(axis=0)
+    d = x.shape[1]
+    if variance >= 1:
+        return mean, np.eye(d), np.zeros((d, 0))
+    values, vectors = np.linalg.eigh(np.cov(x, rowvar=False).reshape(d, d))
+    values, vectors = np.clip(values[::-1], 0, None), vectors[:, ::-1]
+    total = values.sum()
+    share = np.cumsum(values) / total if total > 0 else np.ones(d)
+    m = min(d, max(int(np.searchsorted(share, variance - 1e-12) + 1), at_least))
+    return mean, vectors[:, :m], vectors[:, m:]
+
+
 class ConceptEraser(TransformerMixin, BaseEstimator):
     """A scikit-learn transformer that erases one or several confounds from features (LEACE).
 
@@ -88,10 +113,16 @@ class ConceptEraser(TransformerMixin, BaseEstimator):
         n_knots: spline knots of the regression target basis.
         svd_tol: singular values of the whitened cross-covariance below this are not erased
             (``concept-erasure``'s own default).
+        variance: share of the fit rows' variance the kept principal components hold, in
+            (0, 1]; the other directions are set to their mean before erasing. ``1.0`` (the
+            default) keeps every direction: plain LEACE. At least one more component than the
+            confounds need is kept, so erasing never removes everything.
 
     Fitted attributes: ``levels_`` (confound -> levels, or ``None`` for a continuous one),
-    ``proj_left_`` ``(d, r)``, ``proj_right_`` ``(r, d)``, ``bias_`` ``(d,)``, ``rank_`` (r, the
-    number of directions removed), ``n_features_in_``.
+    ``proj_left_`` ``(d, R)``, ``proj_right_`` ``(R, d)``, ``bias_`` ``(d,)`` (the map
+    ``x - (x - bias) @ proj_right.T @ proj_left.T``), ``n_components_`` (principal directions
+    kept), ``rank_`` (confound directions erased within them), ``n_features_in_``,
+    ``n_fit_rows_``.
     """
 
     def __init__(
@@ -101,12 +132,14 @@ class ConceptEraser(TransformerMixin, BaseEstimator):
         target_task: Literal["auto", "regression", "classification"] = "auto",
         n_knots: int = 5,
         svd_tol: float = 0.01,
+        variance: float = 1.0,
     ) -> None:
         self.conditional = conditional
         self.kind = kind
         self.target_task = target_task
         self.n_knots = n_knots
         self.svd_tol = svd_tol
+        self.variance = variance
 
     # -- coding -------------------------------------------------------------------------------
     def _frame(self, confound: Any) -> pd.DataFrame:
@@ -206,19 +239,32 @@ class ConceptEraser(TransformerMixin, BaseEstimator):
             concept = concept - basis @ beta
         if rows.sum() < 2:
             raise InputError("erasure needs at least two rows with the confound (and target)")
+        if not 0 < self.variance <= 1:
+            raise InputError(
+                f"variance must be in (0, 1], got {self.variance}",
+                hint="e.g. 0.95 (keep the components holding 95 % of the variance) or 1.0",
+            )
+        needed = sum(1 if lv is None else max(len(lv) - 1, 1) for lv in self.levels_.values())
+        mean, kept, dropped = principal_directions(x[rows], self.variance, at_least=needed + 1)
+        coords = (x[rows] - mean) @ kept
         fitter = LeaceFitter.fit(
-            torch.from_numpy(x[rows]),
+            torch.from_numpy(coords),
             torch.from_numpy(concept[rows]),
             svd_tol=self.svd_tol,
         )
         eraser = fitter.eraser
-        self.proj_left_ = eraser.proj_left.numpy()
-        self.proj_right_ = eraser.proj_right.numpy()
-        bias = eraser.bias
-        self.bias_ = bias.numpy() if bias is not None else np.zeros(x.shape[1])
-        # directions that carry a nonzero projection: the rank actually erased
-        norms = np.linalg.norm(self.proj_left_, axis=0) * np.linalg.norm(self.proj_right_, axis=1)
-        self.rank_ = int((norms > 1e-10).sum())
+        left = eraser.proj_left.numpy()
+        right = eraser.proj_right.numpy()
+        inner_bias = eraser.bias.numpy() if eraser.bias is not None else np.zeros(kept.shape[1])
+        # x - (x - b) @ M.T with M = dropped @ dropped.T + kept @ left @ right @ kept.T: the
+        # dropped directions go to their mean, LEACE acts within the kept ones
+        strength = np.linalg.norm(left, axis=0) * np.linalg.norm(right, axis=1)
+        active = strength > 1e-10
+        self.proj_left_ = np.hstack([dropped, kept @ left[:, active]])
+        self.proj_right_ = np.vstack([dropped.T, right[active] @ kept.T])
+        self.bias_ = mean + kept @ inner_bias
+        self.rank_ = int(active.sum())
+        self.n_components_ = int(kept.shape[1])
         self.n_features_in_ = x.shape[1]
         self.n_fit_rows_ = int(rows.sum())
         return self
@@ -249,16 +295,31 @@ class EraserLayer(nn.Module):
     the encoder and the heads. Its tensors are buffers, so ``state_dict`` holds them and a
     weights-only load restores them."""
 
-    def __init__(self, dim: int, rank: int) -> None:
+    proj_left: torch.Tensor
+    proj_right: torch.Tensor
+    bias: torch.Tensor
+
+    def __init__(self, dim: int, rank: int, *, training_layer: bool = False) -> None:
         super().__init__()
+        #: keep the ``(dim, rank)`` shape across refits (zero-padded): the layer of
+        #: ``erasure.when=during``, whose buffers travel in every checkpoint
+        self.training_layer = training_layer
         self.register_buffer("proj_left", torch.zeros(dim, rank))
         self.register_buffer("proj_right", torch.zeros(rank, dim))
         self.register_buffer("bias", torch.zeros(dim))
 
     def set(self, left: np.ndarray, right: np.ndarray, bias: np.ndarray) -> None:
-        self.proj_left = torch.as_tensor(left, dtype=torch.float32)
-        self.proj_right = torch.as_tensor(right, dtype=torch.float32)
-        self.bias = torch.as_tensor(bias, dtype=torch.float32)
+        """Load a fitted eraser. A layer built wider than the eraser's rank (``rank`` equal to
+        ``dim``, as during training, where the rank changes from one refit to the next) keeps
+        its shape, the unused directions zero; otherwise the buffers take the eraser's."""
+        device, width = self.proj_left.device, self.proj_left.shape[1]
+        if self.training_layer and left.shape[1] <= width:
+            pad = width - left.shape[1]
+            left = np.hstack([left, np.zeros((left.shape[0], pad))])
+            right = np.vstack([right, np.zeros((pad, right.shape[1]))])
+        self.proj_left = torch.as_tensor(left, dtype=torch.float32, device=device)
+        self.proj_right = torch.as_tensor(right, dtype=torch.float32, device=device)
+        self.bias = torch.as_tensor(bias, dtype=torch.float32, device=device)
 
     @property
     def rank(self) -> int:
@@ -389,6 +450,7 @@ def fit_run_eraser(
     kinds: Mapping[str, str],
     target: np.ndarray,
     task: str,
+    variance: float,
 ) -> ConceptEraser:
     """The eraser of a run: fit on ``fit_rows`` (the training rows) of every erased confound
     at once. Conditional when any erased confound asks for it."""
@@ -399,6 +461,7 @@ def fit_run_eraser(
         kind={e.name: kinds[e.name] for e in erase},  # type: ignore[misc]
         target_task="classification" if task == "classification" else "regression",
         n_knots=max(e.n_knots for e in erase),
+        variance=variance,
     ).fit(features[fit_rows], confounds, target[fit_rows] if conditional else None)
 
 

@@ -122,8 +122,10 @@ class Context:
 # -- checks --------------------------------------------------------------------------------------
 
 
-def parse_arms(text: str | Sequence[str]) -> list[str]:
-    """``"raw,combat,baseline"`` -> arm names, checked; ``baseline+combat`` adds ``baseline``."""
+def parse_arms(text: str | Sequence[str], *, erase_during: bool = False) -> list[str]:
+    """``"raw,combat,baseline"`` -> arm names, checked; ``baseline+combat`` adds ``baseline``,
+    ``iterative+erase`` adds ``iterative`` (whose fit it erases) unless ``erase_during``
+    (erasure inside training: the erased arm is a fit of its own)."""
     items = text.split(",") if isinstance(text, str) else list(text)
     arms = [a.strip() for a in items if a.strip()]
     if not arms:
@@ -139,7 +141,7 @@ def parse_arms(text: str | Sequence[str]) -> list[str]:
         out.insert(out.index(next(a for a in out if a in EMBEDDING_ARMS)), "baseline")
     for arm in [a for a in out if a.endswith("+erase") and a != "raw+erase"]:
         base = arm.removesuffix("+erase")
-        if base not in out:  # the erased arm reuses its model arm's fit
+        if base not in out and not erase_during:  # the erased arm reuses its model arm's fit
             out.insert(out.index(arm), base)
     return out
 
@@ -489,6 +491,7 @@ def _raw_erase_arm(ctx: Context, job: Job, x: np.ndarray) -> ArmFold:
         kinds=_erase_kinds(ctx),
         target=_target_number(ctx, np.arange(len(x))),
         task=ctx.task,
+        variance=ctx.cfg.erasure.variance,
     )
     xe = eraser.transform(xs)
     pred = _readout(ctx, xe, job.split)
@@ -500,7 +503,7 @@ def _model_erase_arm(
 ) -> ArmFold:
     """The model arm's run, erased as ``fit --erase`` erases: the eraser fit on the training
     rows' embeddings, the task head refit on them."""
-    from neurounlearn.training.fit import erase_run
+    from neurounlearn.training.erasing import erase_run
     from neurounlearn.training.run import load_run, prediction_columns
 
     assert job.run_dir is not None
@@ -989,7 +992,7 @@ def compare(
 
     start = time.perf_counter()
     out = Path(out)
-    arms = parse_arms(arms)
+    arms = parse_arms(arms, erase_during=cfg.erasure.when == "during")
     check_out(out, folder=True)
     if out.exists() and any(out.iterdir()):
         raise InputError(
@@ -1175,14 +1178,17 @@ def make_jobs(
     cfg: RunConfig, arms: Sequence[str], views: list[tuple[str, str, np.ndarray]], runs: Path
 ) -> list[Job]:
     """One job per model arm and split (the baseline's job also runs the ComBat-on-embedding
-    arms), and one per split for all raw-feature arms."""
+    arms, a network's job its ``+erase`` arm), and one per split for all raw-feature arms. With
+    ``erasure.when=during`` a ``+erase`` arm is a fit of its own (erasing inside training)."""
     raw_arms = tuple(a for a in arms if a in RAW_ARMS or a == "raw+erase")
     emb_arms = tuple(a for a in arms if a in EMBEDDING_ARMS)
+    during = cfg.erasure.when == "during"
     jobs: list[Job] = []
     for view, key, split in views:
         first = view == "fold" and key == "1"  # its embeddings go into the report
         label = f"fold{key}" if view == "fold" else f"external/{_safe(key)}"
-        for arm in (a for a in arms if a in MODEL_ARMS):
+        networks = [a for a in MODEL_ARMS if a in arms or f"{a}+erase" in arms]
+        for arm in networks:
             strategy, mode = MODEL_ARMS[arm]
             job_cfg = cfg.model_copy(
                 update={
@@ -1190,9 +1196,14 @@ def make_jobs(
                     "erase": [],  # the +erase arm erases the saved run's embedding itself
                 }
             )
-            erased = (f"{arm}+erase",) if f"{arm}+erase" in arms else ()
-            own = (arm, *(emb_arms if arm == "baseline" else ()), *erased)
-            jobs.append(Job(view, key, split, own, job_cfg, runs / label / arm, first))
+            erased = (f"{arm}+erase",) if f"{arm}+erase" in arms and not during else ()
+            if arm in arms:
+                own = (arm, *(emb_arms if arm == "baseline" else ()), *erased)
+                jobs.append(Job(view, key, split, own, job_cfg, runs / label / arm, first))
+            if during and f"{arm}+erase" in arms:  # erasure inside training: a fit of its own
+                erase_cfg = job_cfg.model_copy(update={"erase": cfg.erase})
+                name = f"{arm}+erase"
+                jobs.append(Job(view, key, split, (name,), erase_cfg, runs / label / name, first))
         if raw_arms:
             jobs.append(Job(view, key, split, raw_arms, cfg, keep_embeddings=first))
     return jobs

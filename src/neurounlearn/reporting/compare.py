@@ -41,10 +41,11 @@ def _arm(ctx: Context, s: ArmSummary) -> ReportArm:
             history = pd.read_csv(run_dir / "history.csv")
         config_text = (run_dir / "config.yaml").read_text()
     embeddings = first.embeddings if first is not None else None
+    network = s.arm.removesuffix("+erase")  # a network's arm, erased or not
     return ReportArm(
         name=s.arm,
-        kind="model" if s.arm in MODEL_ARMS else "reference",
-        strategy=MODEL_ARMS[s.arm][0] if s.arm in MODEL_ARMS else None,
+        kind="model" if network in MODEL_ARMS else "reference",
+        strategy=MODEL_ARMS[network][0] if network in MODEL_ARMS else None,
         task=s.task,
         leakage=s.leakage,
         predictions=predictions,

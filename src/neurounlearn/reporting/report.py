@@ -70,6 +70,9 @@ class ReportArm:
         info: free-form facts for the summary table, e.g. ``{"fit seconds": 31.2}``.
         openbhb: ``{"ridge_age_probe_mae", "site_probe_balanced_accuracy", "external_mae",
             "score"}``.
+        erasure: for a run that erases: ``{"training_rows": leakage block of the erased
+            training rows (metrics.json's ``erasure_training_rows``), "info": run.json's
+            ``erasure``}``.
     """
 
     name: str
@@ -84,6 +87,7 @@ class ReportArm:
     config_text: str | None = None
     info: dict = field(default_factory=dict)
     openbhb: dict | None = None
+    erasure: dict | None = None
 
 
 # --- formatting ----------------------------------------------------------------------------------
@@ -461,6 +465,32 @@ def comparison_table(arms: Sequence[ReportArm]) -> pd.DataFrame:
     return pd.DataFrame.from_records(records)
 
 
+def erasure_records(arms: Sequence[ReportArm]) -> list[dict[str, Any]]:
+    """Per erasing arm and erased confound, the probes on the rows the eraser was fit on (where
+    LEACE's linear guarantee holds) beside the same probes on held-out subjects."""
+    records = []
+    for arm in arms:
+        if not arm.erasure:
+            continue
+        info = arm.erasure.get("info") or {}
+        for confound, fit_entry in (arm.erasure.get("training_rows") or {}).items():
+            for rows, entry in (
+                ("training rows (the eraser's fit rows)", fit_entry or {}),
+                ("held-out subjects", arm.leakage.get(confound) or {}),
+            ):
+                metric = "r2" if entry.get("kind") == "continuous" else "balanced_accuracy"
+                record: dict[str, Any] = {"arm": arm.name, "confound": confound, "rows": rows}
+                for where, block in _scopes(entry):
+                    for probe in PROBES:
+                        result = (block.get("probe") or {}).get(probe) or {}
+                        name = f"{probe}{' in band' if where else ''}"
+                        record[name] = result.get(metric)
+                record["chance"] = entry.get("chance")
+                record["erased when"] = info.get("when", "after")
+                records.append(record)
+    return records
+
+
 def _chance_note(arms: Sequence[ReportArm]) -> str | None:
     parts = []
     for arm in arms:
@@ -633,6 +663,7 @@ def render_report(
         if tsne
         else None,
         "tsne_requested": tsne,
+        "erasure": _records_table(erasure_records(arms)) if any(a.erasure for a in arms) else None,
         "curves": _uri(figures.training_curves(arms)),
         "configs": [(a.name, a.config_text) for a in arms if a.config_text],
     }

@@ -295,6 +295,12 @@ def _load_run(run_dir: Path, name: str | None) -> _Run:
         # "mode" always, so that its column sits beside the strategy whichever run comes first
         info={"mode": mode, **{k: v for k, v in details.items() if v is not None}},
         openbhb=metrics.get("openbhb"),
+        erasure={
+            "training_rows": (metrics.get("erasure_training_rows") or {}).get("leakage") or {},
+            "info": info.get("erasure") or {},
+        }
+        if info.get("erasure")
+        else None,
     )
     warnings = [str(w) for w in metrics.get("warnings") or []]
     return _Run(arm, target, site, warnings)

@@ -32,6 +32,7 @@ from neurounlearn.registry import strategy_class
 from neurounlearn.training.batchnorm import recompute_batchnorm
 from neurounlearn.training.checkpoints import AtomicCheckpointIO, ExactResume, read_weights
 from neurounlearn.training.datamodule import TableDataModule
+from neurounlearn.training.erasing import EraserRefresh, erase_run, training_eraser
 from neurounlearn.training.run import (
     MODEL_FILE,
     RUN_INFO,
@@ -361,6 +362,8 @@ def fit(
 
     L.seed_everything(t.seed, workers=True, verbose=False)
     model = build_model(cfg, encoding, input_shape=rows.input_shape)
+    if cfg.erase and cfg.erasure.when == "during":  # before a checkpoint's weights are loaded
+        training_eraser(model)
     s = cfg.strategy
     weights = encoding.class_weights(codes[train])
     priors = encoding.condition_priors(codes[train], encoding.conditions(frame)[train], weights)
@@ -417,6 +420,17 @@ def fit(
                 "a new run",
             ) from None
 
+    refresh = None
+    if cfg.erase and cfg.erasure.when == "during":
+        refresh = EraserRefresh(
+            cfg,
+            rows.subset(train),
+            frame.iloc[np.flatnonzero(train)],
+            y[train],
+            task=task,
+            batch_size=t.batch_size if cfg.data.input == "image" else max(t.batch_size, 256),
+        )
+
     quiet_lightning()
     history = HistoryWriter(out / "history.csv", strategy)
     callbacks = [
@@ -434,6 +448,7 @@ def fit(
             else []
         ),
         history,
+        *([refresh] if refresh is not None else []),
         ExactResume(
             {
                 **({"memory": strategy.memory} if hasattr(strategy, "memory") else {}),
@@ -489,69 +504,6 @@ def fit(
         if created:  # a new run that failed leaves nothing behind
             shutil.rmtree(out, ignore_errors=True)
         raise
-
-
-def erase_run(
-    cfg: RunConfig,
-    model: Any,
-    encoding: TableEncoding,
-    feats: np.ndarray,
-    frame: pd.DataFrame,
-    y: np.ndarray,
-    row_split: pd.Series,
-) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """Fit the run's eraser on the training rows' embeddings, attach it to ``model`` (between
-    encoder and heads), refit the task head on the erased training rows (validation rows for
-    early stopping). Returns the erased embeddings, the new predictions (model units) and what
-    ``run.json`` records of it."""
-    from neurounlearn.erasure import erase_kinds, fit_run_eraser, refit_head
-
-    start = time.perf_counter()
-    train = (row_split == "train").to_numpy()
-    val = (row_split == "val").to_numpy()
-    task = encoding.task
-    kinds = erase_kinds(cfg.erase, frame, {c.name: c.kind for c in cfg.confounds})
-    eraser = fit_run_eraser(
-        cfg.erase,
-        feats.astype(np.float64),
-        frame,
-        train,
-        kinds=kinds,
-        target=y,  # model units; NaN where hidden (unlabelled sites) or missing
-        task=task,
-    )
-    model.eraser = eraser.module()
-    with torch.no_grad():
-        erased = model.eraser(torch.as_tensor(feats, dtype=torch.float32))
-    weight = None
-    if task == "classification" and cfg.train.class_balance == "weighted":
-        weight = torch.as_tensor(encoding.task_class_weights(y[train]), dtype=torch.float32)
-    steps = refit_head(
-        model.task_head,
-        erased.numpy(),
-        y,
-        train,
-        val,
-        task=task,
-        lr=cfg.train.lr,
-        weight_decay=cfg.train.weight_decay,
-        seed=cfg.train.seed,
-        class_weight=weight,
-        task_loss=cfg.train.task_loss,
-    )
-    with torch.no_grad():
-        pred = model.predict_task(erased).float().numpy()
-    info = {
-        "confounds": {
-            e.name: {"kind": kinds[e.name], "mode": "conditional" if e.conditional else "plain"}
-            for e in cfg.erase
-        },
-        "rank": eraser.rank_,
-        "fit_rows": eraser.n_fit_rows_,
-        "head_steps": steps,
-        "seconds": time.perf_counter() - start,
-    }
-    return erased.numpy(), pred, info
 
 
 def make_trainer(
@@ -663,9 +615,18 @@ def _train_and_write(
         preds = segmentation_frame(preds, labelled, dice, encoding.target_classes)
         embeddings = point_frame(ids, pooled)
     else:
+        if cfg.erase:  # the final eraser is fit on the encoder's own features
+            model.eraser = None
         feats, pred = infer(model, rows.all(), batch_size=t.batch_size, device=device)
         if cfg.erase:
             feats, pred, erasure = erase_run(cfg, model, encoding, feats, frame, y, row_split)
+            callbacks = getattr(trainer, "callbacks", [])  # Lightning sets it at run time
+            refresh = next((c for c in callbacks if isinstance(c, EraserRefresh)), None)
+            if refresh is not None:  # erased during training too (this process's epochs)
+                erasure["during_training"] = {
+                    "refits": refresh.refits,
+                    "seconds": refresh.seconds,
+                }
         preds = prediction_columns(preds, encoding, frame, pred)
         embeddings = embedding_frame(ids, feats)
     check_finite(embeddings, preds, cfg, epochs_run)
