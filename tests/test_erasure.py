@@ -267,14 +267,20 @@ def test_the_refresh_refits_the_layer_from_the_encoder_and_restores_train_mode()
     x, site, age = entangled(n_per_site=30)
     cfg = validate_config({"erase": [{"name": "site"}], "data": {"target": "age"}})
     encoder = torch.nn.Sequential(torch.nn.Linear(12, 6), torch.nn.Dropout(0.5))
-    model = SimpleNamespace(encoder=encoder, eraser=EraserLayer(6, 6, training_layer=True))
+    model = SimpleNamespace(encoder=encoder, eraser=EraserLayer(6, 6))
     model.training = True
     model.eval = lambda: encoder.eval()
     model.train = lambda mode=True: encoder.train(mode)
     encoder.train()
     data = TensorDictDataset(x, age, np.zeros((len(x), 1)))
     refresh = EraserRefresh(
-        cfg, data, pd.DataFrame({"site": site}), age, task="regression", batch_size=16
+        cfg,
+        data,
+        pd.DataFrame({"site": site}),
+        age,
+        kinds={"site": "categorical"},
+        task="regression",
+        batch_size=16,
     )
     refresh.on_train_epoch_start(None, SimpleNamespace(model=model, device=torch.device("cpu")))  # type: ignore[arg-type]
     assert refresh.refits == 1 and encoder.training

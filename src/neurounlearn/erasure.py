@@ -299,21 +299,19 @@ class EraserLayer(nn.Module):
     proj_right: torch.Tensor
     bias: torch.Tensor
 
-    def __init__(self, dim: int, rank: int, *, training_layer: bool = False) -> None:
+    def __init__(self, dim: int, rank: int) -> None:
         super().__init__()
-        #: keep the ``(dim, rank)`` shape across refits (zero-padded): the layer of
-        #: ``erasure.when=during``, whose buffers travel in every checkpoint
-        self.training_layer = training_layer
         self.register_buffer("proj_left", torch.zeros(dim, rank))
         self.register_buffer("proj_right", torch.zeros(rank, dim))
         self.register_buffer("bias", torch.zeros(dim))
 
     def set(self, left: np.ndarray, right: np.ndarray, bias: np.ndarray) -> None:
-        """Load a fitted eraser. A layer built wider than the eraser's rank (``rank`` equal to
-        ``dim``, as during training, where the rank changes from one refit to the next) keeps
-        its shape, the unused directions zero; otherwise the buffers take the eraser's."""
+        """Load a fitted eraser. A layer at least as wide as the eraser's rank keeps its shape,
+        the unused directions zero (the layer of ``erasure.when=during`` is as wide as the
+        embedding, so its buffers keep one shape in every checkpoint); a narrower one takes the
+        eraser's."""
         device, width = self.proj_left.device, self.proj_left.shape[1]
-        if self.training_layer and left.shape[1] <= width:
+        if left.shape[1] <= width:
             pad = width - left.shape[1]
             left = np.hstack([left, np.zeros((left.shape[0], pad))])
             right = np.vstack([right, np.zeros((pad, right.shape[1]))])

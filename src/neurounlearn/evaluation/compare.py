@@ -1183,11 +1183,11 @@ def make_jobs(
     raw_arms = tuple(a for a in arms if a in RAW_ARMS or a == "raw+erase")
     emb_arms = tuple(a for a in arms if a in EMBEDDING_ARMS)
     during = cfg.erasure.when == "during"
+    networks = [a for a in MODEL_ARMS if a in arms or f"{a}+erase" in arms]
     jobs: list[Job] = []
     for view, key, split in views:
         first = view == "fold" and key == "1"  # its embeddings go into the report
         label = f"fold{key}" if view == "fold" else f"external/{_safe(key)}"
-        networks = [a for a in MODEL_ARMS if a in arms or f"{a}+erase" in arms]
         for arm in networks:
             strategy, mode = MODEL_ARMS[arm]
             job_cfg = cfg.model_copy(

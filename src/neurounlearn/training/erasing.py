@@ -88,7 +88,7 @@ def training_eraser(model: Any) -> EraserLayer:
     """Attach an erasure layer for ``erasure.when=during``: as wide as the embedding (its rank
     changes from one refit to the next), the identity until the first refit."""
     dim = int(model.encoder.out_features)
-    model.eraser = EraserLayer(dim, dim, training_layer=True)
+    model.eraser = EraserLayer(dim, dim)
     return model.eraser
 
 
@@ -102,6 +102,8 @@ class EraserRefresh(Callback):
         data: the training rows (as the model reads them, never augmented).
         frame: their manifest rows (the erased confounds), in the same order.
         target: their targets in model units (NaN where hidden or missing).
+        kinds: each erased confound's kind (:func:`~neurounlearn.erasure.erase_kinds` of the
+            whole manifest, as the final eraser sees it).
         task: ``regression`` or ``classification``.
         batch_size: rows per forward pass.
     """
@@ -113,6 +115,7 @@ class EraserRefresh(Callback):
         frame: pd.DataFrame,
         target: np.ndarray,
         *,
+        kinds: dict[str, str],
         task: str,
         batch_size: int,
     ) -> None:
@@ -122,7 +125,7 @@ class EraserRefresh(Callback):
         self.target = target
         self.task = task
         self.batch_size = batch_size
-        self.kinds = erase_kinds(cfg.erase, self.frame, {c.name: c.kind for c in cfg.confounds})
+        self.kinds = kinds
         #: refits done in this process, and their seconds (feature pass included)
         self.refits = 0
         self.seconds = 0.0

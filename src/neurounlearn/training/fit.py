@@ -26,6 +26,7 @@ from neurounlearn.config import RunConfig
 from neurounlearn.data.inputs import load_inputs, row_data, table_spec
 from neurounlearn.data.splits import make_splits, splits_frame
 from neurounlearn.data.tabular import TableEncoding
+from neurounlearn.erasure import check_erase, erase_kinds
 from neurounlearn.errors import InputError, Problem
 from neurounlearn.models.segmentation import SegmentationModel
 from neurounlearn.registry import strategy_class
@@ -322,14 +323,14 @@ def fit(
         classes=inputs.classes,
     )
     _check_encoding(cfg, encoding)
+    erase_during = bool(cfg.erase) and cfg.erasure.when == "during"
+    erased_kinds = erase_kinds(cfg.erase, frame, {c.name: c.kind for c in cfg.confounds})
     if cfg.erase:
-        from neurounlearn.erasure import check_erase, erase_kinds
-
         check_erase(
             cfg.erase,
             frame,
             train,
-            kinds=erase_kinds(cfg.erase, frame, {c.name: c.kind for c in cfg.confounds}),
+            kinds=erased_kinds,
             target=cfg.data.target,
             task=task,
             embedding_dim=cfg.model.embedding_dim,
@@ -362,7 +363,7 @@ def fit(
 
     L.seed_everything(t.seed, workers=True, verbose=False)
     model = build_model(cfg, encoding, input_shape=rows.input_shape)
-    if cfg.erase and cfg.erasure.when == "during":  # before a checkpoint's weights are loaded
+    if erase_during:  # the layer exists before a checkpoint's weights are loaded
         training_eraser(model)
     s = cfg.strategy
     weights = encoding.class_weights(codes[train])
@@ -421,12 +422,13 @@ def fit(
             ) from None
 
     refresh = None
-    if cfg.erase and cfg.erasure.when == "during":
+    if erase_during:
         refresh = EraserRefresh(
             cfg,
             rows.subset(train),
             frame.iloc[np.flatnonzero(train)],
             y[train],
+            kinds=erased_kinds,
             task=task,
             batch_size=t.batch_size if cfg.data.input == "image" else max(t.batch_size, 256),
         )
