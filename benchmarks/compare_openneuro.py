@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from neurounlearn.data.datasets import OPENNEURO_FEATURES
+from neurounlearn.data.bundled import OPENNEURO_FEATURES
 
 RESULTS = Path(__file__).parent / "results"
 ARMS = "raw,combat,baseline,baseline+combat,iterative,grl"

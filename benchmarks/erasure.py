@@ -36,7 +36,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from neurounlearn.data.datasets import OPENNEURO_FEATURES, openneuro_transfer
+from neurounlearn.data.bundled import OPENNEURO_FEATURES, openneuro_transfer
+from neurounlearn.formatting import fmt_number
+from neurounlearn.results import LeakageResult
+from neurounlearn.rundir import read_info
 
 RESULTS = Path(__file__).parent / "results"
 CLI = str(Path(sys.executable).with_name("neurounlearn"))
@@ -103,7 +106,7 @@ def cost(data: Path, work: Path) -> dict[str, Any]:
     for label, extra in arms:
         run_dir = work / f"cost-{label}"
         seconds = run([*base, *extra, "--out", str(run_dir)])
-        info = json.loads((run_dir / "run.json").read_text())
+        info = read_info(run_dir)
         out[label] = {
             "fit_seconds": info["fit_seconds"],
             "command_seconds": seconds,
@@ -117,7 +120,7 @@ def cost(data: Path, work: Path) -> dict[str, Any]:
     # during: the refits at every epoch's start (a feature pass and an eraser fit each) plus
     # the final erasure, as a share of that fit (the training itself differs, and so does
     # when it stops: the fits' wall times are not comparable epoch for epoch)
-    info = json.loads((work / "cost-during" / "run.json").read_text())["erasure"]
+    info = read_info(work / "cost-during")["erasure"]
     out["during"]["refits"] = info["during_training"]["refits"]
     out["during"]["refit_seconds"] = info["during_training"]["seconds"]
     out["during_share_of_fit"] = (
@@ -135,11 +138,13 @@ def _get(summary: dict[str, Any], *path: str) -> Any:
     return node
 
 
+def _audit(summary: dict[str, Any], confound: str) -> LeakageResult:
+    return LeakageResult.from_dict(_get(summary, "leakage", confound))
+
+
 def _site_in_band(summaries: dict[str, Any], arm: str, probe: str) -> float | None:
-    return _get(
-        summaries.get(arm) or {}, "leakage", "site", "conditional", "probe", probe,
-        "balanced_accuracy",
-    )  # fmt: skip
+    band = _audit(summaries.get(arm) or {}, "site").conditional
+    return None if band is None else band.probe(probe).balanced_accuracy
 
 
 def acceptance(payload: dict[str, Any]) -> list[list[str]]:
@@ -147,7 +152,7 @@ def acceptance(payload: dict[str, Any]) -> list[list[str]]:
     rows: list[list[str]] = []
 
     def check(what: str, value: float | None, target: str, ok: bool | None) -> None:
-        shown = "—" if value is None else f"{value:.2f}"
+        shown = fmt_number(value)
         rows.append([what, shown, target, "—" if ok is None else ("met" if ok else "missed")])
 
     variants = payload["variants"]
@@ -187,7 +192,7 @@ def acceptance(payload: dict[str, Any]) -> list[list[str]]:
         check(f"2. {arm}, every age: in-band linear site BAcc", linear, "≤ 0.25", _le(linear, 0.25))
     sex = (variants.get("sex") or {}).get("summaries") or {}
     if "baseline+erase" in sex:
-        r2 = _get(sex["baseline+erase"], "leakage", "age", "probe", "linear", "r2")
+        r2 = _audit(sex["baseline+erase"], "age").probe("linear").r2
         bacc = _get(sex["baseline+erase"], "task", "balanced_accuracy")
         base = _get(sex.get("baseline") or {}, "task", "balanced_accuracy")
         ratio = bacc / base if bacc is not None and base else None

@@ -33,15 +33,18 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from sklearn.preprocessing import StandardScaler
 
 from neurounlearn import ConceptEraser
-from neurounlearn.data.datasets import OPENNEURO_FEATURES, openneuro_transfer
-from neurounlearn.evaluation.evaluate import ridge_probe_mae
+from neurounlearn.data.bundled import OPENNEURO_FEATURES, openneuro_transfer
+from neurounlearn.evaluation.audit import ridge_probe_mae
 from neurounlearn.evaluation.leakage import LeakageAudit
+from neurounlearn.formatting import markdown_table
+from neurounlearn.results import LeakageResult
 from neurounlearn.training.run import embedding_columns
 
 RESULTS = Path(__file__).parent / "results"
@@ -68,8 +71,13 @@ def probe(
     audit: LeakageAudit, z: np.ndarray, site: np.ndarray, age: np.ndarray, rows: np.ndarray
 ) -> tuple[float, float]:
     entry = audit.audit(z[rows], site[rows], kind="categorical", target=age[rows], band=BAND)
-    block = entry["conditional"]["probe"]
-    return block["linear"]["balanced_accuracy"], block["nonlinear"]["balanced_accuracy"]
+    band = LeakageResult.from_dict(entry).conditional
+    if band is None:
+        raise RuntimeError(f"the audit ran no probe within the band {BAND}")
+    linear, nonlinear = band.probe("linear"), band.probe("nonlinear")
+    if linear.balanced_accuracy is None or nonlinear.balanced_accuracy is None:
+        raise RuntimeError(f"a probe within the band {BAND} did not run: {band.warnings}")
+    return linear.balanced_accuracy, nonlinear.balanced_accuracy
 
 
 def fold_figures(
@@ -163,28 +171,41 @@ def main() -> None:
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "erasure_diagnostic.json").write_text(json.dumps(payload, indent=2) + "\n")
-    head = "| eraser fit on, probed on | " + " | ".join(
-        f"{arm}: in-band site lin / nonlin | {arm}: age ridge MAE" for arm in ARMS
+    text = render(payload)
+    (args.out / "erasure_diagnostic.md").write_text(text)
+    print(text)
+
+
+def render(payload: dict[str, Any]) -> str:
+    """The markdown of the stored results."""
+    means, floor = payload["means"], payload["age_alone"]
+    head = ["eraser fit on, probed on"]
+    for arm in ARMS:
+        head += [f"{arm}: in-band site lin / nonlin", f"{arm}: age ridge MAE"]
+    rows = []
+    for name in VARIANTS:
+        cells = [name]
+        for arm in ARMS:
+            m = means[arm][name]
+            cells += [f"{m['linear']:.2f} / {m['nonlinear']:.2f}", f"{m['ridge_mae']:.2f}"]
+        rows.append(cells)
+    rows.append(
+        [
+            "age alone (a perfect age)",
+            f"{floor['linear']:.2f} / {floor['nonlinear']:.2f}",
+            "—",
+            *["—", "—"] * (len(ARMS) - 1),
+        ]
     )
     lines = [
         "# Why site stays readable on held-out subjects after erasure",
         "",
-        f"Wall time {seconds / 60:.1f} min on {os.cpu_count()} cores. Site unlearned within "
-        "18–35 on the shipped table, 5 folds, seed 0 (the folds of `erasure.py`); mean over "
-        "folds of the balanced accuracy of fresh probes within 18–35 (chance 0.20).",
+        f"Wall time {payload['wall_seconds'] / 60:.1f} min on {os.cpu_count()} cores. Site "
+        "unlearned within 18–35 on the shipped table, 5 folds, seed 0 (the folds of "
+        "`erasure.py`); mean over folds of the balanced accuracy of fresh probes within 18–35 "
+        "(chance 0.20).",
         "",
-        head + " |",
-        "|---" * (1 + 2 * len(ARMS)) + "|",
-    ]
-    for name in VARIANTS:
-        cells = []
-        for arm in ARMS:
-            m = means[arm][name]
-            cells += [f"{m['linear']:.2f} / {m['nonlinear']:.2f}", f"{m['ridge_mae']:.2f}"]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += [
-        f"| age alone (a perfect age) | {floor['linear']:.2f} / {floor['nonlinear']:.2f} | — "
-        + "| — | — |" * (len(ARMS) - 1),
+        markdown_table(head, rows),
         "",
         "- fit rows: the erased training rows, standardised and probed as the held-out rows "
         "are; their age MAE is on rows the network was trained on (it fits them almost "
@@ -193,8 +214,7 @@ def main() -> None:
         "- oracle: the eraser fit on the held-out rows' own site and age.",
         "",
     ]
-    (args.out / "erasure_diagnostic.md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

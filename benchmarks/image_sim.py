@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import statistics
 import tempfile
 import time
 import warnings
@@ -31,6 +30,8 @@ from neurounlearn.config import apply_overrides
 from neurounlearn.data.simulate import simulate_cohort
 from neurounlearn.demo import ARMS, image_config
 from neurounlearn.evaluation.evaluate import evaluate
+from neurounlearn.formatting import fmt_mean_sd, markdown_table, mean_sd
+from neurounlearn.results import LeakageResult
 from neurounlearn.training.fit import fit
 
 warnings.filterwarnings("ignore")
@@ -49,7 +50,7 @@ BENCH_OVERRIDES = [
 
 
 def probe(m: dict[str, Any], kind: str) -> float | None:
-    return ((m["leakage"]["site"].get("probe") or {}).get(kind) or {}).get("balanced_accuracy")
+    return LeakageResult.from_dict(m["leakage"]["site"]).probe(kind).balanced_accuracy
 
 
 def run_seed(
@@ -103,11 +104,10 @@ def raw_voxel_reference(run_dir: Path, seed: int) -> dict[str, Any]:
     to 8^3 voxels, and a ridge age model on them (trained on the train split), same split."""
     import numpy as np
     import pandas as pd
-    from sklearn.linear_model import RidgeCV
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
 
-    from neurounlearn.evaluation.evaluate import audit_features
+    from neurounlearn.evaluation.audit import audit_features
+    from neurounlearn.evaluation.reference import linear_readout
+    from neurounlearn.rundir import PREDICTIONS
     from neurounlearn.training.run import load_run
 
     run = load_run(run_dir)
@@ -123,14 +123,13 @@ def raw_voxel_reference(run_dir: Path, seed: int) -> dict[str, Any]:
             for v in volumes
         ]
     )
-    preds = pd.read_csv(run_dir / "predictions.csv")
+    preds = pd.read_csv(run_dir / PREDICTIONS)
     assert len(preds) == n
     train = (preds["split"] == "train").to_numpy()
     test = (preds["split"] == "test").to_numpy()
     age = preds["age"].to_numpy(dtype=float)
-    ridge = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-2, 4, 13)))
-    ridge.fit(pooled[train], age[train])
-    mae = float(np.mean(np.abs(ridge.predict(pooled[test]) - age[test])))
+    predicted = linear_readout(pooled, age, train)  # ridge, the readout's penalties
+    mae = float(np.mean(np.abs(predicted[test] - age[test])))
     leak = audit_features(
         pooled[test],
         preds.loc[test].reset_index(drop=True),
@@ -141,21 +140,14 @@ def raw_voxel_reference(run_dir: Path, seed: int) -> dict[str, Any]:
         ),
         seed=seed,
     )
-    probes = leak["site"]["probe"]
+    audit = LeakageResult.from_dict(leak["site"])
     return {
         "mae": mae,
-        "site_bacc_linear": probes["linear"]["balanced_accuracy"],
-        "site_bacc_nonlinear": probes["nonlinear"]["balanced_accuracy"],
+        "site_bacc_linear": audit.probe("linear").balanced_accuracy,
+        "site_bacc_nonlinear": audit.probe("nonlinear").balanced_accuracy,
         "fit_seconds": None,
         "epochs_run": None,
     }
-
-
-def mean_sd(values: list[float | None]) -> tuple[float | None, float | None]:
-    vals = [v for v in values if v is not None]
-    if not vals:
-        return None, None
-    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
 
 
 def summarise(per_seed: dict[str, dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
@@ -164,8 +156,8 @@ def summarise(per_seed: dict[str, dict[str, dict[str, Any]]]) -> dict[str, dict[
     for label in [RAW, *(a[0] for a in ARMS)]:
         summary[label] = {}
         for k in keys:
-            m, sd = mean_sd([per_seed[s][label].get(k) for s in per_seed])
-            summary[label][k] = {"mean": m, "sd": sd}
+            stat = mean_sd([per_seed[s][label].get(k) for s in per_seed])
+            summary[label][k] = stat.as_dict(with_n=False)
     return summary
 
 
@@ -190,12 +182,6 @@ def verdicts(summary: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def fmt(cell: dict[str, Any], digits: int = 2) -> str:
-    if cell["mean"] is None:
-        return "—"
-    return f"{cell['mean']:.{digits}f} ± {cell['sd']:.{digits}f}"
-
-
 def render(payload: dict[str, Any]) -> str:
     summary, verdict, meta = payload["summary"], payload["verdicts"], payload["meta"]
     base_mae = summary["baseline"]["mae"]["mean"]
@@ -207,18 +193,24 @@ def render(payload: dict[str, Any]) -> str:
         f"{meta['seeds']} (each seed simulates its own cohort and split). Mean ± sd over seeds "
         "on the test split. Chance site BAcc: 0.33.",
         "",
-        "| arm | age MAE | MAE / baseline | site BAcc linear | site BAcc nonlinear | fit s |",
-        "|---|---|---|---|---|---|",
     ]
+    head = ["arm", "age MAE", "MAE / baseline", "site BAcc linear", "site BAcc nonlinear", "fit s"]
+    rows = []
     for label in [RAW, *(a[0] for a in ARMS)]:
         s = summary[label]
-        lines.append(
-            f"| {label} | {fmt(s['mae'])} | {s['mae']['mean'] / base_mae:.2f} | "
-            f"{fmt(s['site_bacc_linear'])} | {fmt(s['site_bacc_nonlinear'])} | "
-            f"{fmt(s['fit_seconds'], 0)} |"
+        rows.append(
+            [
+                label,
+                fmt_mean_sd(s["mae"]),
+                f"{s['mae']['mean'] / base_mae:.2f}",
+                fmt_mean_sd(s["site_bacc_linear"]),
+                fmt_mean_sd(s["site_bacc_nonlinear"]),
+                fmt_mean_sd(s["fit_seconds"], 0),
+            ]
         )
     b = verdict["baseline"]
     lines += [
+        markdown_table(head, rows),
         "",
         f"Targets: baseline linear site BAcc ≥ {TARGET_BASELINE_BACC:.2f}; unlearned arms "
         f"site BAcc ≤ {TARGET_BACC:.2f} for both probes and MAE ≤ {TARGET_MAE_RATIO} × baseline.",

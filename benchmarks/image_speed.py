@@ -42,6 +42,7 @@ from neurounlearn.data.inputs import preprocess_settings, volume_columns
 from neurounlearn.data.simulate import simulate_cohort
 from neurounlearn.data.volumes import CachedVolumes, build_cache, preprocess, resolve_paths
 from neurounlearn.demo import image_config
+from neurounlearn.formatting import markdown_table
 from neurounlearn.training.fit import fit
 
 warnings.filterwarnings("ignore")
@@ -175,9 +176,8 @@ def render(p: dict[str, Any]) -> str:
         f"{m['epochs']} epochs per arm, the first excluded as warm-up; time inside training "
         f"steps only. Machine: {m['machine']}.",
         "",
-        "| arm | train samples/s | × baseline | target |",
-        "|---|---|---|---|",
     ]
+    rows = []
     for label, rate in t.items():
         target = TARGETS.get(label)
         verdict = (
@@ -185,16 +185,17 @@ def render(p: dict[str, Any]) -> str:
             if target is None
             else f"≥ {target:.2f} ({'met' if rate / base >= target else 'missed'})"
         )
-        lines.append(f"| {label} | {rate:.1f} | {rate / base:.2f} | {verdict} |")
+        rows.append([label, f"{rate:.1f}", f"{rate / base:.2f}", verdict])
     ld = p["loader_samples_per_second"]
     cached = max(ld["cached, 0 workers"], ld["cached, 2 workers"])
     lines += [
+        markdown_table(["arm", "train samples/s", "× baseline", "target"], rows),
         "",
-        "| loader | samples/s | × baseline consumption |",
-        "|---|---|---|",
+        markdown_table(
+            ["loader", "samples/s", "× baseline consumption"],
+            [[label, f"{rate:.1f}", f"{rate / base:.1f}"] for label, rate in ld.items()],
+        ),
     ]
-    for label, rate in ld.items():
-        lines.append(f"| {label} | {rate:.1f} | {rate / base:.1f} |")
     c = p["cache"]
     lines += [
         "",

@@ -43,6 +43,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from neurounlearn.formatting import markdown_table
+
 RESULTS = Path(__file__).parent / "results"
 FEATURES = [f"f{i}" for i in range(6)]
 FEATURE_REGEX = r"^f\d$"
@@ -1371,16 +1373,19 @@ def render(payload: dict[str, Any]) -> str:
             if not r["handled"]:
                 lines.append(f"- `{r['name']}`: {r.get('reason', '')}")
         lines.append("")
-    lines += [
-        "| case | group | expect | exit | handled | first error line |",
-        "|---|---|---|---|---|---|",
+    head = ["case", "group", "expect", "exit", "handled", "first error line"]
+    rows = [
+        [
+            f"`{r['name']}`",
+            str(r["group"]),
+            str(r["expect"]),
+            str(r["rc"]),
+            "yes" if r["handled"] else "**no**",
+            _short(r.get("first_line") or r.get("reason", "")).replace("|", "\\|"),
+        ]
+        for r in payload["cases"]
     ]
-    for r in payload["cases"]:
-        first = _short(r.get("first_line") or r.get("reason", "")).replace("|", "\\|")
-        lines.append(
-            f"| `{r['name']}` | {r['group']} | {r['expect']} | {r['rc']} | "
-            f"{'yes' if r['handled'] else '**no**'} | {first} |"
-        )
+    lines.append(markdown_table(head, rows))
     return "\n".join(lines) + "\n"
 
 

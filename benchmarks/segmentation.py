@@ -77,7 +77,6 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import tempfile
 import time
 import warnings
@@ -87,10 +86,12 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
+from neurounlearn.choices import ATTACH_POINTS
 from neurounlearn.config import RunConfig, validate_config
 from neurounlearn.data.simulate import simulate_cohort
 from neurounlearn.evaluation.evaluate import evaluate
-from neurounlearn.models.points import ATTACH_POINTS
+from neurounlearn.formatting import fmt_mean_sd, fmt_number, markdown_table, mean_sd
+from neurounlearn.results import leakage_results
 from neurounlearn.training.fit import fit
 
 warnings.filterwarnings("ignore")
@@ -302,23 +303,13 @@ def run_seed(
             "fit_seconds": m["timing"]["fit_seconds"],
             "epochs_run": m["timing"]["epochs_run"],
         }
-        for key, block in m["leakage"].items():  # every point the run reports
+        for key, audit in leakage_results(m["leakage"]).items():  # every point the run reports
             point = key.split("@", 1)[1]
             for kind in ("linear", "nonlinear"):
-                row[f"bacc_{point}_{kind}"] = block["probe"][kind]["balanced_accuracy"]
+                row[f"bacc_{point}_{kind}"] = audit.probe(kind).balanced_accuracy
         out[arm] = row
         print(f"  {arm}: {json.dumps(row)}", flush=True)
     return out
-
-
-def mean_sd(values: list[float | None]) -> dict[str, float | None]:
-    vals = [v for v in values if v is not None]
-    if not vals:
-        return {"mean": None, "sd": None}
-    return {
-        "mean": statistics.fmean(vals),
-        "sd": statistics.stdev(vals) if len(vals) > 1 else 0.0,
-    }
 
 
 def metric_keys() -> list[str]:
@@ -333,7 +324,10 @@ def present(per_seed: dict[str, dict[str, Any]]) -> list[str]:
 
 def summarise(per_seed: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {
-        arm: {k: mean_sd([per_seed[s][arm].get(k) for s in per_seed]) for k in metric_keys()}
+        arm: {
+            k: mean_sd([per_seed[s][arm].get(k) for s in per_seed]).as_dict(with_n=False)
+            for k in metric_keys()
+        }
         for arm in present(per_seed)
     }
 
@@ -361,19 +355,13 @@ def verdicts(summary: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def fmt(cell: dict[str, Any], digits: int = 3) -> str:
-    if cell["mean"] is None:
-        return "—"
-    return f"{cell['mean']:.{digits}f} ± {cell['sd']:.{digits}f}"
-
-
 def encoder_means(s: dict[str, Any]) -> list[float | None]:
     """An arm's mean linear-probe BAcc at each encoder level, shallowest first (None: not run)."""
     return [s.get(f"bacc_{p}_linear", {}).get("mean") for p in ENCODER_LEVELS]
 
 
 def encoder_cell(s: dict[str, Any]) -> str:
-    return ", ".join("—" if v is None else f"{v:.2f}" for v in encoder_means(s))
+    return ", ".join(fmt_number(v) for v in encoder_means(s))
 
 
 def render(payload: dict[str, Any]) -> str:
@@ -397,11 +385,18 @@ def render(payload: dict[str, Any]) -> str:
         f"the arm names another. Probes on the {2 * TEST_PER_SITE} test volumes score every "
         "point, whether a head sat there or not.",
         "",
-        "| arm | heads at | Dice B (test) | Dice A (test) | site BAcc bottleneck lin / nonlin | "
-        "site BAcc final lin / nonlin | fit s |"
-        + (" site BAcc encoder0–3 lin |" if levels else ""),
-        "|---|---|---|---|---|---|---|" + ("---|" if levels else ""),
     ]
+    head = [
+        "arm",
+        "heads at",
+        "Dice B (test)",
+        "Dice A (test)",
+        "site BAcc bottleneck lin / nonlin",
+        "site BAcc final lin / nonlin",
+        "fit s",
+        *(["site BAcc encoder0–3 lin"] if levels else []),
+    ]
+    rows = []
     for arm, s in summary.items():
         a = ARMS[arm]
         where = " + ".join(a.attach) + (" (watching)" if a.strategy == "baseline" else "")
@@ -413,13 +408,20 @@ def render(payload: dict[str, Any]) -> str:
             where += {None: ", every B volume labelled", 0: ", no B labels"}.get(
                 a.labelled_b, f", {a.labelled_b} B volumes labelled"
             )
-        lines.append(
-            f"| {arm} | {where} | {fmt(s['dice_B'])} | {fmt(s['dice_A'])} | "
-            f"{fmt(s['bacc_bottleneck_linear'], 2)} / {fmt(s['bacc_bottleneck_nonlinear'], 2)} | "
-            f"{fmt(s['bacc_final_linear'], 2)} / {fmt(s['bacc_final_nonlinear'], 2)} | "
-            f"{fmt(s['fit_seconds'], 0)} |" + (f" {encoder_cell(s)} |" if levels else "")
+        rows.append(
+            [
+                arm,
+                where,
+                fmt_mean_sd(s["dice_B"], 3),
+                fmt_mean_sd(s["dice_A"], 3),
+                f"{fmt_mean_sd(s['bacc_bottleneck_linear'])} / "
+                f"{fmt_mean_sd(s['bacc_bottleneck_nonlinear'])}",
+                f"{fmt_mean_sd(s['bacc_final_linear'])} / {fmt_mean_sd(s['bacc_final_nonlinear'])}",
+                fmt_mean_sd(s["fit_seconds"], 0),
+                *([encoder_cell(s)] if levels else []),
+            ]
         )
-    lines += ["", "Targets (chance BAcc 0.50):", ""]
+    lines += [markdown_table(head, rows), "", "Targets (chance BAcc 0.50):", ""]
     for arm, v in verdict.items():
         against = v.get("against", "baseline")  # results stored before arms named theirs
         judged = "" if against == "baseline" else f" (against {against})"
@@ -432,10 +434,15 @@ def render(payload: dict[str, Any]) -> str:
             f"{'met' if v['probe_met'] else 'NOT met'})"
         )
     lines += ["", "Per seed:", ""]
-    lines.append(
-        "| seed | arm | Dice B | Dice A | Dice B per class | BAcc (b lin, b non, f lin, f non) |"
-    )
-    lines.append("|---|---|---|---|---|---|")
+    head = [
+        "seed",
+        "arm",
+        "Dice B",
+        "Dice A",
+        "Dice B per class",
+        "BAcc (b lin, b non, f lin, f non)",
+    ]
+    rows = []
     for seed, arms in payload["per_seed"].items():
         for arm in summary:
             r = arms[arm]
@@ -443,8 +450,10 @@ def render(payload: dict[str, Any]) -> str:
             baccs = ", ".join(
                 f"{r[f'bacc_{p}_{k}']:.2f}" for p in POINTS for k in ("linear", "nonlinear")
             )
-            dice = f"{r['dice_B']:.3f} | {r['dice_A']:.3f}"
-            lines.append(f"| {seed} | {arm} | {dice} | {per_class} | {baccs} |")
+            rows.append(
+                [str(seed), arm, f"{r['dice_B']:.3f}", f"{r['dice_A']:.3f}", per_class, baccs]
+            )
+    lines.append(markdown_table(head, rows))
     return "\n".join(lines) + "\n"
 
 

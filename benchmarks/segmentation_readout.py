@@ -46,6 +46,9 @@ import segmentation as seg  # the benchmark beside this one (its folder is on sy
 from neurounlearn.data.simulate import simulate_cohort
 from neurounlearn.evaluation.evaluate import evaluate
 from neurounlearn.evaluation.leakage import LeakageAudit
+from neurounlearn.formatting import fmt_mean_sd, markdown_table, mean_sd
+from neurounlearn.results import LeakageResult
+from neurounlearn.rundir import PREDICTIONS
 from neurounlearn.training.fit import fit
 
 warnings.filterwarnings("ignore")
@@ -99,7 +102,7 @@ def readout(run_dir: Path, test: pd.DataFrame, test_csv: Path) -> dict[str, np.n
         out["predicted_shares"].append((tissue / tissue.sum(1, keepdim=True).clamp(min=1)).numpy())
     feats = {k: np.concatenate(v) for k, v in out.items()}
     # each volume's Dice per class, as evaluate wrote it
-    preds = pd.read_csv(run_dir / "predictions.csv")
+    preds = pd.read_csv(run_dir / PREDICTIONS)
     dice_columns = [f"dice_{name}" for name in seg.CLASSES[1:]]
     feats["dice"] = test[["subject"]].merge(preds, on="subject")[dice_columns].to_numpy()
     return feats
@@ -109,7 +112,10 @@ def probe(features: np.ndarray, site: np.ndarray, seed: int) -> float:
     audit = LeakageAudit(
         folds=5, n_permutations=0, n_bootstrap=0, probes=("linear",), random_state=seed
     )
-    return float(audit.audit(features, site)["probe"]["linear"]["balanced_accuracy"])
+    value = LeakageResult.from_dict(audit.audit(features, site)).probe("linear").balanced_accuracy
+    if value is None:
+        raise RuntimeError("the linear site probe did not run")
+    return value
 
 
 def by_site(values: np.ndarray, site: np.ndarray) -> dict[str, list[float]]:
@@ -148,9 +154,9 @@ def run_seed(seed: int, *, arms: list[str], epochs: int, per_site: int, lr: floa
         row[arm] = {
             "dice_B": m["task"]["per_site"]["B"]["mean_dice"],
             "dice_A": m["task"]["per_site"]["A"]["mean_dice"],
-            "audit_final_linear": m["leakage"]["site@final"]["probe"]["linear"][
-                "balanced_accuracy"
-            ],
+            "audit_final_linear": LeakageResult.from_dict(m["leakage"]["site@final"])
+            .probe("linear")
+            .balanced_accuracy,
             "bacc": {k: probe(v, site, seed) for k, v in feats.items()},
             "by_site": {
                 "confidence": by_site(feats["confidence"], site),
@@ -163,8 +169,9 @@ def run_seed(seed: int, *, arms: list[str], epochs: int, per_site: int, lr: floa
     return row
 
 
-def mean_sd(values: list[float]) -> str:
-    return seg.fmt(seg.mean_sd(list(values)), digits=2)
+def cell(values: list[float]) -> str:
+    """Mean ± sd over seeds, 2 decimals."""
+    return fmt_mean_sd(mean_sd(values))
 
 
 def render(payload: dict[str, Any]) -> str:
@@ -180,27 +187,35 @@ def render(payload: dict[str, Any]) -> str:
         "accuracy (chance 0.50) of the audit's linear probe (5 folds) on the 100 test volumes, "
         "mean ± sd over seeds, for each summary of a run's output.",
         "",
-        "| read from | " + " | ".join(arms) + " |",
-        "|---|" + "---|" * len(arms),
     ]
+    rows = []
     for key, text in READOUTS.items():
         if key == "true_shares":
-            cells = [mean_sd([per_seed[s]["true_shares"]["bacc"] for s in seeds])] * len(arms)
+            cells = [cell([per_seed[s]["true_shares"]["bacc"] for s in seeds])] * len(arms)
         else:
-            cells = [mean_sd([per_seed[s][a]["bacc"][key] for s in seeds]) for a in arms]
-        lines.append(f"| {text} | " + " | ".join(cells) + " |")
+            cells = [cell([per_seed[s][a]["bacc"][key] for s in seeds]) for a in arms]
+        rows.append([text, *cells])
     for label, key in (("Dice B", "dice_B"), ("Dice A", "dice_A")):
-        vals = [mean_sd([per_seed[s][a][key] for s in seeds]) for a in arms]
-        lines.append(f"| *{label} (test, mean over tissues)* | " + " | ".join(vals) + " |")
+        vals = [cell([per_seed[s][a][key] for s in seeds]) for a in arms]
+        rows.append([f"*{label} (test, mean over tissues)*", *vals])
     lines += [
+        markdown_table(["read from", *arms], rows),
         "",
         "Per seed, site means (A / B): confidence in background, CSF, GM, WM (0.00: no voxel "
         "predicted as that class); predicted and true CSF share of the brain; Dice in CSF.",
         "",
-        "| seed | arm | age A / B | confidence A | confidence B | CSF share pred A / B | "
-        "CSF share true A / B | CSF Dice A / B |",
-        "|---|---|---|---|---|---|---|---|",
     ]
+    head = [
+        "seed",
+        "arm",
+        "age A / B",
+        "confidence A",
+        "confidence B",
+        "CSF share pred A / B",
+        "CSF share true A / B",
+        "CSF Dice A / B",
+    ]
+    rows = []
     for s in seeds:
         r = per_seed[s]
         age = r["age_by_site"]
@@ -210,12 +225,19 @@ def render(payload: dict[str, Any]) -> str:
             conf = [", ".join(f"{v:.2f}" for v in b["confidence"][x]) for x in ("A", "B")]
             pred = b["predicted_shares"]
             dice = b["dice"]
-            lines.append(
-                f"| {s} | {a} | {age['A']:.0f} / {age['B']:.0f} | {conf[0]} | {conf[1]} | "
-                f"{pred['A'][0]:.3f} / {pred['B'][0]:.3f} | "
-                f"{true['A'][0]:.3f} / {true['B'][0]:.3f} | "
-                f"{dice['A'][0]:.2f} / {dice['B'][0]:.2f} |"
+            rows.append(
+                [
+                    str(s),
+                    a,
+                    f"{age['A']:.0f} / {age['B']:.0f}",
+                    conf[0],
+                    conf[1],
+                    f"{pred['A'][0]:.3f} / {pred['B'][0]:.3f}",
+                    f"{true['A'][0]:.3f} / {true['B'][0]:.3f}",
+                    f"{dice['A'][0]:.2f} / {dice['B'][0]:.2f}",
+                ]
             )
+    lines.append(markdown_table(head, rows))
     return "\n".join(lines) + "\n"
 
 

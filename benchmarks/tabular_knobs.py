@@ -16,11 +16,13 @@ import statistics
 import tempfile
 import warnings
 from pathlib import Path
+from typing import Any
 
 from neurounlearn.config import apply_overrides
-from neurounlearn.data.datasets import write_openneuro_transfer
+from neurounlearn.data.bundled import write_openneuro_transfer
 from neurounlearn.demo import demo_config
 from neurounlearn.evaluation.evaluate import evaluate
+from neurounlearn.formatting import markdown_table
 from neurounlearn.training.fit import fit
 from tabular_openneuro import BENCH_OVERRIDES, RESULTS, bacc
 
@@ -31,6 +33,24 @@ SETTINGS = [
     ("iterative (joint)", "iterative", "joint", "confounds.0.beta=2"),
     ("grl", "grl", "sequential", "strategy.lambda_max=0.5"),
 ]
+
+
+def render(results: dict[str, Any]) -> str:
+    """The markdown table of the stored results, one row per arm and setting."""
+    head = ["arm", "setting", "age MAE", "18–35 BAcc linear", "18–35 BAcc nonlinear"]
+    rows = []
+    for key, r in results.items():
+        arm, setting = key.split(" | ")
+        rows.append(
+            [
+                arm,
+                f"`{setting}`",
+                f"{r['mae']:.2f}",
+                f"{r['band_bacc_linear']:.2f}",
+                f"{r['band_bacc_nonlinear']:.2f}",
+            ]
+        )
+    return markdown_table(head, rows) + "\n"
 
 
 def main() -> None:
@@ -68,17 +88,7 @@ def main() -> None:
             }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "tabular_knobs.json").write_text(json.dumps(results, indent=2) + "\n")
-    lines = [
-        "| arm | setting | age MAE | 18–35 BAcc linear | 18–35 BAcc nonlinear |",
-        "|---|---|---|---|---|",
-    ]
-    for key, r in results.items():
-        arm, setting = key.split(" | ")
-        lines.append(
-            f"| {arm} | `{setting}` | {r['mae']:.2f} | {r['band_bacc_linear']:.2f} | "
-            f"{r['band_bacc_nonlinear']:.2f} |"
-        )
-    text = "\n".join(lines) + "\n"
+    text = render(results)
     (args.out / "tabular_knobs.md").write_text(text)
     print("\n" + text)
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import statistics
 import tempfile
 import time
 import warnings
@@ -24,9 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from neurounlearn.config import apply_overrides
-from neurounlearn.data.datasets import write_openneuro_transfer
+from neurounlearn.data.bundled import write_openneuro_transfer
 from neurounlearn.demo import ARMS, demo_config, reference_results
 from neurounlearn.evaluation.evaluate import evaluate
+from neurounlearn.formatting import fmt_mean_sd, fmt_number, markdown_table, mean_sd
+from neurounlearn.results import LeakageResult
 from neurounlearn.training.fit import fit
 
 warnings.filterwarnings("ignore")
@@ -44,10 +45,9 @@ BENCH_OVERRIDES = [
 
 
 def bacc(leakage: dict[str, Any], probe: str, conditional: bool) -> float | None:
-    block = leakage["site"]
-    if conditional:
-        block = block.get("conditional") or {}
-    return ((block.get("probe") or {}).get(probe) or {}).get("balanced_accuracy")
+    audit = LeakageResult.from_dict(leakage["site"])
+    block = audit.conditional if conditional else audit
+    return None if block is None else block.probe(probe).balanced_accuracy
 
 
 def row(
@@ -90,21 +90,14 @@ def run_seed(data: Path, seed: int, epochs: int | None, work: Path) -> dict[str,
     return out
 
 
-def mean_sd(values: list[float | None]) -> tuple[float | None, float | None]:
-    vals = [v for v in values if v is not None]
-    if not vals:
-        return None, None
-    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
-
-
 def summarise(per_seed: dict[int, dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
     arms = list(next(iter(per_seed.values())))
     summary: dict[str, dict[str, Any]] = {}
     for arm in arms:
         summary[arm] = {}
         for key in next(iter(per_seed.values()))[arm]:
-            m, sd = mean_sd([per_seed[s][arm][key] for s in per_seed])
-            summary[arm][key] = {"mean": m, "sd": sd}
+            stat = mean_sd([per_seed[s][arm][key] for s in per_seed])
+            summary[arm][key] = stat.as_dict(with_n=False)
     base = summary["baseline"]
     for arm in arms:
         fs = summary[arm]["fit_seconds"]["mean"]
@@ -136,12 +129,6 @@ def verdicts(summary: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def fmt(cell: dict[str, Any], digits: int = 2) -> str:
-    if cell["mean"] is None:
-        return "—"
-    return f"{cell['mean']:.{digits}f} ± {cell['sd']:.{digits}f}"
-
-
 def markdown(
     summary: dict[str, dict[str, Any]],
     checks: dict[str, dict[str, Any]],
@@ -169,32 +156,25 @@ def markdown(
         "split. Chance: 0.17 overall (6 sites), 0.20 in 18–35 (5 sites). Fit time includes "
         "early stopping (runs stop at different epochs); samples/s compares the cost per epoch.",
         "",
-        "| " + " | ".join(head) + " |",
-        "|" + "---|" * len(head),
     ]
-    for arm, s in summary.items():
-        ratio = s["fit_time_vs_baseline"]
-        tput = s["throughput_vs_baseline"]
-        lines.append(
-            "| "
-            + " | ".join(
-                [
-                    arm,
-                    fmt(s["mae"]),
-                    f"{s['mae_vs_baseline']:.2f}",
-                    fmt(s["site_bacc_linear"]),
-                    fmt(s["site_bacc_nonlinear"]),
-                    fmt(s["band_bacc_linear"]),
-                    fmt(s["band_bacc_nonlinear"]),
-                    fmt(s["fit_seconds"], 1),
-                    "—" if ratio is None else f"{ratio:.2f}",
-                    fmt(s["epochs_run"], 0),
-                    "—" if tput is None else f"{tput:.2f}",
-                ]
-            )
-            + " |"
-        )
+    rows = [
+        [
+            arm,
+            fmt_mean_sd(s["mae"]),
+            f"{s['mae_vs_baseline']:.2f}",
+            fmt_mean_sd(s["site_bacc_linear"]),
+            fmt_mean_sd(s["site_bacc_nonlinear"]),
+            fmt_mean_sd(s["band_bacc_linear"]),
+            fmt_mean_sd(s["band_bacc_nonlinear"]),
+            fmt_mean_sd(s["fit_seconds"], 1),
+            fmt_number(s["fit_time_vs_baseline"]),
+            fmt_mean_sd(s["epochs_run"], 0),
+            fmt_number(s["throughput_vs_baseline"]),
+        ]
+        for arm, s in summary.items()
+    ]
     lines += [
+        markdown_table(head, rows),
         "",
         f"Targets: in-band BAcc ≤ {TARGET_BACC} for both probes, MAE ≤ "
         f"{TARGET_MAE_RATIO} × baseline.",

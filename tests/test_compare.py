@@ -23,6 +23,7 @@ from neurounlearn.evaluation.compare import (
     compare,
     parse_arms,
 )
+from neurounlearn.reporting.compare import render_comparison
 
 runner = CliRunner()
 FAST = [
@@ -149,6 +150,7 @@ def comparison(tmp_path_factory: pytest.TempPathFactory) -> Path:
         jobs=1,
         echo=lambda _: None,
     )
+    render_comparison(root / "out")
     return root / "out"
 
 
@@ -218,7 +220,6 @@ def test_classification_compare_reports_balanced_accuracy(
         arms=["raw", "combat", "baseline"],
         folds=2,
         jobs=1,
-        report=False,
         echo=lambda _: None,
     )
     task = result["summaries"]["combat"]["task"]
@@ -236,7 +237,6 @@ def test_parallel_jobs_give_the_same_folds(tmp_path: Path, manifest_factory: Cal
         arms=["raw", "baseline"],
         folds=2,
         jobs=2,
-        report=False,
         echo=lambda _: None,
     )
     assert result["jobs"] == 2
@@ -309,7 +309,6 @@ def test_combat_gam_with_a_smooth_age_term_runs(tmp_path: Path, manifest_factory
         folds=2,
         combat=CombatSettings(covariates=("age", "sex"), smooth_terms=("age",)),
         jobs=1,
-        report=False,
         echo=lambda _: None,
     )
     assert result["combat"] == {"covariates": ["age", "sex"], "smooth_terms": ["age"]}
@@ -323,6 +322,9 @@ def test_cli_report_renders_finished_runs(comparison: Path, tmp_path: Path) -> N
         app, ["report", str(runs / "baseline"), str(runs / "iterative"), "--out", str(out)]
     )
     assert r.exit_code == 0, r.output
+    # compare's fold runs hold no metrics.json: the command evaluates them, the library never does
+    assert f"evaluating {runs / 'baseline'} (no metrics.json yet) ..." in r.output
+    assert (runs / "iterative" / "metrics.json").is_file()
     html = out.read_text()
     assert "data:image/png;base64," in html and "iterative" in html
 

@@ -260,8 +260,8 @@ def test_the_refresh_refits_the_layer_from_the_encoder_and_restores_train_mode()
     from types import SimpleNamespace
 
     from neurounlearn.config import validate_config
+    from neurounlearn.data.datasets import TensorDictDataset
     from neurounlearn.erasure import EraserLayer
-    from neurounlearn.training.datamodule import TensorDictDataset
     from neurounlearn.training.erasing import EraserRefresh
 
     x, site, age = entangled(n_per_site=30)

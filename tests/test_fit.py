@@ -133,12 +133,13 @@ def test_several_confounds_are_unlearned_and_audited_together(manifest, tmp_path
 
 
 def test_balanced_sampling_draws_every_site_about_equally():
-    from neurounlearn.training.datamodule import TableDataModule, TensorDictDataset
+    from neurounlearn.data.datasets import TensorDictDataset
+    from neurounlearn.training.datamodule import SplitDataModule
 
     groups = np.array(["big"] * 90 + ["small"] * 10)
     codes = np.where(groups == "big", 0, 1)[:, None]
     data = TensorDictDataset(np.zeros((100, 2)), np.zeros(100), codes)
-    dm = TableDataModule(data, data, batch_size=50, seed=0, balance_groups=groups)
+    dm = SplitDataModule(data, data, batch_size=50, seed=0, balance_groups=groups)
     drawn = np.concatenate(
         [b["codes"][:, 0].numpy() for _ in range(20) for b in dm.train_dataloader()]
     )

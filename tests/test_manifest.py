@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from neurounlearn.data.datasets import OPENNEURO_FEATURES, write_openneuro_transfer
+from neurounlearn.data.bundled import OPENNEURO_FEATURES, write_openneuro_transfer
 from neurounlearn.data.manifest import (
     TableSpec,
     check_new_data,

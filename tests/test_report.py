@@ -508,6 +508,32 @@ def test_render_runs_writes_one_report(tmp_path: Path) -> None:
     assert html.rstrip().endswith("</html>")
 
 
+def test_render_runs_never_evaluates_a_run_itself(tmp_path: Path) -> None:
+    run = write_run(tmp_path / "run")
+    (run / "metrics.json").unlink()
+    with pytest.raises(InputError, match=r"no metrics\.json") as err:
+        render_runs([run], tmp_path / "report.html", tsne=False)
+    assert str(err.value.problem.file) == str(run / "metrics.json")
+    assert f"neurounlearn evaluate {run}" in str(err.value)
+    assert not (tmp_path / "report.html").exists()
+    assert not (run / "metrics.json").exists()
+
+
+def test_render_runs_lets_the_caller_write_missing_metrics(tmp_path: Path) -> None:
+    a, b = write_run(tmp_path / "a"), write_run(tmp_path / "b")
+    stored = (b / "metrics.json").read_text()
+    (b / "metrics.json").unlink()
+    asked: list[Path] = []
+
+    def evaluate(run_dir: Path) -> None:
+        asked.append(run_dir)
+        (run_dir / "metrics.json").write_text(stored)
+
+    out = render_runs([a, b], tmp_path / "report.html", tsne=False, on_missing_metrics=evaluate)
+    assert asked == [b]  # only the run without metrics.json
+    assert "b fit warning" in out.read_text()
+
+
 def test_runs_of_different_targets_are_refused(tmp_path: Path) -> None:
     a = write_run(tmp_path / "a", target="age")
     b = write_run(tmp_path / "b", target="score")

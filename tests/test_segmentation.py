@@ -31,8 +31,8 @@ from neurounlearn.errors import InputError
 from neurounlearn.evaluation.metrics import dice_per_class, segmentation_metrics
 from neurounlearn.losses import masked_segmentation_loss
 from neurounlearn.models.segmentation import SegmentationModel, UNet3D, pooled
-from neurounlearn.training.fit import resolve_memory
 from neurounlearn.training.strategies import BaselineStrategy, GRLStrategy, IterativeStrategy
+from neurounlearn.training.tasks import task_of
 
 runner = CliRunner()
 TINY = (4, 4, 8, 8, 8, 4)
@@ -223,9 +223,9 @@ def test_memory_keeps_only_the_attach_points_maps() -> None:
 
 
 def test_auto_memory_is_for_segmentation_only() -> None:
-    assert resolve_memory("auto", "segmentation") == (8, 512 * 2**20)
-    assert resolve_memory("auto", "regression") == (0, None)
-    assert resolve_memory(8, "segmentation") == (8, None)  # a given size is kept as given
+    assert task_of("segmentation").memory("auto") == (8, 512 * 2**20)
+    assert task_of("regression").memory("auto") == (0, None)
+    assert task_of("segmentation").memory(8) == (8, None)  # a given size is kept as given
 
 
 # ----------------------------------------------------------------------------- metrics

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from neurounlearn.data.datasets import openneuro_transfer
+from neurounlearn.data.bundled import openneuro_transfer
 from neurounlearn.data.splits import make_splits, split_sizes, splits_frame
 from neurounlearn.errors import InputError
 

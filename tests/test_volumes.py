@@ -349,7 +349,7 @@ def test_second_build_reuses_without_preprocessing(cohort, tmp_path: Path, monke
     def refuse(*args, **kwargs):
         raise AssertionError("preprocess must not run when the cache is reused")
 
-    monkeypatch.setattr(volumes, "preprocess", refuse)
+    monkeypatch.setattr(volumes.cache, "preprocess", refuse)
     second, messages = cache_of(frame, manifest, tmp_path)
     assert second.reused and second.build_seconds is None and second.path == first.path
     assert "reusing" in messages[0]
@@ -431,7 +431,7 @@ def test_interrupted_build_leaves_no_cache(cohort, tmp_path: Path, monkeypatch) 
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(volumes, "preprocess", fail_on_third)
+    monkeypatch.setattr(volumes.cache, "preprocess", fail_on_third)
     with pytest.raises(KeyboardInterrupt):
         cache_of(frame, manifest, tmp_path)
     assert list((tmp_path / "cache").iterdir()) == []

@@ -6,9 +6,12 @@ column, how to fix it) and exits with code 2 — never a traceback.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import functools
+import inspect
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -22,7 +25,17 @@ from neurounlearn.config import (
     load_config,
     validate_config,
 )
-from neurounlearn.errors import EXIT_INPUT_ERROR, InputError
+from neurounlearn.errors import EXIT_INPUT_ERROR, InputError, Problem
+from neurounlearn.formatting import fmt_number
+from neurounlearn.results import LeakageResult, leakage_results
+from neurounlearn.rundir import (
+    COMPARISON_CSV,
+    COMPARISON_MD,
+    METRICS,
+    REPORT,
+    SEGMENTATIONS,
+    RunFiles,
+)
 
 if TYPE_CHECKING:
     from neurounlearn.training.run import LoadedRun
@@ -39,6 +52,58 @@ app = typer.Typer(
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+#: The configuration keys that have a flag of their own. The library's hints name the keys (a
+#: Python caller has no flags); the CLI shows the flags in their place (:func:`cli_problem`).
+CONFIG_FLAGS = {
+    "data.path": "--data",
+    "confounds.0.name": "--unlearn",
+    "data.input": "--input",
+    "data.features": "--features",
+    "data.target": "--target",
+    "data.task": "--task",
+    "data.classes": "--classes",
+    "data.unlabelled_sites": "--unlabelled-site",
+    "model.attach": "--attach",
+    "strategy.name": "--strategy",
+    "strategy.mode": "--mode",
+    "audit.band": "--band",
+    "train.seed": "--seed",
+    "train.epochs": "--epochs",
+    "train.batch_size": "--batch-size",
+    "train.lr": "--lr",
+}
+#: a configuration key in a hint (not one already after ``--set``), and the value it is given
+_SETTING = re.compile(
+    r"(?<![\w.-])(?<!--set )((?:data|model|strategy|train|audit|erasure|confounds\.\d+)\.[a-z_]+)"
+    r"(?:=(\[[^\]]*\]|[^\s,;)]*[^\s,;).]))?"
+)
+
+
+def cli_hint(hint: str) -> str:
+    """A library hint in the CLI's words: ``train.seed=0`` -> ``--seed 0``, a key without a flag
+    ``model.channels=[8,16]`` -> ``--set model.channels=[8,16]``, and a bare key with a flag
+    ``data.target`` -> ``--target (data.target)``.
+
+    Examples:
+        >>> cli_hint("use model.encoder=mlp with data.input=features, or set data.target")
+        'use --set model.encoder=mlp with --input features, or set --target (data.target)'
+    """
+
+    def flag(m: re.Match[str]) -> str:
+        key, value = m.group(1), m.group(2)
+        name = CONFIG_FLAGS.get(key)
+        if value is not None:
+            return f"{name} {value}" if name else f"--set {key}={value}"
+        return f"{name} ({key})" if name else key
+
+    return _SETTING.sub(flag, hint)
+
+
+def cli_problem(problem: Problem) -> Problem:
+    """``problem`` with its hint in the CLI's words (:func:`cli_hint`)."""
+    return dataclasses.replace(problem, hint=cli_hint(problem.hint)) if problem.hint else problem
+
+
 def _friendly(fn: F) -> F:
     """Turn InputError into 'error: ...' lines and exit code 2."""
 
@@ -48,7 +113,7 @@ def _friendly(fn: F) -> F:
             return fn(*args, **kwargs)
         except InputError as err:
             for problem in err.problems:
-                typer.echo(f"error: {problem}", err=True)
+                typer.echo(f"error: {cli_problem(problem)}", err=True)
             raise typer.Exit(EXIT_INPUT_ERROR) from None
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
@@ -304,35 +369,51 @@ def build_config(
     return apply_overrides(cfg, overrides or []) if overrides else cfg
 
 
-def _leak(m: dict[str, Any], confound: str, probe: str, conditional: bool = False) -> str:
-    block = m.get("leakage", {}).get(confound) or {}
+#: A command's parameter and :func:`build_config`'s keyword, where their names differ.
+CONFIG_PARAMETERS = {
+    "unlabelled_site": "unlabelled_sites",
+    "unlearn_where": "where",
+    "set_": "overrides",
+}
+
+
+def config_from_options(options: dict[str, Any]) -> RunConfig:
+    """:func:`build_config` from a command's options (``fit``, ``compare`` and ``check`` pass
+    their ``locals()``): each option that names a :func:`build_config` keyword, directly or
+    through :data:`CONFIG_PARAMETERS`; the command's other options (``--out``, ``--folds``, ...)
+    are left out, and the keywords a command has no flag for keep their defaults."""
+    keywords = inspect.signature(build_config).parameters
+    given = {CONFIG_PARAMETERS.get(name, name): value for name, value in options.items()}
+    return build_config(**{k: v for k, v in given.items() if k in keywords})
+
+
+def _leak(audit: LeakageResult, probe: str, conditional: bool = False) -> str:
     if conditional:
-        block = block.get("conditional") or {}
-    result = (block.get("probe") or {}).get(probe) or {}
-    value = result.get("balanced_accuracy", result.get("r2"))
-    return "—" if value is None else f"{value:.2f}"
-
-
-def _num(value: Any, fmt: str = ".2f") -> str:
-    return "—" if value is None else format(value, fmt)
+        audit = audit.conditional or LeakageResult.from_dict(None)
+    return fmt_number(audit.figure(probe))
 
 
 def _task_line(task: dict[str, Any], what: str = "test") -> str:
     if task.get("kind") == "segmentation":
-        per_class = ", ".join(f"{k} {_num(v)}" for k, v in task["dice"].items())
+        per_class = ", ".join(f"{k} {fmt_number(v)}" for k, v in task["dice"].items())
         sites = ", ".join(
-            f"{k} {_num(v['mean_dice'])} (n={v['n']})" for k, v in task.get("per_site", {}).items()
+            f"{k} {fmt_number(v['mean_dice'])} (n={v['n']})"
+            for k, v in task.get("per_site", {}).items()
         )
         return (
-            f"{what} Dice {per_class} (mean {_num(task.get('mean_dice'))}, n={task['n']} "
+            f"{what} Dice {per_class} (mean {fmt_number(task.get('mean_dice'))}, n={task['n']} "
             f"labelled); mean Dice per site: {sites or '—'}"
         )
     if task.get("kind") == "classification":
         return (
-            f"{what} balanced accuracy {_num(task.get('balanced_accuracy'))} "
-            f"(chance {_num(task.get('chance'))}), AUC {_num(task.get('auc'))} (n={task['n']})"
+            f"{what} balanced accuracy {fmt_number(task.get('balanced_accuracy'))} "
+            f"(chance {fmt_number(task.get('chance'))}), AUC {fmt_number(task.get('auc'))} "
+            f"(n={task['n']})"
         )
-    return f"{what} MAE {_num(task.get('mae'))} (n={task['n']}), r={_num(task.get('pearson_r'))}"
+    return (
+        f"{what} MAE {fmt_number(task.get('mae'))} (n={task['n']}), "
+        f"r={fmt_number(task.get('pearson_r'))}"
+    )
 
 
 def summary_lines(metrics: dict[str, Any]) -> list[str]:
@@ -342,19 +423,19 @@ def summary_lines(metrics: dict[str, Any]) -> list[str]:
         sites = ", ".join(unlabelled["sites"])
         lines.append(_task_line(unlabelled["test"], f"unlabelled site(s) {sites}: test"))
         lines.append(_task_line(unlabelled["all_rows"], f"unlabelled site(s) {sites}: all rows"))
-    for name, block in metrics.get("leakage", {}).items():
-        chance = block.get("chance")
-        metric = "R²" if block.get("kind") == "continuous" else "balanced accuracy"
+    for name, audit in leakage_results(metrics.get("leakage")).items():
+        chance = audit.chance
+        metric = "R²" if audit.kind == "continuous" else "balanced accuracy"
         parts = [
-            f"{name} leakage: linear {_leak(metrics, name, 'linear')}, "
-            f"nonlinear {_leak(metrics, name, 'nonlinear')} {metric}"
+            f"{name} leakage: linear {_leak(audit, 'linear')}, "
+            f"nonlinear {_leak(audit, 'nonlinear')} {metric}"
             + (f" (chance {chance:.2f})" if chance else "")
         ]
-        band = (block.get("conditional") or {}).get("band")
+        band = audit.conditional.band if audit.conditional else []
         if band:
             parts.append(
-                f"in band {band}: linear {_leak(metrics, name, 'linear', True)}, "
-                f"nonlinear {_leak(metrics, name, 'nonlinear', True)}"
+                f"in band {band}: linear {_leak(audit, 'linear', True)}, "
+                f"nonlinear {_leak(audit, 'nonlinear', True)}"
             )
         lines.append("; ".join(parts))
     return lines
@@ -405,30 +486,9 @@ def fit(
     from neurounlearn.evaluation.evaluate import evaluate
     from neurounlearn.training.fit import fit as run_fit
 
-    if resume and config is None and (out / "config.yaml").is_file():
-        config = out / "config.yaml"  # resume what was started; flags given still override
-    cfg = build_config(
-        config=config,
-        data=data,
-        input=input,
-        features=features,
-        target=target,
-        task=task,
-        unlabelled_sites=unlabelled_site,
-        unlearn=unlearn,
-        where=unlearn_where,
-        erase=erase,
-        strategy=strategy,
-        mode=mode,
-        band=band,
-        seed=seed,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        overrides=set_,
-        attach=attach,
-        classes=classes,
-    )
+    if resume and config is None and RunFiles(out).config.is_file():
+        config = RunFiles(out).config  # resume what was started; flags given still override
+    cfg = config_from_options(locals())
     run_dir = run_fit(cfg, out, resume=resume, echo=typer.echo)
     metrics = evaluate(run_dir)
     typer.echo(f"run written to {run_dir}")
@@ -454,7 +514,7 @@ def evaluate_cmd(
     from neurounlearn.evaluation.evaluate import evaluate
 
     metrics = evaluate(run_dir, data=data, labels=labels)
-    typer.echo(f"metrics written to {Path(run_dir) / 'metrics.json'}")
+    typer.echo(f"metrics written to {RunFiles(Path(run_dir)).metrics}")
     for line in summary_lines(metrics):
         typer.echo("  " + line)
 
@@ -533,25 +593,9 @@ def compare(
     write comparison.csv, comparison.md and report.html."""
     from neurounlearn.evaluation.compare import CombatSettings
     from neurounlearn.evaluation.compare import compare as run_compare
+    from neurounlearn.reporting.compare import render_comparison
 
-    cfg = build_config(
-        config=config,
-        data=data,
-        input=input,
-        features=features,
-        target=target,
-        task=task,
-        unlabelled_sites=unlabelled_site,
-        unlearn=unlearn,
-        where=unlearn_where,
-        erase=erase,
-        band=band,
-        seed=seed,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        overrides=set_,
-    )
+    cfg = config_from_options(locals())
     covariates = _names(combat_covariates) if combat_covariates else (cfg.data.target,)
     if combat_covariates and combat_covariates.strip().lower() == "none":
         covariates = ()
@@ -567,24 +611,31 @@ def compare(
         jobs=jobs,
         echo=typer.echo,
     )
-    typer.echo(f"\n{(out / 'comparison.md').read_text()}")
-    typer.echo(f"comparison written to {out}: comparison.csv, comparison.md, report.html")
+    typer.echo("writing the report ...")
+    render_comparison(out)
+    typer.echo(f"\n{(out / COMPARISON_MD).read_text()}")
+    typer.echo(f"comparison written to {out}: {COMPARISON_CSV}, {COMPARISON_MD}, {REPORT}")
 
 
 @app.command()
 @_friendly
 def report(
     run_dirs: list[Path] = typer.Argument(..., help="finished run directories"),
-    out: Path = typer.Option(
-        Path("report.html"), "--out", help="HTML file to write (figures embedded)"
-    ),
+    out: Path = typer.Option(Path(REPORT), "--out", help="HTML file to write (figures embedded)"),
     title: str | None = typer.Option(None, "--title", help="the report's title"),
 ) -> None:
     """Render finished runs into one standalone HTML report: curves, predictions, per-site
-    errors, embeddings, leakage, a comparison table and warnings."""
+    errors, embeddings, leakage, a comparison table and warnings. A run without metrics.json
+    is evaluated first (which writes it)."""
     from neurounlearn.reporting.runs import render_runs
 
-    path = render_runs(list(run_dirs), out, title=title)
+    def evaluate_first(run_dir: Path) -> None:
+        from neurounlearn.evaluation.evaluate import evaluate
+
+        typer.echo(f"evaluating {run_dir} (no {METRICS} yet) ...")
+        evaluate(run_dir)
+
+    path = render_runs(list(run_dirs), out, title=title, on_missing_metrics=evaluate_first)
     typer.echo(f"report written to {path}")
 
 
@@ -621,8 +672,8 @@ def predict(
 
         check_out(out, folder=True)
         frame, _ = segment_images(run, data, out_dir=out, echo=typer.echo)
-        write_csv(frame, out / "segmentations.csv")
-        typer.echo(f"{len(frame)} label maps written to {out} (list: {out / 'segmentations.csv'})")
+        write_csv(frame, out / SEGMENTATIONS)
+        typer.echo(f"{len(frame)} label maps written to {out} (list: {out / SEGMENTATIONS})")
         return
     n = _apply(run, data, out, 0)
     typer.echo(f"{n} predictions written to {out}")
@@ -663,50 +714,17 @@ def check(
     set_: list[str] | None = SetOpt,
 ) -> None:
     """Check a manifest and print every problem found, with its row and column."""
-    from neurounlearn.data.inputs import (
-        check_segmentation_config,
-        preprocess_settings,
-        table_spec,
-        volume_columns,
-    )
-    from neurounlearn.data.manifest import find_problems, read_table
+    cfg = config_from_options(locals())
+    from neurounlearn.checks import check_manifest
 
-    cfg = build_config(
-        config=config,
-        data=data,
-        input=input,
-        features=features,
-        target=target,
-        task=task,
-        unlabelled_sites=unlabelled_site,
-        unlearn=unlearn,
-        where=unlearn_where,
-        overrides=set_,
-    )
-    check_segmentation_config(cfg)
-    frame = read_table(data)
-    problems = find_problems(frame, data, table_spec(cfg, frame=frame))
-    if cfg.data.input == "image":
-        from neurounlearn.data.volumes import find_volume_problems
-
-        segmentation = cfg.data.task == "segmentation"
-        problems += find_volume_problems(
-            frame,
-            data,
-            volume_columns(cfg),
-            preprocess_settings(cfg),
-            labels_optional=segmentation,
-            classes=cfg.data.classes if segmentation else None,
-        )
-    errors = [p for p in problems if p.severity == "error"]
-    for p in problems:
-        typer.echo(f"{p.severity}: {p}", err=True)
-    if errors:
-        typer.echo(f"{len(errors)} error(s): fix them before training", err=True)
+    found = check_manifest(cfg, data)
+    for p in found.problems:
+        typer.echo(f"{p.severity}: {cli_problem(p)}", err=True)
+    if found.errors:
+        typer.echo(f"{len(found.errors)} error(s): fix them before training", err=True)
         raise typer.Exit(EXIT_INPUT_ERROR)
-    typer.echo(
-        f"ok: {len(frame)} rows, no errors" + (f", {len(problems)} warning(s)" if problems else "")
-    )
+    warned = f", {len(found.problems)} warning(s)" if found.problems else ""
+    typer.echo(f"ok: {found.rows} rows, no errors{warned}")
 
 
 def _parse_ages(text: str) -> str | list[tuple[float, float]]:
@@ -831,10 +849,10 @@ def bundled(
 ) -> None:
     """Write the bundled real table (OpenNeuroTransfer: 546 scans, 6 OpenNeuro sites, 245
     FreeSurfer measures, CC0) as a manifest, and print the flags to use it."""
-    from neurounlearn.data.datasets import OPENNEURO_FEATURES, write_openneuro_transfer
+    from neurounlearn.data.bundled import OPENNEURO_FEATURES, write_openneuro_transfer
 
     path = write_openneuro_transfer(out)
-    typer.echo(f"546 scans at 6 sites written to {path} (provenance: neurounlearn.data.datasets)")
+    typer.echo(f"546 scans at 6 sites written to {path} (provenance: neurounlearn.data.bundled)")
     typer.echo(f"use it with: --data {path} --features '{OPENNEURO_FEATURES}' --target age")
 
 

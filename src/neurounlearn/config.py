@@ -15,19 +15,34 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
+    TypeAdapter,
     ValidationError,
+    ValidatorFunctionWrapHandler,
     field_validator,
+    model_serializer,
     model_validator,
 )
+from pydantic_core import ErrorDetails, PydanticCustomError
 
-from neurounlearn.data.augment import Augmentation
+from neurounlearn.choices import (
+    ATTACH_POINTS,
+    STRATEGY_NAMES,
+    Augmentation,
+    EncoderChoice,
+    IterativeMode,
+    StrategyName,
+)
 from neurounlearn.errors import InputError
 
 
@@ -205,7 +220,7 @@ class DataConfig(_Strict):
 class ModelConfig(_Strict):
     """Encoder and heads."""
 
-    encoder: Literal["auto", "mlp", "compact", "paper", "sfcn", "unet"] = Field(
+    encoder: EncoderChoice = Field(
         "auto",
         description="auto: mlp for feature tables, compact for images, unet for segmentation; "
         "compact: a small 3D CNN (the CPU default); paper: the VGG-like 3D CNN of Dinsdale et "
@@ -227,8 +242,6 @@ class ModelConfig(_Strict):
     @field_validator("attach")
     @classmethod
     def _known_points(cls, v: list[str]) -> list[str]:
-        from neurounlearn.models.points import ATTACH_POINTS
-
         unknown = [p for p in v if p not in ATTACH_POINTS]
         if unknown or not v:
             raise ValueError(
@@ -264,17 +277,20 @@ class ModelConfig(_Strict):
     )
 
 
-class StrategyConfig(_Strict):
-    """How the confounds are unlearned."""
+class _StrategySettings(_Strict):
+    """The ``strategy`` section's settings every strategy reads; one subclass per strategy adds
+    its own, and :data:`StrategyConfig` picks the subclass by ``name``.
 
-    name: Literal["baseline", "iterative", "grl"] = "iterative"
-    mode: Literal["sequential", "joint"] = Field(
-        "sequential",
-        description="iterative only: sequential = the paper's three steps; "
-        "joint = steps 1 and 3 fused into one encoder backward",
-    )
-    pretrain_epochs: int = Field(10, ge=0, description="iterative only: task-only epochs first")
-    lambda_max: float = Field(1.0, ge=0, description="grl only: final gradient-reversal weight")
+    The other strategies' settings (``mode`` and ``pretrain_epochs`` of the iterative strategy,
+    ``lambda_max`` of grl) are accepted too, so that a configuration switches strategy by its
+    ``name`` alone (``--strategy grl`` over a config file written for the iterative one): each
+    is checked as its own strategy checks it, kept aside (no attribute: the strategy does not
+    read it), and written back by :meth:`model_dump`, at its default where not given, so that
+    ``config.yaml`` lists every strategy setting, in one order, whichever strategy runs.
+    """
+
+    _others: dict[str, Any] = PrivateAttr(default_factory=dict)
+
     adversary_lr: float = Field(1e-2, gt=0, description="learning rate of the confound heads")
     adversary_steps: int = Field(
         10,
@@ -298,6 +314,132 @@ class StrategyConfig(_Strict):
         if v != "auto" and (isinstance(v, bool) or v < 0):
             raise ValueError(f"adversary_memory must be auto or a whole number >= 0, got {v!r}")
         return v
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _set_aside_others(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        if not isinstance(data, dict):
+            return handler(data)
+        others = {
+            k: _checked_other(k, v)
+            for k, v in data.items()
+            if k in _OTHER_SETTINGS and k not in cls.model_fields
+        }
+        settings = handler({k: v for k, v in data.items() if k not in others})
+        settings._others = others
+        return settings
+
+    @model_serializer(mode="wrap")
+    def _every_setting(
+        self, handler: SerializerFunctionWrapHandler, info: SerializationInfo
+    ) -> dict[str, Any]:
+        own: dict[str, Any] = handler(self)
+        if info.include is not None or info.exclude is not None or info.exclude_defaults:
+            return own
+        given = (
+            {k: owner.model_fields[k].default for k, owner in _OTHER_SETTINGS.items()}
+            | self._others
+            | own
+        )
+        ordered = {k: given[k] for k in _WRITE_ORDER if k in given}
+        return ordered | {k: v for k, v in own.items() if k not in ordered}
+
+
+class BaselineStrategyConfig(_StrategySettings):
+    """The task loss only; the confound heads train on detached features, to show the leak."""
+
+    name: Literal["baseline"] = "baseline"
+
+
+class IterativeStrategyConfig(_StrategySettings):
+    """Dinsdale et al. 2021's iterative unlearning."""
+
+    name: Literal["iterative"] = "iterative"
+    mode: IterativeMode = Field(
+        "sequential",
+        description="iterative only: sequential = the paper's three steps; "
+        "joint = steps 1 and 3 fused into one encoder backward",
+    )
+    pretrain_epochs: int = Field(10, ge=0, description="iterative only: task-only epochs first")
+
+
+class GRLStrategyConfig(_StrategySettings):
+    """Domain-adversarial training with a gradient-reversal layer."""
+
+    name: Literal["grl"] = "grl"
+    lambda_max: float = Field(1.0, ge=0, description="grl only: final gradient-reversal weight")
+
+
+#: the settings of one strategy that the others accept and set aside, and their strategy
+_OTHER_SETTINGS: dict[str, type[_StrategySettings]] = {
+    "mode": IterativeStrategyConfig,
+    "pretrain_epochs": IterativeStrategyConfig,
+    "lambda_max": GRLStrategyConfig,
+}
+#: the order ``config.yaml`` lists the strategy settings in
+_WRITE_ORDER = (
+    "name",
+    "mode",
+    "pretrain_epochs",
+    "lambda_max",
+    "adversary_lr",
+    "adversary_steps",
+    "adversary_memory",
+)
+
+
+def _checked_other(key: str, value: Any) -> Any:
+    """Another strategy's setting ``key``, checked as that strategy checks it."""
+    owner = _OTHER_SETTINGS[key]
+    try:
+        return getattr(owner.model_validate({key: value}), key)
+    except ValidationError as err:
+        raise PydanticCustomError(
+            "strategy_setting",
+            "{message}",
+            {"setting": key, "given": value, "message": _message(err.errors()[0], value)},
+        ) from None
+
+
+def _named(data: Any) -> Any:
+    """A ``strategy`` section without a name is the iterative strategy's (the default)."""
+    if not isinstance(data, dict):
+        return data
+    name = data.get("name", "iterative")
+    if name not in STRATEGY_NAMES:
+        choices = ", ".join(repr(n) for n in STRATEGY_NAMES[:-1])
+        raise PydanticCustomError(
+            "strategy_setting",
+            "{message}",
+            {
+                "setting": "name",
+                "given": name,
+                "message": f"Input should be {choices} or {STRATEGY_NAMES[-1]!r} (got {name!r})",
+            },
+        )
+    return {**data, "name": name}
+
+
+#: The ``strategy`` section: how the confounds are unlearned, one class per strategy, chosen
+#: by ``name`` (default: ``iterative``).
+StrategyConfig = Annotated[
+    BaselineStrategyConfig | IterativeStrategyConfig | GRLStrategyConfig,
+    Field(discriminator="name"),
+    BeforeValidator(_named),
+]
+_STRATEGY = TypeAdapter[StrategyConfig](StrategyConfig)
+
+
+def switch_strategy(settings: StrategyConfig, name: StrategyName, **changes: Any) -> StrategyConfig:
+    """``settings`` switched to the strategy ``name``, with ``changes``, every other setting
+    (the set-aside ones too) kept.
+
+    Examples:
+        >>> grl = switch_strategy(IterativeStrategyConfig(pretrain_epochs=1), "grl")
+        >>> type(grl).__name__, grl.model_dump()["pretrain_epochs"]
+        ('GRLStrategyConfig', 1)
+    """
+    return _STRATEGY.validate_python(settings.model_dump(mode="json") | changes | {"name": name})
 
 
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
@@ -469,7 +611,7 @@ class RunConfig(_Strict):
     )
     erasure: ErasureConfig = Field(default_factory=ErasureConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
-    strategy: StrategyConfig = Field(default_factory=StrategyConfig)
+    strategy: StrategyConfig = Field(default_factory=IterativeStrategyConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
 
@@ -477,13 +619,32 @@ class RunConfig(_Strict):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
-def _validation_error(err: ValidationError, source: str) -> InputError:
-    first = err.errors()[0]
-    key = ".".join(str(p) for p in first["loc"])
-    message = first["msg"].removeprefix("Value error, ")
-    given = first.get("input")
+def _message(error: ErrorDetails, given: Any) -> str:
+    message = error["msg"].removeprefix("Value error, ")
     if not (isinstance(given, str) and repr(given) in message):
         message += f" (got {given!r})"
+    return message
+
+
+def _setting(error: ErrorDetails) -> tuple[str, Any]:
+    """The dotted key of the setting an error is about, and the value it was given."""
+    loc = error["loc"]
+    # a strategy's settings sit under the strategy's name, as pydantic places them: not a key
+    parts = [
+        str(p)
+        for i, p in enumerate(loc)
+        if not (i > 0 and loc[i - 1] == "strategy" and p in STRATEGY_NAMES)
+    ]
+    ctx = error.get("ctx") or {}
+    if error["type"] == "strategy_setting":
+        return ".".join([*parts, ctx["setting"]]), ctx["given"]
+    return ".".join(parts), error.get("input")
+
+
+def _validation_error(err: ValidationError, source: str) -> InputError:
+    first = err.errors()[0]
+    key, given = _setting(first)
+    message = (first.get("ctx") or {}).get("message") or _message(first, given)
     own_hint = " — " in message  # a validator's message that already says how to fix it
     return InputError(
         f"invalid setting '{key}': {message}",

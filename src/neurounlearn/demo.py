@@ -18,6 +18,8 @@ from typing import Any
 
 from neurounlearn.atomic import write_text
 from neurounlearn.config import RunConfig, validate_config
+from neurounlearn.formatting import fmt_number, markdown_table
+from neurounlearn.results import LeakageResult
 
 BAND = (18.0, 35.0)
 SUBSET = "18 <= age <= 35"
@@ -42,7 +44,7 @@ def demo_config(
     progress_bar: bool = True,
 ) -> RunConfig:
     """The configuration the demo and ``benchmarks/tabular_openneuro.py`` use for one arm."""
-    from neurounlearn.data.datasets import OPENNEURO_FEATURES
+    from neurounlearn.data.bundled import OPENNEURO_FEATURES
 
     raw: dict[str, Any] = {
         "data": {
@@ -63,18 +65,13 @@ def demo_config(
     return validate_config(raw, "demo")
 
 
-def _fmt(v: float | None, digits: int = 2) -> str:
-    return "—" if v is None else f"{v:.{digits}f}"
-
-
 def leakage_cells(leakage: dict[str, Any], confound: str = "site") -> list[str]:
-    block = leakage.get(confound, {})
-    cond = block.get("conditional") or {}
+    """Balanced accuracy of the linear and nonlinear probes, then of the same within the band."""
+    audit = LeakageResult.from_dict(leakage.get(confound))
+    band = audit.conditional or LeakageResult.from_dict(None)
     return [
-        _fmt(((block.get("probe") or {}).get(p) or {}).get("balanced_accuracy"))
-        for p in ("linear", "nonlinear")
-    ] + [
-        _fmt(((cond.get("probe") or {}).get(p) or {}).get("balanced_accuracy"))
+        fmt_number(block.probe(p).balanced_accuracy)
+        for block in (audit, band)
         for p in ("linear", "nonlinear")
     ]
 
@@ -96,12 +93,6 @@ IMAGE_TABLE_HEAD = [
     "fit s",
     "train samples/s",
 ]
-
-
-def table(rows: list[list[str]], head: list[str] = TABLE_HEAD) -> str:
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 def reference_results(cfg: RunConfig) -> dict[str, dict[str, Any]]:
@@ -130,7 +121,7 @@ def run_demo(
     out: Path, *, epochs: int | None = None, seed: int = 0, echo: Callable[[str], Any] = print
 ) -> str:
     """Run the demo into ``out`` and return the markdown table it printed."""
-    from neurounlearn.data.datasets import write_openneuro_transfer
+    from neurounlearn.data.bundled import write_openneuro_transfer
     from neurounlearn.evaluation.evaluate import evaluate
     from neurounlearn.training.fit import fit
 
@@ -156,18 +147,19 @@ def run_demo(
         rows.append(
             [
                 label,
-                _fmt(m["task"]["mae"]),
+                fmt_number(m["task"]["mae"]),
                 *leakage_cells(m["leakage"]),
-                _fmt(m["timing"]["fit_seconds"], 1),
+                fmt_number(m["timing"]["fit_seconds"], 1),
             ]
         )
 
     echo("reference arms (same split): ridge on raw features, raw + ComBat ...")
     ref = reference_results(demo_config(data, strategy="baseline", seed=seed))
     ref_rows = [
-        [name, _fmt(r["task"]["mae"]), *leakage_cells(r["leakage"]), "—"] for name, r in ref.items()
+        [name, fmt_number(r["task"]["mae"]), *leakage_cells(r["leakage"]), "—"]
+        for name, r in ref.items()
     ]
-    text = table(ref_rows + rows)
+    text = markdown_table(TABLE_HEAD, ref_rows + rows)
     echo("\n" + text)
     echo(
         "\nBAcc: balanced accuracy of fresh probes on held-out (test-split) embeddings; chance 1/6 "
@@ -282,13 +274,13 @@ def run_image_demo(
         rows.append(
             [
                 label,
-                _fmt(m["task"]["mae"]),
+                fmt_number(m["task"]["mae"]),
                 *leakage_cells(m["leakage"])[:2],
-                _fmt(m["timing"]["fit_seconds"], 1),
-                _fmt(sps, 0),
+                fmt_number(m["timing"]["fit_seconds"], 1),
+                fmt_number(sps, 0),
             ]
         )
-    text = table(rows, IMAGE_TABLE_HEAD)
+    text = markdown_table(IMAGE_TABLE_HEAD, rows)
     echo("\n" + text)
     echo(
         "\nBAcc: balanced accuracy of fresh probes on held-out (test-split) embeddings; chance "

@@ -32,13 +32,14 @@ Examples:
 
 from __future__ import annotations
 
-from typing import Any, Literal, get_args
+from typing import Any
 
 import numpy as np
 
-#: what ``data.augment`` can be
-Augmentation = Literal["none", "intensity"]
-AUGMENTATIONS: tuple[str, ...] = get_args(Augmentation)
+from neurounlearn.choices import AUGMENTATIONS, Augmentation
+
+__all__ = ["AUGMENTATIONS", "Augmentation", "IntensityAugment"]
+
 GAMMA = (0.5, 2.0)
 BIAS_COEFF = (-0.1, 0.1)
 BLUR_SIGMA = (0.25, 1.0)

@@ -1,98 +1,50 @@
-"""The real dataset that ships inside the package: OpenNeuroTransfer FreeSurfer features.
+"""Torch datasets of table rows: the dict batches (``x``, ``y``, ``codes``, and optionally the
+confounds' ``values`` and ``conditions``) that the training strategies expect.
 
-546 scans of 6 OpenNeuro studies (CC0): ``sub_id``, ``age``, ``sex`` (0 female, 1 male),
-``site``, ``sitenum``, then 245 FreeSurfer measures. Site and age are strongly confounded. 28
-``sub_id`` occur twice (the same child scanned twice: identical measures, ages a year apart), so
-splits must be subject-level. See :func:`attribution` for provenance and checksums.
-
-Examples:
-    >>> df = openneuro_transfer()
-    >>> df.shape, df["site"].nunique()
-    ((546, 250), 6)
-    >>> from neurounlearn.data.manifest import select_features
-    >>> len(select_features(df, OPENNEURO_FEATURES, "openneuro_transfer"))
-    245
+The volume dataset, which serves rows of the image cache in the same form, is
+:class:`~neurounlearn.data.volumes.CachedVolumes`.
 """
 
 from __future__ import annotations
 
-from importlib.resources import files
-from pathlib import Path
-from typing import TYPE_CHECKING
-
-import pandas as pd
-
-from neurounlearn.atomic import write_csv
-
-if TYPE_CHECKING:
-    from importlib.resources.abc import Traversable
-
-#: Shipped files, training file first (rows 1-110 of the combined table come from it).
-OPENNEURO_FILES = ("openneuro_transfer_tr.csv", "openneuro_transfer_te.csv")
-
-#: Selects exactly the 245 FreeSurfer columns: hemisphere-prefixed cortical measures
-#: (``lh_*``, ``rhCortexVol``), aseg structures (``Left-*``, ``3rd-Ventricle``, ``CC_*``, ...),
-#: global volumes (``*Vol*``, ``eTIV``) and surface holes; never sub_id/age/sex/site/sitenum.
-OPENNEURO_FEATURES = (
-    r"^(?:[lr]h_|[lr]h[A-Z]|Left-|Right-|CC_|\d+(?:rd|th)-Ventricle)"
-    r"|^(?:Brain-Stem|CSF|Optic-Chiasm|eTIV|(?:non-)?WM-hypointensities)$"
-    r"|Vol|SurfaceHoles"
-)
-
-#: Default file name when :func:`write_openneuro_transfer` is given a folder.
-OPENNEURO_CSV = "openneuro_transfer.csv"
+import numpy as np
+import torch
+from torch.utils.data import Dataset
 
 
-def _bundled(name: str) -> Traversable:
-    return files("neurounlearn.data").joinpath("bundled", "openneuro_transfer", name)
+class TensorDictDataset(Dataset):
+    """Rows of ``x``, ``y`` and ``codes`` (and optionally the continuous confounds' ``values``
+    and the target bins ``conditions``) returned as the dict batches strategies expect."""
+
+    def __init__(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        codes: np.ndarray,
+        *,
+        values: np.ndarray | None = None,
+        conditions: np.ndarray | None = None,
+    ) -> None:
+        self.x = torch.as_tensor(x, dtype=torch.float32)
+        self.y = torch.as_tensor(y, dtype=torch.float32)
+        self.codes = torch.as_tensor(codes, dtype=torch.long)
+        self.extra = confound_extras(values, conditions)
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        item = {"x": self.x[i], "y": self.y[i], "codes": self.codes[i]}
+        return item | {k: v[i] for k, v in self.extra.items()}
 
 
-def openneuro_transfer() -> pd.DataFrame:
-    """Both shipped files as one cohort (training file first), with a RangeIndex.
-
-    No column is added: the table is exactly the two files stacked, 546 rows x 250 columns.
-    Make your own subject-level split (:func:`neurounlearn.data.splits.make_splits`).
-    """
-    frames = []
-    for name in OPENNEURO_FILES:
-        with _bundled(name).open("rb") as fh:
-            frames.append(pd.read_csv(fh, dtype={"sub_id": str, "site": str}))
-    return pd.concat(frames, ignore_index=True)
-
-
-def write_openneuro_transfer(path: str | Path) -> Path:
-    """Write the combined table as a CSV manifest and return its path.
-
-    Args:
-        path: the CSV to write, or an existing folder (the file is then
-            ``openneuro_transfer.csv`` inside it). Missing parent folders are created.
-
-    The file is written to a temporary name in the same folder and renamed into place, so a
-    reader never sees half a file.
-    """
-    path = Path(path)
-    if path.is_dir():
-        path = path / OPENNEURO_CSV
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_csv(openneuro_transfer(), path)
-    return path
-
-
-def attribution() -> str:
-    """Provenance, licence and sha256 checksums of the shipped files (ATTRIBUTION.md)."""
-    return _bundled("ATTRIBUTION.md").read_text(encoding="utf-8")
-
-
-def bundled_sha256() -> dict[str, str]:
-    """The sha256 of each shipped CSV, as listed in ATTRIBUTION.md."""
-    sums = {}
-    for line in attribution().splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[1] in OPENNEURO_FILES and len(parts[0]) == 64:
-            sums[parts[1]] = parts[0]
-    return sums
-
-
-def bundled_bytes(name: str) -> bytes:
-    """Raw bytes of one shipped file (for checksums)."""
-    return _bundled(name).read_bytes()
+def confound_extras(
+    values: np.ndarray | None, conditions: np.ndarray | None
+) -> dict[str, torch.Tensor]:
+    """The optional per-row confound tensors of a batch (``values``, ``conditions``)."""
+    extra = {}
+    if values is not None:
+        extra["values"] = torch.as_tensor(values, dtype=torch.float32)
+    if conditions is not None:
+        extra["conditions"] = torch.as_tensor(conditions, dtype=torch.long)
+    return extra

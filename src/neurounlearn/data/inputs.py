@@ -376,7 +376,7 @@ class RowData:
         values = None if self.values is None else self.values[rows]
         conditions = None if self.conditions is None else self.conditions[rows]
         if self.features is not None:
-            from neurounlearn.training.datamodule import TensorDictDataset
+            from neurounlearn.data.datasets import TensorDictDataset
 
             if augment != "none":
                 raise ValueError("augmentation changes images; a feature table has none")

@@ -111,7 +111,7 @@ def infer_task(values: pd.Series) -> tuple[str, str]:
 # ----------------------------------------------------------------------------- small helpers
 
 
-def _preview(items: Sequence[object], limit: int = MAX_LISTED) -> str:
+def preview_list(items: Sequence[object], limit: int = MAX_LISTED) -> str:
     """``a, b, c … (N more)`` — long lists of columns or rows stay readable."""
     shown = ", ".join(str(x) for x in items[:limit])
     more = len(items) - limit
@@ -119,7 +119,7 @@ def _preview(items: Sequence[object], limit: int = MAX_LISTED) -> str:
 
 
 def _columns_are(df: pd.DataFrame) -> str:
-    return f"columns are: {_preview(list(df.columns))}"
+    return f"columns are: {preview_list(list(df.columns))}"
 
 
 def _did_you_mean(name: str, df: pd.DataFrame) -> str:
@@ -127,7 +127,11 @@ def _did_you_mean(name: str, df: pd.DataFrame) -> str:
     return f"did you mean '{close[0]}'? " if close else ""
 
 
-def _missing_column(df: pd.DataFrame, path: str | Path, name: str, who: str, hint: str) -> Problem:
+def missing_column_problem(
+    df: pd.DataFrame, path: str | Path, name: str, who: str, hint: str
+) -> Problem:
+    """``who`` names column ``name``, which ``df`` lacks: the problem, with the columns there
+    are and the closest one."""
     return Problem(
         f"{who} names column '{name}', which is not in the manifest; {_columns_are(df)}",
         file=path,
@@ -136,7 +140,7 @@ def _missing_column(df: pd.DataFrame, path: str | Path, name: str, who: str, hin
     )
 
 
-def _capped(
+def cap_row_problems(
     problems: list[Problem], what: str, path: str | Path, hint: str | None
 ) -> list[Problem]:
     """The first :data:`MAX_ROW_PROBLEMS` problems, then one line counting the rest."""
@@ -145,7 +149,7 @@ def _capped(
     rest = problems[MAX_ROW_PROBLEMS:]
     rows = [p.row for p in rest if p.row is not None]
     summary = Problem(
-        f"… and {len(rest)} more rows with {what} (rows {_preview(rows)})",
+        f"… and {len(rest)} more rows with {what} (rows {preview_list(rows)})",
         file=path,
         hint=hint,
         severity=problems[0].severity,
@@ -228,7 +232,7 @@ def read_table(path: str | Path, *, text_columns: Iterable[str] = ID_CANDIDATES)
     repeated = sorted({h for h in header if header.count(h) > 1})
     if repeated:
         raise InputError(
-            f"column name(s) {_preview([repr(h) for h in repeated])} appear more than once "
+            f"column name(s) {preview_list([repr(h) for h in repeated])} appear more than once "
             "in the header",
             file=path,
             column=repeated[0],
@@ -273,7 +277,7 @@ def _resolve_id(
         if requested in df.columns:
             return requested, []
         return None, [
-            _missing_column(
+            missing_column_problem(
                 df, path, requested, "data.id_column", "set data.id_column to the subject id column"
             )
         ]
@@ -368,7 +372,7 @@ def _feature_problems(
             *problems[:MAX_ROW_PROBLEMS],
             Problem(
                 f"… and {len(more)} more non-numeric feature columns: "
-                f"{_preview([p.column for p in more])}",
+                f"{preview_list([p.column for p in more])}",
                 file=path,
             ),
         ]
@@ -408,7 +412,7 @@ def _empty_cells(
     problems = [
         Problem(f"{what} is empty", file=path, row=r, column=column, hint=hint) for r in missing
     ]
-    return _capped(problems, f"an empty '{column}'", path, hint)
+    return cap_row_problems(problems, f"an empty '{column}'", path, hint)
 
 
 def _one_class_problem(values: pd.Series, path: str | Path, target: str) -> list[Problem]:
@@ -461,13 +465,13 @@ def _target_problems(
         )
         for r in _rows(bad)
     ]
-    problems = _capped(problems, f"a non-numeric '{target}'", path, hint)
+    problems = cap_row_problems(problems, f"a non-numeric '{target}'", path, hint)
     infinite = _rows(np.isinf(_as_float(values)))
     inf_problems = [
         Problem(f"target '{target}' is infinite", file=path, row=r, column=target, hint=hint)
         for r in infinite
     ]
-    problems += _capped(inf_problems, f"an infinite '{target}'", path, hint)
+    problems += cap_row_problems(inf_problems, f"an infinite '{target}'", path, hint)
     return problems + _range_problems(values, path, target, training, target_range)
 
 
@@ -506,7 +510,7 @@ def _range_problems(
             for r in _rows(outside)
         ]
         if found:
-            return _capped(found, f"a '{target}' outside its range", path, hint)
+            return cap_row_problems(found, f"a '{target}' outside its range", path, hint)
     huge = finite & (np.abs(numbers) > MAX_TARGET)
     hint = "correct the value, or rescale the column (e.g. to thousands) before training"
     found = [
@@ -521,7 +525,7 @@ def _range_problems(
         for r in _rows(huge)
     ]
     if found:
-        return _capped(found, f"a '{target}' too large to train on", path, hint)
+        return cap_row_problems(found, f"a '{target}' too large to train on", path, hint)
     labelled = numbers[finite]
     if training and labelled.size > 1 and np.all(labelled == labelled[0]):
         return [
@@ -566,14 +570,16 @@ def _feature_value_problems(
         row_problems.append(
             Problem(
                 f"missing or infinite feature value in {len(cols)} column(s): "
-                f"{_preview(described, 6)}",
+                f"{preview_list(described, 6)}",
                 file=path,
                 row=int(i) + 1,
                 column=cols[0] if len(cols) == 1 else None,
                 hint=hint,
             )
         )
-    return problems + _capped(row_problems, "missing or infinite feature values", path, hint)
+    return problems + cap_row_problems(
+        row_problems, "missing or infinite feature values", path, hint
+    )
 
 
 def _duplicate_rows(df: pd.DataFrame, path: str | Path) -> list[Problem]:
@@ -594,7 +600,7 @@ def _duplicate_rows(df: pd.DataFrame, path: str | Path) -> list[Problem]:
         )
         for r in _rows(duplicated)
     ]
-    return _capped(problems, "an exact copy of an earlier row", path, hint)
+    return cap_row_problems(problems, "an exact copy of an earlier row", path, hint)
 
 
 def _id_problems(
@@ -662,7 +668,7 @@ def _id_problems(
             problems.append(
                 Problem(
                     f"{len(shared)} subject id(s) appear at more than one site, e.g. "
-                    f"{_preview([repr(s) for s in shared], 3)}; each is treated as one subject "
+                    f"{preview_list([repr(s) for s in shared], 3)}; each is treated as one subject "
                     "and split with its first site",
                     file=path,
                     column=id_col,
@@ -686,7 +692,7 @@ def _site_problems(
             rows = _rows((df[site] == name).to_numpy())
             problems.append(
                 Problem(
-                    f"site {name!r} has {count} subject(s) (rows {_preview(rows)}); each site "
+                    f"site {name!r} has {count} subject(s) (rows {preview_list(rows)}); each site "
                     f"needs at least {minimum} so that train, validation and test get one each",
                     file=path,
                     column=site,
@@ -727,7 +733,7 @@ def _confound_problems(df: pd.DataFrame, path: str | Path, spec: TableSpec) -> l
             if name == spec.site_column:
                 continue  # already reported as the missing site column
             problems.append(
-                _missing_column(
+                missing_column_problem(
                     df, path, name, "--unlearn", "check the spelling (names are case-sensitive)"
                 )
             )
@@ -760,7 +766,7 @@ def _confound_problems(df: pd.DataFrame, path: str | Path, spec: TableSpec) -> l
             problems.append(
                 Problem(
                     f"--unlearn names column '{name}', which has only one value "
-                    f"({_preview([repr(v) for v in levels]) or 'none'}); there is nothing "
+                    f"({preview_list([repr(v) for v in levels]) or 'none'}); there is nothing "
                     "to unlearn",
                     file=path,
                     column=name,
@@ -810,7 +816,7 @@ def _continuous_problems(df: pd.DataFrame, path: str | Path, name: str) -> list[
         )
         for r in _rows(_non_numeric(values))
     ]
-    return _capped(problems, f"a non-numeric '{name}'", path, hint)
+    return cap_row_problems(problems, f"a non-numeric '{name}'", path, hint)
 
 
 def _conditional_problems(path: str | Path, name: str, spec: TableSpec) -> list[Problem]:
@@ -840,7 +846,7 @@ def _unlabelled_site_problems(
     problems = [
         Problem(
             f"--unlabelled-site names site {name!r}, which is not in column '{site}'; sites "
-            f"are: {_preview(known)}",
+            f"are: {preview_list(known)}",
             file=path,
             column=site,
             hint="check the spelling (site names are case-sensitive)",
@@ -966,7 +972,7 @@ def find_problems(
     if target is not None:
         if target not in df.columns:
             problems.append(
-                _missing_column(
+                missing_column_problem(
                     df, path, target, "--target", "check the spelling (names are case-sensitive)"
                 )
             )
@@ -1088,11 +1094,11 @@ def check_new_data(
         return
     parts = []
     if missing:
-        parts.append(f"{len(missing)} training feature column(s) missing: {_preview(missing)}")
+        parts.append(f"{len(missing)} training feature column(s) missing: {preview_list(missing)}")
     if extra:
         parts.append(
             f"{len(extra)} column(s) match --features '{regex}' but were not trained on: "
-            f"{_preview(extra)}"
+            f"{preview_list(extra)}"
         )
     raise InputError(
         "the features do not match the trained model; " + "; ".join(parts),
@@ -1115,7 +1121,7 @@ def _check_new_values(df: pd.DataFrame, path: str | Path, features: list[str]) -
                 Problem(
                     f"non-numeric feature value {df[c].iloc[rows[0] - 1]!r}"
                     + (
-                        f" (and {len(rows) - 1} more row(s): {_preview(rows[1:])})"
+                        f" (and {len(rows) - 1} more row(s): {preview_list(rows[1:])})"
                         if len(rows) > 1
                         else ""
                     ),

@@ -135,18 +135,19 @@ Shape = tuple[int, int, int]
 # ----------------------------------------------------------------------------- validation
 
 
-def _is_int(value: object) -> bool:
+def is_int(value: object) -> bool:
+    """An integer (Python or NumPy), not a bool."""
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def _check_shape(shape: object) -> Shape:
-    if _is_int(shape):
+    if is_int(shape):
         dims: list[object] = [shape] * 3
     elif isinstance(shape, Sequence) and not isinstance(shape, str):
         dims = list(shape)
     else:
         dims = []
-    if len(dims) != 3 or not all(_is_int(d) for d in dims):
+    if len(dims) != 3 or not all(is_int(d) for d in dims):
         raise InputError(
             f"shape must be one integer or three integers, got {shape!r}",
             hint="e.g. shape=48 or shape=(48, 56, 48)",
@@ -160,7 +161,8 @@ def _check_shape(shape: object) -> Shape:
     return x, y, z
 
 
-def _check_ages(ages: str | Sequence[tuple[float, float]], sites: int) -> list[tuple[float, float]]:
+def check_ages(ages: str | Sequence[tuple[float, float]], sites: int) -> list[tuple[float, float]]:
+    """One ``(low, high)`` age range per site, from a preset name or the given ranges."""
     if isinstance(ages, str):
         if ages not in AGE_PRESETS:
             allowed = ", ".join(sorted(AGE_PRESETS))
@@ -182,18 +184,18 @@ def _check_ages(ages: str | Sequence[tuple[float, float]], sites: int) -> list[t
             low, high = (float(v) for v in item)
         except (TypeError, ValueError):
             raise InputError(
-                f"age range of site {_site_name(k)} is {item!r}, not a (low, high) pair of numbers",
+                f"age range of site {site_name(k)} is {item!r}, not a (low, high) pair of numbers",
                 hint="e.g. ages=[(45, 80), (20, 65), (60, 85)]",
             ) from None
         if not (math.isfinite(low) and math.isfinite(high)) or low < 0:
             raise InputError(
-                f"age range of site {_site_name(k)} is ({low}, {high}); ages must be finite "
+                f"age range of site {site_name(k)} is ({low}, {high}); ages must be finite "
                 "and not negative",
                 hint="give ages in years, e.g. (20, 65)",
             )
         if math.ceil(low * 10) > math.floor(high * 10):  # also catches low >= high
             raise InputError(
-                f"age range of site {_site_name(k)} is ({low}, {high}): low must be below high "
+                f"age range of site {site_name(k)} is ({low}, {high}): low must be below high "
                 "(and the range must hold an age with one decimal)",
                 hint="give (low, high) with low < high, e.g. (20, 65)",
             )
@@ -228,7 +230,8 @@ def _check_out_dir(out_dir: Path) -> bool:
     )
 
 
-def _check_factor(name: str, value: object) -> float:
+def check_factor(name: str, value: object) -> float:
+    """``value`` as a float, checked to be a finite number of at least 0."""
     if not isinstance(value, numbers.Real) or isinstance(value, bool):
         raise InputError(f"{name} must be a number, got {value!r}")
     if not math.isfinite(float(value)) or float(value) < 0:
@@ -239,7 +242,7 @@ def _check_factor(name: str, value: object) -> float:
     return float(value)
 
 
-def _site_name(k: int) -> str:
+def site_name(k: int) -> str:
     """A, B, …, Z, AA, AB, … like spreadsheet columns."""
     name = ""
     k += 1
@@ -381,18 +384,18 @@ class _Site:
     def as_json(self) -> dict[str, Any]:
         return {
             "age_range": list(self.age_range),
-            "gain": _r(self.gain),
-            "offset": _r(self.offset),
-            "gamma": _r(self.gamma),
-            "bias_amplitude": _r(self.bias_amplitude),
-            "bias_coefficients": [_r(c) for c in self.bias_coefficients],
-            "blur_sigma_voxels": [_r(s) for s in self.blur_sigma],
+            "gain": round6(self.gain),
+            "offset": round6(self.offset),
+            "gamma": round6(self.gamma),
+            "bias_amplitude": round6(self.bias_amplitude),
+            "bias_coefficients": [round6(c) for c in self.bias_coefficients],
+            "blur_sigma_voxels": [round6(s) for s in self.blur_sigma],
             "slice_axis": self.slice_axis,
-            "noise_sd": _r(self.noise_sd),
+            "noise_sd": round6(self.noise_sd),
         }
 
 
-def _r(x: float) -> float:
+def round6(x: float) -> float:
     """Six significant digits: readable JSON, and exact enough to regenerate by hand."""
     return float(f"{float(x):.6g}")
 
@@ -441,7 +444,7 @@ def _preset_sites(
         sigma[axis] = spec["slice_blur"] * strength
         sites.append(
             _Site(
-                name=_site_name(j),
+                name=site_name(j),
                 age_range=ranges[j],
                 gain=math.exp(math.log(spec["gain"]) * strength),
                 offset=spec["offset"] * strength,
@@ -478,7 +481,7 @@ def _make_sites(seed: int, ranges: list[tuple[float, float]], strength: float) -
         sigma[axis] = slice_blur[j] * strength
         sites.append(
             _Site(
-                name=_site_name(j),
+                name=site_name(j),
                 age_range=ranges[j],
                 gain=math.exp(log_gain[j] * strength),
                 offset=float(offset[j]) * strength,
@@ -525,13 +528,13 @@ class _Subject:
             "site": self.site.name,
             "age": self.age,
             "sex": self.sex,
-            "brain_age_gap_years": _r(self.brain_age_gap),
-            "effective_age": _r(self.age + self.brain_age_gap),
-            "head_scale": _r(self.head_scale),
-            "ventricle_scale": _r(ventricle_scale),
-            "gm_thinning": _r(thinning),
-            "deformation_rms_mm": _r(rms),
-            "tissue_intensity": {k: _r(v) for k, v in self.tissue_intensity.items()},
+            "brain_age_gap_years": round6(self.brain_age_gap),
+            "effective_age": round6(self.age + self.brain_age_gap),
+            "head_scale": round6(self.head_scale),
+            "ventricle_scale": round6(ventricle_scale),
+            "gm_thinning": round6(thinning),
+            "deformation_rms_mm": round6(rms),
+            "tissue_intensity": {k: round6(v) for k, v in self.tissue_intensity.items()},
             "rng": f"numpy.random.default_rng([seed, 1, {self.index}])",
         }
 
@@ -675,19 +678,19 @@ def _generation_record(
     """Everything that generated the cohort, for ``generation.json`` (no clock: reproducible)."""
     import nilearn
 
-    import neurounlearn
+    from neurounlearn.version import __version__
 
     noise_range = [NOISE_SD_BASE + NOISE_SD_RANGE[0], NOISE_SD_BASE + NOISE_SD_RANGE[1]]
     return {
         "generator": GENERATOR,
         "format_version": FORMAT_VERSION,
-        "neurounlearn_version": neurounlearn.__version__,
+        "neurounlearn_version": __version__,
         "seed": seed,
         "sites": len(site_list),
         "subjects": len(people),
         "shape": list(grid),
-        "voxel_size_mm": _r(tpl.voxel_mm),
-        "affine": [[_r(v) for v in row] for row in tpl.affine.tolist()],
+        "voxel_size_mm": round6(tpl.voxel_mm),
+        "affine": [[round6(v) for v in row] for row in tpl.affine.tolist()],
         "orientation": "RAS (x left to right, y posterior to anterior, z inferior to superior)",
         "files": {
             "manifest": "manifest.csv (" + ",".join(MANIFEST_COLUMNS) + ")",
@@ -773,7 +776,7 @@ def _generation_record(
                 "bias_amplitude": list(BIAS_AMPLITUDE_RANGE),
                 "slice_blur_sigma_voxels": list(SLICE_BLUR_RANGE),
                 "inplane_blur_sigma_voxels": INPLANE_BLUR,
-                "noise_sd": [_r(v) for v in noise_range],
+                "noise_sd": [round6(v) for v in noise_range],
             },
             "slice_axes": "site A along z, B along x, C along y, then again",
             "scanner_strength": strength,
@@ -862,25 +865,25 @@ def simulate_cohort(
         sites = n_preset
     elif sites is None:
         sites = 3
-    if not _is_int(sites) or sites < 2:
+    if not is_int(sites) or sites < 2:
         raise InputError(
             f"sites must be an integer of at least 2, got {sites!r}",
             hint="unlearning a site needs two or more sites",
         )
-    if not _is_int(subjects) or subjects < 3 * sites:
+    if not is_int(subjects) or subjects < 3 * sites:
         raise InputError(
             f"subjects must be an integer of at least 3 per site ({3 * sites} for {sites} "
             f"sites), got {subjects!r}",
             hint="every site needs subjects for training, validation and test",
         )
-    if not _is_int(seed) or seed < 0:
+    if not is_int(seed) or seed < 0:
         raise InputError(f"seed must be a non-negative integer, got {seed!r}")
     grid = _check_shape(shape)
     if ages is None:
         ages = "paper" if preset is None else "independent"
-    ranges = _check_ages(ages, sites)
-    strength = _check_factor("scanner_strength", scanner_strength)
-    effect = _check_factor("age_effect", age_effect)
+    ranges = check_ages(ages, sites)
+    strength = check_factor("scanner_strength", scanner_strength)
+    effect = check_factor("age_effect", age_effect)
     previous = _check_out_dir(out)
 
     from tqdm import tqdm  # comes with lightning; imported here to keep the module light

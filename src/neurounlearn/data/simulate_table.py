@@ -77,7 +77,7 @@ import pandas as pd
 from numpy.typing import NDArray
 
 from neurounlearn.atomic import check_out, outputs_or_nothing, write_csv, write_json
-from neurounlearn.data.simulate import _check_ages, _check_factor, _is_int, _r, _site_name
+from neurounlearn.data.simulate import check_ages, check_factor, is_int, round6, site_name
 from neurounlearn.errors import InputError
 
 #: ``generation.json`` names its generator so a later run recognises a folder it may overwrite.
@@ -134,7 +134,7 @@ Array = NDArray[np.float64]
 def _check_counts(subjects: int | Sequence[int], sites: int) -> list[int]:
     """Subjects per site: a total spread evenly (first sites get the remainder) or a list."""
     hint = f"every site needs at least {MIN_SUBJECTS_PER_SITE} subjects (train, validation, test)"
-    if _is_int(subjects):
+    if is_int(subjects):
         total = int(cast(int, subjects))
         if total < MIN_SUBJECTS_PER_SITE * sites:
             raise InputError(
@@ -155,9 +155,9 @@ def _check_counts(subjects: int | Sequence[int], sites: int) -> list[int]:
             hint="give one count per site, or one total",
         )
     for k, count in enumerate(counts):
-        if not _is_int(count) or count < MIN_SUBJECTS_PER_SITE:
+        if not is_int(count) or count < MIN_SUBJECTS_PER_SITE:
             raise InputError(
-                f"site {_site_name(k)} has {count!r} subjects; each site needs an integer of at "
+                f"site {site_name(k)} has {count!r} subjects; each site needs an integer of at "
                 f"least {MIN_SUBJECTS_PER_SITE}",
                 hint=hint,
             )
@@ -179,7 +179,7 @@ def _check_sex_ratio(sex_ratio: float | Sequence[float], sites: int) -> list[flo
         real = isinstance(value, numbers.Real) and not isinstance(value, bool)
         if not real or not 0.0 <= float(cast(float, value)) <= 1.0:
             raise InputError(
-                f"sex_ratio{f' of site {_site_name(k)}' if per_site else ''} is {value!r}; it "
+                f"sex_ratio{f' of site {site_name(k)}' if per_site else ''} is {value!r}; it "
                 "must be a fraction of males between 0 and 1",
                 hint="e.g. sex_ratio=0.5, or sex_ratio=[0.3, 0.5, 0.7] for three sites",
             )
@@ -291,9 +291,9 @@ def _scan(
 
 def _summary(vector: Array) -> dict[str, float]:
     return {
-        "mean": _r(float(vector.mean())),
-        "sd": _r(float(vector.std())),
-        "max_abs": _r(float(np.abs(vector).max())),
+        "mean": round6(float(vector.mean())),
+        "sd": round6(float(vector.std())),
+        "max_abs": round6(float(np.abs(vector).max())),
     }
 
 
@@ -305,12 +305,12 @@ def _generation_record(
     site_rows: list[dict[str, Any]],
 ) -> dict[str, Any]:
     """Everything that generated the table, for ``generation.json`` (no clock: reproducible)."""
-    import neurounlearn
+    from neurounlearn.version import __version__
 
     strength = float(arguments["site_strength"])
 
     def vec(values: Array) -> list[float]:
-        return [_r(float(v)) for v in values]
+        return [round6(float(v)) for v in values]
 
     sites_json: dict[str, Any] = {}
     for row in site_rows:
@@ -329,7 +329,7 @@ def _generation_record(
             "additive_g": effects["g"],
             "multiplicative_s": effects["s"],
             "nonlinear_h": effects["h"],
-            "noise_sd": _r(strength * scanner["noise_sd"]),
+            "noise_sd": round6(strength * scanner["noise_sd"]),
             "rng": {
                 "scanner": f"numpy.random.default_rng([seed, 1, {row['index']}])",
                 "subjects": f"numpy.random.default_rng([seed, 2, {row['index']}])",
@@ -338,7 +338,7 @@ def _generation_record(
     return {
         "generator": GENERATOR,
         "format_version": FORMAT_VERSION,
-        "neurounlearn_version": neurounlearn.__version__,
+        "neurounlearn_version": __version__,
         "seed": arguments["seed"],
         "arguments": arguments,
         "description": (
@@ -475,25 +475,25 @@ def simulate_table(
         ['region_00', 'region_01', 'region_02', 'region_03']
         >>> simulate_table("table_cohort", subjects=600, site_strength=0.5)  # doctest: +SKIP
     """
-    if not _is_int(sites) or sites < MIN_SITES:
+    if not is_int(sites) or sites < MIN_SITES:
         raise InputError(
             f"sites must be an integer of at least {MIN_SITES}, got {sites!r}",
             hint="unlearning a site needs two or more sites",
         )
     counts = _check_counts(subjects, sites)
-    if not _is_int(features) or features < MIN_FEATURES:
+    if not is_int(features) or features < MIN_FEATURES:
         raise InputError(
             f"features must be an integer of at least {MIN_FEATURES}, got {features!r}",
             hint="e.g. features=60 (about the regions of a cortical atlas)",
         )
-    if not _is_int(seed) or seed < 0:
+    if not is_int(seed) or seed < 0:
         raise InputError(f"seed must be a non-negative integer, got {seed!r}")
-    ranges = _check_ages(ages, sites)
+    ranges = check_ages(ages, sites)
     ratios = _check_sex_ratio(sex_ratio, sites)
-    strength = _check_factor("site_strength", site_strength)
-    age_k = _check_factor("age_effect", age_effect)
-    sex_k = _check_factor("sex_effect", sex_effect)
-    noise_k = _check_factor("noise", noise)
+    strength = check_factor("site_strength", site_strength)
+    age_k = check_factor("age_effect", age_effect)
+    sex_k = check_factor("sex_effect", sex_effect)
+    noise_k = check_factor("noise", noise)
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         _check_out_dir(out)
@@ -525,7 +525,7 @@ def simulate_table(
         frame = pd.DataFrame(
             {
                 "subject": ids,
-                "site": _site_name(k),
+                "site": site_name(k),
                 "age": people["age"],
                 "sex": np.where(people["male"] > 0, "M", "F"),
                 "tiv": people["tiv"],
@@ -535,7 +535,7 @@ def simulate_table(
         site_rows.append(
             {
                 "index": k,
-                "name": _site_name(k),
+                "name": site_name(k),
                 "subjects": counts[k],
                 "age_range": ranges[k],
                 "sex_ratio": ratios[k],

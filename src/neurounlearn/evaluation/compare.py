@@ -38,17 +38,24 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from neurounlearn.atomic import check_out, write_csv, write_json, write_text
-from neurounlearn.config import RunConfig
+from neurounlearn.atomic import atomic_path, check_out, write_csv, write_json, write_text
+from neurounlearn.choices import MODEL_ARMS
+from neurounlearn.config import RunConfig, switch_strategy
 from neurounlearn.errors import InputError
+from neurounlearn.evaluation.reference import ReferenceComBat, linear_readout
+from neurounlearn.formatting import fmt_number
+from neurounlearn.results import probe_cells
+from neurounlearn.rundir import (
+    COMPARISON_CSV,
+    COMPARISON_JSON,
+    CONFIG,
+    EMBEDDINGS,
+    FIRST_FOLD_EMBEDDINGS,
+    FOLDS,
+    OOF_PREDICTIONS,
+    PREDICTIONS,
+)
 
-#: Model arms: name -> (strategy, iterative mode).
-MODEL_ARMS: dict[str, tuple[str, str]] = {
-    "baseline": ("baseline", "sequential"),
-    "iterative": ("iterative", "sequential"),
-    "iterative-joint": ("iterative", "joint"),
-    "grl": ("grl", "sequential"),
-}
 #: Readouts of raw features.
 RAW_ARMS = ("raw", "combat", "combat-inference")
 #: ComBat on the baseline network's embeddings.
@@ -60,7 +67,6 @@ ARM_NAMES = (*RAW_ARMS, *MODEL_ARMS, *EMBEDDING_ARMS, *ERASE_ARMS)
 DEFAULT_ARMS = ("raw", "combat", "baseline", "baseline+combat", "iterative", "grl")
 EXTERNAL_VIEWS = ("leave-one-site-out",)
 UNSEEN_SITE = "cannot apply to an unseen site"
-RIDGE_ALPHAS = np.logspace(-2, 4, 13)
 
 
 @dataclass(frozen=True)
@@ -272,33 +278,11 @@ def _target_number(ctx: Context, rows: np.ndarray) -> np.ndarray:
 
 
 def _readout(ctx: Context, x: np.ndarray, split: np.ndarray) -> np.ndarray:
-    """A linear readout fit on the training rows: predictions for every row (classification:
-    probabilities in ``ctx.classes`` order)."""
-    from sklearn.linear_model import LogisticRegressionCV, RidgeCV
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    train = split == "train"
+    """The reference readout fit on the training rows: predictions for every row
+    (classification: probabilities in ``ctx.classes`` order)."""
     y = _target_number(ctx, np.arange(len(split)))
-    fit_rows = train & np.isfinite(y)
-    if ctx.task == "classification":
-        labels = y[fit_rows].astype(int)
-        model = make_pipeline(
-            StandardScaler(),
-            LogisticRegressionCV(
-                Cs=8,
-                cv=int(np.clip(np.bincount(labels).min(), 2, 5)),
-                class_weight="balanced",
-                max_iter=2000,
-            ),
-        ).fit(x[fit_rows], labels)
-        prob = np.zeros((len(x), len(ctx.classes)))
-        prob[:, model.classes_.astype(int)] = model.predict_proba(x)
-        return prob
-    reg = make_pipeline(StandardScaler(), RidgeCV(alphas=RIDGE_ALPHAS)).fit(
-        x[fit_rows], y[fit_rows]
-    )
-    return reg.predict(x)
+    classes = ctx.classes if ctx.task == "classification" else None
+    return linear_readout(x, y, split == "train", classes=classes)
 
 
 def _bias_corrected(
@@ -326,7 +310,7 @@ def _arm_fold(
     run_dir: str | None = None,
 ) -> ArmFold:
     """Score one arm on one split from its features (every row) and predictions (every row)."""
-    from neurounlearn.evaluation.evaluate import audit_features, ridge_probe_mae
+    from neurounlearn.evaluation.audit import audit_features, ridge_probe_mae
 
     split = job.split
     test = np.flatnonzero(split == "test")
@@ -366,8 +350,6 @@ def _combat_arms(
     ctx: Context, job: Job, names: Sequence[str], x: np.ndarray, prefix_seconds: float
 ) -> list[ArmFold]:
     """ComBat (fit on the training rows) then the readout, for each requested variant."""
-    from neurounlearn.evaluation.combat import ComBatArm
-
     split = job.split
     train = split == "train"
     test = np.flatnonzero(split == "test")
@@ -377,33 +359,24 @@ def _combat_arms(
     if set(sites[test]) - set(sites[fit_rows]):  # a held-out site: no batch parameters for it
         return [ArmFold(name, job.view, job.key, test, None, error=UNSEEN_SITE) for name in names]
     start = time.perf_counter()
-    arm = ComBatArm(
-        covariates=list(covars.columns) or None,
-        smooth_terms=list(ctx.combat.smooth_terms) or None,
-        random_state=ctx.cfg.train.seed,
+    combat = ReferenceComBat(
+        x,
+        sites,
+        covars,
+        train,
+        smooth_terms=ctx.combat.smooth_terms,
+        seed=ctx.cfg.train.seed,
     )
-    x = x[:, x[fit_rows].std(axis=0) > 0]  # ComBat cannot fit a feature constant in training
-    has_covars = len(covars.columns) > 0
-    arm.fit(x[fit_rows], sites[fit_rows], covars.loc[fit_rows] if has_covars else None)
     fit_seconds = time.perf_counter() - start
-    means = covars.loc[fit_rows].mean()
-    # rows without a covariate (unlabelled): the training mean, as at inference
-    filled = covars.fillna(means)
-    for column in ctx.combat.smooth_terms:
-        # ComBat-GAM's splines cannot extrapolate: hold a subject beyond the training range at
-        # its edge
-        low, high = covars.loc[fit_rows, column].agg(["min", "max"])
-        filled[column] = filled[column].clip(low, high)
     target_columns = [
         c for c in covars.columns if c == ctx.target or c.startswith(f"{ctx.target}=")
     ]
     out: list[ArmFold] = []
     for name in names:
         t0 = time.perf_counter()
-        given = filled.copy()
-        if name.endswith("-inference"):
-            given.loc[~train, target_columns] = means[target_columns].to_numpy()
-        xh = arm.transform(x, sites, given if has_covars else None)
+        # -inference: test subjects harmonised without their target, as at inference
+        blind = target_columns if name.endswith("-inference") else []
+        xh = combat.transform(x, sites, covars, blind=blind, blind_rows=~train)
         pred = _readout(ctx, xh, split)
         seconds = prefix_seconds + fit_seconds + time.perf_counter() - t0
         out.append(_arm_fold(ctx, name, job, xh, pred, seconds=seconds))
@@ -440,8 +413,8 @@ def _model_job(ctx: Context, job: Job) -> list[ArmFold]:
     t0 = time.perf_counter()
     fit(job.cfg, job.run_dir, echo=lambda _: None, split=job.split)
     seconds = time.perf_counter() - t0
-    preds = pd.read_csv(job.run_dir / "predictions.csv", dtype={ctx.target: object})
-    emb = pd.read_csv(job.run_dir / "embeddings.csv")
+    preds = pd.read_csv(job.run_dir / PREDICTIONS, dtype={ctx.target: object})
+    emb = pd.read_csv(job.run_dir / EMBEDDINGS)
     features = emb[embedding_columns(emb)].to_numpy(dtype=float)
     prediction = _prediction_array(ctx, preds)
     out = [
@@ -705,7 +678,7 @@ def summarise(ctx: Context, arm: str, results: list[ArmFold]) -> ArmSummary:
         if not classification and ext_values and len(ext_values) == len(external)
         else None
     )
-    site_bacc = _probe_cells(leakage.get(ctx.site_column), "linear")[0]
+    site_bacc = probe_cells(leakage.get(ctx.site_column), "linear")[0]
     openbhb = (
         external_mae * site_bacc**0.3
         if external_mae is not None and site_bacc is not None
@@ -731,22 +704,7 @@ def summarise(ctx: Context, arm: str, results: list[ArmFold]) -> ArmSummary:
     )
 
 
-# -- tables --------------------------------------------------------------------------------------
-
-
-def _fmt(value: Any, digits: int = 2) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "—"
-    if isinstance(value, str):
-        return value
-    return f"{value:.{digits}f}"
-
-
-def _probe_cells(block: dict[str, Any] | None, probe: str) -> tuple[Any, Any, Any]:
-    p = ((block or {}).get("probe") or {}).get(probe) or {}
-    value = p.get("balanced_accuracy", p.get("r2"))
-    ci = p.get("ci95") or [None, None]
-    return value, ci[0], ci[1]
+# -- the comparison table (comparison.csv) ---------------------------------------------------
 
 
 def comparison_frame(ctx: Context, summaries: list[ArmSummary]) -> pd.DataFrame:
@@ -774,12 +732,12 @@ def comparison_frame(ctx: Context, summaries: list[ArmSummary]) -> pd.DataFrame:
             }
         for name, block in s.leakage.items():
             for probe in ("linear", "nonlinear"):
-                value, low, high = _probe_cells(block, probe)
+                value, low, high = probe_cells(block, probe)
                 row[f"{name}_{probe}"] = value
                 row[f"{name}_{probe}_ci_low"] = low
                 row[f"{name}_{probe}_ci_high"] = high
                 if block.get("conditional"):
-                    value, low, high = _probe_cells(block["conditional"], probe)
+                    value, low, high = probe_cells(block["conditional"], probe)
                     row[f"{name}_{probe}_band"] = value
         if ctx.task == "regression":
             row["ridge_probe_mae"] = s.ridge_probe_mae
@@ -795,152 +753,6 @@ def comparison_frame(ctx: Context, summaries: list[ArmSummary]) -> pd.DataFrame:
         row["note"] = "; ".join(s.notes) or None
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-def comparison_table(
-    ctx: Context, summaries: list[ArmSummary], *, external: bool
-) -> tuple[list[str], list[list[str]]]:
-    """The main comparison table as text cells: ``(header, rows)``, one row per arm."""
-    confounds = list(summaries[0].leakage) if summaries else []
-    banded = {
-        name
-        for name in confounds
-        if any((s.leakage.get(name) or {}).get("conditional") for s in summaries)
-    }
-    classification = ctx.task == "classification"
-    head = ["arm"]
-    if classification:
-        head += ["BAcc (± sd over folds)", "AUC"]
-    else:
-        head += ["MAE (± sd over folds)", "bias slope", "ρ(delta, target)", "corrected MAE"]
-    for name in confounds:
-        head += [f"{name} linear [95% CI]", f"{name} nonlinear"]
-        if name in banded:
-            head += [f"{name} in band lin/nonlin"]
-    if not classification:
-        head += ["ridge probe MAE"]
-        if external:
-            head += ["external MAE", "score"]
-    rows = []
-    for s in summaries:
-        t = s.task or {}
-        main = t.get("balanced_accuracy" if classification else "mae")
-        cells = [s.arm, f"{_fmt(main)} ± {_fmt(t.get('sd_over_folds'))}"]
-        if classification:
-            cells.append(_fmt(t.get("auc")))
-        else:
-            bias = t.get("bias") or {}
-            cells += [
-                _fmt(bias.get("slope")),
-                _fmt(bias.get("spearman_delta_age")),
-                _fmt(t.get("bias_corrected_mae")),
-            ]
-        for name in confounds:
-            block = s.leakage.get(name)
-            value, low, high = _probe_cells(block, "linear")
-            cells.append(f"{_fmt(value)} [{_fmt(low)}, {_fmt(high)}]")
-            cells.append(_fmt(_probe_cells(block, "nonlinear")[0]))
-            if name in banded:
-                cond = (block or {}).get("conditional")
-                cells.append(
-                    f"{_fmt(_probe_cells(cond, 'linear')[0])} / "
-                    f"{_fmt(_probe_cells(cond, 'nonlinear')[0])}"
-                )
-        if not classification:
-            cells.append(_fmt(s.ridge_probe_mae))
-            if external:
-                unseen = any("error" in e for e in s.external.values())
-                cells += [UNSEEN_SITE if unseen else _fmt(s.external_mae), _fmt(s.openbhb_score)]
-        rows.append(cells)
-    return head, rows
-
-
-def comparison_notes(
-    ctx: Context, summaries: list[ArmSummary], *, folds: int, external: bool
-) -> list[str]:
-    """How to read the comparison table."""
-    site = ctx.site_column
-    classification = ctx.task == "classification"
-    chance = next(
-        (
-            (s.leakage.get(site) or {}).get("chance")
-            for s in summaries
-            if (s.leakage.get(site) or {}).get("chance")
-        ),
-        None,
-    )
-    notes = [
-        f"{folds}-fold cross-fitting, site-stratified and subject-level; every subject is "
-        "predicted once, by the fold model that never trained on it.",
-        ("Balanced accuracy" if classification else "MAE")
-        + " is computed on the pooled out-of-fold predictions; ± is the sd of the per-fold "
-        "values.",
-    ]
-    if not classification:
-        notes.append(
-            "Bias slope: slope of (prediction − target) on the target; ρ: Spearman of the delta "
-            "with the target (PAC-2019); corrected MAE: the linear bias correction fit on each "
-            "fold's validation rows only, applied to its test rows."
-        )
-    notes.append(
-        "Leakage: balanced accuracy (R² for a continuous confound) of fresh probes trained by "
-        "cross-validation on each fold's held-out embeddings, mean over folds, with a "
-        "t-interval of that mean across folds"
-        + (f"; chance for {site} is {chance:.2f}." if chance else ".")
-    )
-    if not classification:
-        notes.append(
-            "Ridge probe MAE: a ridge regression of the target on the held-out embeddings "
-            "(OpenBHB's age probe), cross-validated within each test fold, mean over folds."
-        )
-    if external:
-        notes.append(
-            "External: leave-one-site-out, each site held out in turn (a scanner never seen "
-            "in training); external MAE is the mean of the per-site MAEs; score = external "
-            f"MAE × (linear {site} BAcc)^0.3 (OpenBHB, Dufumier et al. 2022; lower is better). "
-            f"ComBat arms {UNSEEN_SITE}."
-        )
-    return notes
-
-
-def _markdown_table(head: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
-
-
-def comparison_markdown(
-    ctx: Context, summaries: list[ArmSummary], *, folds: int, external: bool
-) -> str:
-    """The ``comparison.md`` text: the main table, the held-out-site table, and how to read
-    them."""
-    text = _markdown_table(*comparison_table(ctx, summaries, external=external))
-    if external:
-        text += "\n\n" + _external_markdown(ctx, summaries)
-    notes = comparison_notes(ctx, summaries, folds=folds, external=external)
-    return text + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
-
-
-def external_table(ctx: Context, summaries: list[ArmSummary]) -> tuple[list[str], list[list[str]]]:
-    """Held-out-site error per arm (leave-one-site-out): ``(header, rows)``."""
-    sites = sorted({k for s in summaries for k in s.external})
-    metric = "balanced_accuracy" if ctx.task == "classification" else "mae"
-    rows = [
-        [s.arm]
-        + [
-            (s.external.get(site) or {}).get("error")
-            or _fmt((s.external.get(site) or {}).get(metric))
-            for site in sites
-        ]
-        for s in summaries
-    ]
-    return ["arm", *[f"{site} held out" for site in sites]], rows
-
-
-def _external_markdown(ctx: Context, summaries: list[ArmSummary]) -> str:
-    label = "balanced accuracy" if ctx.task == "classification" else "MAE"
-    return f"Held-out site {label} (leave-one-site-out):\n\n" + _markdown_table(
-        *external_table(ctx, summaries)
-    )
 
 
 # -- the whole comparison -----------------------------------------------------------------------
@@ -967,10 +779,13 @@ def compare(
     external: str | None = None,
     combat: CombatSettings | None = None,
     jobs: int | None = None,
-    report: bool = True,
     echo: Callable[[str], Any] = print,
 ) -> dict[str, Any]:
-    """Run every arm on the same seeded folds and write the comparison into ``out``.
+    """Run every arm on the same seeded folds and write the comparison into ``out``:
+    ``comparison.json`` (every arm's pooled figures), ``comparison.csv``,
+    ``oof_predictions.csv``, ``folds.csv``, ``config.yaml`` and each arm's fold-1 features.
+    :func:`neurounlearn.reporting.compare.render_comparison` then renders ``comparison.md`` and
+    ``report.html`` from those files.
 
     Args:
         cfg: the base configuration (data, confounds, model, training); each model arm sets
@@ -981,7 +796,6 @@ def compare(
         external: ``"leave-one-site-out"`` adds the unseen-site view.
         combat: ComBat covariates and smooth terms; default: the target as covariate.
         jobs: parallel worker processes (default :func:`default_jobs`).
-        report: also write ``report.html``.
         echo: where progress lines go.
 
     Returns:
@@ -1096,7 +910,7 @@ def compare(
 
     # -- the jobs -------------------------------------------------------------------------------
     out.mkdir(parents=True, exist_ok=True)
-    write_text(cfg.to_yaml(), out / "config.yaml")
+    write_text(cfg.to_yaml(), out / CONFIG)
     fold_of = np.zeros(len(frame), dtype=int)
     for k, s in enumerate(fold_splits, start=1):
         fold_of[(s == "test").to_numpy()] = k
@@ -1109,7 +923,7 @@ def compare(
                 "fold": fold_of,
             }
         ),
-        out / "folds.csv",
+        out / FOLDS,
     )
     views = [("fold", str(k), s.to_numpy()) for k, s in enumerate(fold_splits, start=1)]
     views += [("external", key, s.to_numpy()) for key, s in ext_splits.items()]
@@ -1121,14 +935,11 @@ def compare(
     )
     results = _run_jobs(jobs_list, ctx, n_jobs, echo)
 
-    # -- summaries and files --------------------------------------------------------------------
+    # -- summaries and files (the report and comparison.md are rendered from these) ----------
     summaries = [summarise(ctx, arm, [r for r in results if r.arm == arm]) for arm in arms]
-    table = comparison_frame(ctx, summaries)
-    markdown = comparison_markdown(ctx, summaries, folds=folds, external=bool(ext_splits))
-    write_csv(table, out / "comparison.csv")
-    write_text(markdown, out / "comparison.md")
-    oof = oof_frame(ctx, summaries, id_column, fold_of)
-    write_csv(oof, out / "oof_predictions.csv")
+    write_csv(comparison_frame(ctx, summaries), out / COMPARISON_CSV)
+    write_csv(oof_frame(ctx, summaries, id_column, fold_of), out / OOF_PREDICTIONS)
+    embedding_files = _write_first_embeddings(out, summaries)
     warnings = compare_warnings(ctx, arms)
     result = {
         "arms": arms,
@@ -1137,12 +948,20 @@ def compare(
         "task": inputs.task,
         "target": cfg.data.target,
         "site_column": site,
+        "id_column": id_column,
+        "classes": classes,
         "confounds": confounds,
         "combat": {
             "covariates": list(combat.covariates),
             "smooth_terms": list(combat.smooth_terms),
         },
         "jobs": n_jobs,
+        "data": {
+            "path": str(cfg.data.path),
+            "rows": len(frame),
+            "sites": int(frame[site].nunique()),
+        },
+        "seed": cfg.train.seed,
         "summaries": {
             s.arm: {
                 "task": s.task,
@@ -1151,27 +970,32 @@ def compare(
                 "external": s.external,
                 "seconds": s.seconds,
                 "notes": s.notes,
+                "first_fold_run": s.first_fold.run_dir if s.first_fold is not None else None,
+                "first_fold_embeddings": embedding_files.get(s.arm),
             }
             for s in summaries
         },
         "warnings": warnings,
-        "seconds": None,
+        "seconds": time.perf_counter() - start,
     }
-    if report:
-        from neurounlearn.reporting.compare import render_comparison
-
-        echo("writing the report ...")
-        render_comparison(
-            ctx,
-            summaries,
-            out / "report.html",
-            folds=folds,
-            external=bool(ext_splits),
-            warnings=warnings,
-        )
-    result["seconds"] = time.perf_counter() - start
-    write_json(result, out / "comparison.json")
+    write_json(result, out / COMPARISON_JSON)
     return result
+
+
+def _write_first_embeddings(out: Path, summaries: list[ArmSummary]) -> dict[str, str]:
+    """Each arm's fold-1 features of every subject (``.npy``, no pickles), for the report's
+    embedding plots: arm -> path relative to ``out``."""
+    files: dict[str, str] = {}
+    for s in summaries:
+        first = s.first_fold
+        if first is None or first.embeddings is None:
+            continue
+        name = f"{FIRST_FOLD_EMBEDDINGS}/{_safe(s.arm)}.npy"
+        (out / FIRST_FOLD_EMBEDDINGS).mkdir(exist_ok=True)
+        with atomic_path(out / name) as tmp, open(tmp, "wb") as fh:
+            np.save(fh, np.asarray(first.embeddings, dtype=np.float64), allow_pickle=False)
+        files[s.arm] = name
+    return files
 
 
 def make_jobs(
@@ -1192,7 +1016,7 @@ def make_jobs(
             strategy, mode = MODEL_ARMS[arm]
             job_cfg = cfg.model_copy(
                 update={
-                    "strategy": cfg.strategy.model_copy(update={"name": strategy, "mode": mode}),
+                    "strategy": switch_strategy(cfg.strategy, strategy, mode=mode),
                     "erase": [],  # the +erase arm erases the saved run's embedding itself
                 }
             )
@@ -1268,10 +1092,10 @@ def _describe(ctx: Context, r: ArmFold) -> str:
     assert r.prediction is not None
     score = _fold_score(ctx, _target_number(ctx, r.test_rows), r.prediction)
     metric = "balanced_accuracy" if ctx.task == "classification" else "mae"
-    text = f"{'BAcc' if metric != 'mae' else 'MAE'} {_fmt(score[metric])}"
+    text = f"{'BAcc' if metric != 'mae' else 'MAE'} {fmt_number(score[metric])}"
     site = (r.leakage or {}).get(ctx.site_column)
     if site:
-        text += f", {ctx.site_column} BAcc {_fmt(_probe_cells(site, 'linear')[0])}"
+        text += f", {ctx.site_column} BAcc {fmt_number(probe_cells(site, 'linear')[0])}"
     return f"{where} · {r.arm}: {text} ({r.seconds:.0f} s)"
 
 

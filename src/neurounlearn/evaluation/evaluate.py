@@ -11,76 +11,26 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.linear_model import RidgeCV
-from sklearn.model_selection import KFold, cross_val_predict
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 from neurounlearn.atomic import write_json
-from neurounlearn.config import AuditConfig
 from neurounlearn.data.manifest import read_table
 from neurounlearn.data.tabular import TableEncoding
+from neurounlearn.erasure import erase_kinds
 from neurounlearn.errors import InputError
-from neurounlearn.evaluation.leakage import LeakageAudit
+from neurounlearn.evaluation.audit import audit_features, ridge_probe_mae
 from neurounlearn.evaluation.metrics import classification_metrics, task_metrics
+from neurounlearn.evaluation.segmentation import evaluate_segmentation
+from neurounlearn.results import LeakageResult
+from neurounlearn.rundir import (
+    EMBEDDINGS,
+    METRICS,
+    PREDICTIONS,
+    REWRITE_HINT,
+    read_output,
+    run_facts,
+)
+from neurounlearn.training.predict import predict_file
 from neurounlearn.training.run import LoadedRun, embedding_columns, load_run
-
-
-def ridge_probe_mae(
-    features: np.ndarray, target: np.ndarray, *, folds: int = 5, seed: int = 0
-) -> float | None:
-    """Out-of-fold MAE of a ridge probe predicting the target from frozen features (OpenBHB)."""
-    ok = np.isfinite(target)
-    x, y = features[ok], target[ok]
-    if len(y) < max(folds, 3):
-        return None
-    cv = KFold(n_splits=min(folds, len(y)), shuffle=True, random_state=seed)
-    probe = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-3, 3, 13)))
-    pred = cross_val_predict(probe, x, y, cv=cv)
-    return float(np.mean(np.abs(pred - y)))
-
-
-def audit_features(
-    features: np.ndarray,
-    frame: pd.DataFrame,
-    confounds: list[str],
-    *,
-    target: np.ndarray | None,
-    audit: AuditConfig,
-    seed: int = 0,
-    kinds: dict[str, str] | None = None,
-) -> dict[str, Any]:
-    """The leakage block of ``metrics.json`` for the given (held-out) rows.
-
-    Args:
-        kinds: confound -> ``categorical`` or ``continuous`` (default categorical); a
-            continuous confound is probed with ridge R² and distance correlation whichever way
-            it was unlearned (correlation or binned).
-    """
-    auditor = LeakageAudit(
-        folds=audit.folds,
-        n_permutations=audit.n_permutations,
-        n_permutations_nonlinear=min(audit.n_permutations, audit.n_permutations_nonlinear),
-        n_bootstrap=audit.n_bootstrap,
-        random_state=seed,
-    )
-    out: dict[str, Any] = {}
-    for name in confounds:
-        kind = (kinds or {}).get(name, "categorical")
-        # raw values: the audit drops missing labels itself (astype(str) would make "nan" a class)
-        values = (
-            pd.to_numeric(frame[name], errors="coerce").to_numpy(dtype=float)
-            if kind == "continuous"
-            else frame[name].to_numpy(dtype=object)
-        )
-        out[name] = auditor.audit(
-            features,
-            values,
-            kind=kind,
-            target=target,
-            band=tuple(audit.band) if audit.band else None,
-        )
-    return out
 
 
 def _task_block(
@@ -119,20 +69,6 @@ def _task_block(
         "kind": "regression",
         "target": target,
         **{k: v for k, v in block.items() if k != "kind"},
-    }
-
-
-def run_facts(run: LoadedRun) -> dict[str, Any]:
-    """What ``metrics.json`` repeats from the run itself: timing, warnings, versions."""
-    info = run.info
-    return {
-        "timing": {
-            "fit_seconds": info.get("fit_seconds"),
-            "epochs_run": info.get("epochs_run"),
-            "samples_per_second": info.get("samples_per_second"),
-        },
-        "warnings": info.get("warnings", []),
-        "versions": info.get("versions", {}),
     }
 
 
@@ -234,27 +170,6 @@ def _unlabelled_block(
     return block
 
 
-REWRITE_HINT = (
-    "the run directory is incomplete or was edited: 'neurounlearn fit --resume --out RUN_DIR' "
-    "writes its outputs again"
-)
-
-
-def _read_output(run_dir: Path, name: str, **kwargs: Any) -> pd.DataFrame:
-    """One of the CSVs ``fit`` wrote, with a clear error when it is missing or damaged."""
-    path = run_dir / name
-    if not path.is_file():
-        raise InputError(f"the run has no {name}", file=path, hint=REWRITE_HINT)
-    try:
-        frame = pd.read_csv(path, **kwargs)
-    except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as err:
-        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else "unreadable"
-        raise InputError(f"cannot read {name}: {first}", file=path, hint=REWRITE_HINT) from None
-    if "split" not in frame.columns and name == "predictions.csv":
-        raise InputError(f"{name} has no 'split' column", file=path, hint=REWRITE_HINT)
-    return frame
-
-
 def evaluate(
     run_dir: str | Path,
     *,
@@ -292,26 +207,22 @@ def evaluate(
                 file=labels,
                 hint="leave out --labels",
             )
-        from neurounlearn.evaluation.segmentation import evaluate_segmentation
-
         return evaluate_segmentation(run, data)
     cfg, run_dir, encoding = run.config, run.run_dir, run.encoding
     target, site = cfg.data.target, cfg.data.site_column
     id_column = run.info.get("id_column") or "subject"
-    preds = _read_output(run_dir, "predictions.csv", dtype={target: object, id_column: str})
+    preds = read_output(run_dir, PREDICTIONS, dtype={target: object, id_column: str})
     if encoding.task != "classification":
         preds[target] = pd.to_numeric(preds[target], errors="coerce")
-    emb = _read_output(run_dir, "embeddings.csv")
+    emb = read_output(run_dir, EMBEDDINGS)
     if len(emb) != len(preds):
         raise InputError(
-            f"embeddings.csv has {len(emb)} rows but predictions.csv {len(preds)}",
-            file=run_dir / "embeddings.csv",
+            f"{EMBEDDINGS} has {len(emb)} rows but {PREDICTIONS} {len(preds)}",
+            file=run_dir / EMBEDDINGS,
             hint=REWRITE_HINT,
         )
     ecols = embedding_columns(emb)
     if data is not None:
-        from neurounlearn.training.predict import predict_file
-
         frame = read_table(data)
         missing = [c for c in [target, site, *[c.name for c in cfg.confounds]] if c not in frame]
         if missing:
@@ -335,8 +246,6 @@ def evaluate(
     confounds = [c.name for c in cfg.confounds] or [site]
     kinds: dict[str, str] = {c.name: c.kind for c in cfg.confounds}
     if cfg.erase:
-        from neurounlearn.erasure import erase_kinds
-
         confounds += [e.name for e in cfg.erase if e.name not in confounds]
         kinds = {**erase_kinds(cfg.erase, meta, kinds), **kinds}
     leakage = audit_features(
@@ -351,8 +260,6 @@ def evaluate(
     if cfg.erase and data is None:
         # where LEACE's guarantee holds: the rows the eraser was fit on (a linear probe there
         # reads no more than chance); beside it, the held-out figures above
-        from neurounlearn.erasure import erase_kinds
-
         train_mask = (preds["split"] == "train").to_numpy()
         erased = [e.name for e in cfg.erase]
         leakage_train = audit_features(
@@ -371,8 +278,7 @@ def evaluate(
         if y_num is not None and encoding.task == "regression"
         else None
     )
-    site_probe = ((leakage.get(site) or {}).get("probe") or {}).get("linear") or {}
-    site_bacc = site_probe.get("balanced_accuracy")
+    site_bacc = LeakageResult.from_dict(leakage.get(site)).probe("linear").balanced_accuracy
     metrics = {
         "run": str(run_dir),
         "strategy": cfg.strategy.name,
@@ -398,7 +304,7 @@ def evaluate(
             "note": "external-site MAE (and so the score) needs models trained without each "
             "site: run 'neurounlearn compare ... --external leave-one-site-out'",
         },
-        **run_facts(run),
+        **run_facts(run.info),
     }
-    write_json(metrics, run_dir / "metrics.json")
+    write_json(metrics, run_dir / METRICS)
     return metrics

@@ -19,6 +19,18 @@ import numpy as np
 from scipy import stats
 
 from neurounlearn.errors import InputError
+from neurounlearn.models.dice import dice_per_class
+
+__all__ = [
+    "apply_bias_correction",
+    "brain_age_bias",
+    "classification_metrics",
+    "dice_per_class",
+    "fit_bias_correction",
+    "regression_metrics",
+    "segmentation_metrics",
+    "task_metrics",
+]
 
 ArrayLike = Sequence[float] | np.ndarray
 
@@ -336,38 +348,6 @@ def _r2(t: np.ndarray, p: np.ndarray) -> float | None:
     if total == 0:
         return None
     return _float(1.0 - np.sum((t - p) ** 2) / total)
-
-
-def dice_per_class(pred: Any, true: Any, n_classes: int) -> np.ndarray:
-    """Dice of each foreground class (background, label 0, excluded) for each volume.
-
-    Uses MONAI's :func:`~monai.metrics.compute_dice`. A class absent from a volume's true label
-    map gives ``NaN`` for that volume (it is left out of means, not counted as 0 or 1).
-
-    Args:
-        pred: ``(B, *spatial)`` predicted class ids (tensor or array).
-        true: ``(B, *spatial)`` true class ids.
-        n_classes: classes, background included.
-
-    Returns:
-        ``(B, n_classes - 1)`` float array.
-
-    Examples:
-        >>> import numpy as np
-        >>> t = np.array([[[0, 1], [2, 2]]])
-        >>> dice_per_class(t, t, 3).tolist()
-        [[1.0, 1.0]]
-    """
-    import torch
-    from monai.metrics import compute_dice
-    from monai.networks.utils import one_hot
-
-    p = torch.as_tensor(np.asarray(pred), dtype=torch.long).unsqueeze(1)
-    t = torch.as_tensor(np.asarray(true), dtype=torch.long).unsqueeze(1)
-    dice = compute_dice(
-        one_hot(p, n_classes), one_hot(t, n_classes), include_background=False, ignore_empty=True
-    )
-    return dice.cpu().numpy().astype(np.float64)
 
 
 def segmentation_metrics(

@@ -11,9 +11,11 @@ import numpy as np
 import pandas as pd
 
 from neurounlearn.atomic import write_json
+from neurounlearn.choices import ATTACH_POINTS
 from neurounlearn.errors import InputError
+from neurounlearn.evaluation.audit import audit_features
 from neurounlearn.evaluation.metrics import segmentation_metrics
-from neurounlearn.models.points import ATTACH_POINTS
+from neurounlearn.rundir import EMBEDDINGS, METRICS, PREDICTIONS, run_facts
 from neurounlearn.training.run import LoadedRun, dice_columns, point_columns
 
 
@@ -79,13 +81,11 @@ def external_predictions(
 
 def evaluate_segmentation(run: LoadedRun, data: str | Path | None = None) -> dict[str, Any]:
     """Compute and write ``RUN_DIR/metrics.json`` for a segmentation run."""
-    from neurounlearn.evaluation.evaluate import audit_features, run_facts
-
     cfg, run_dir, enc = run.config, run.run_dir, run.encoding
     site = cfg.data.site_column
     id_column = run.info.get("id_column") or "subject"
-    preds = pd.read_csv(run_dir / "predictions.csv", dtype={id_column: str})
-    emb = pd.read_csv(run_dir / "embeddings.csv", dtype={id_column: str})
+    preds = pd.read_csv(run_dir / PREDICTIONS, dtype={id_column: str})
+    emb = pd.read_csv(run_dir / EMBEDDINGS, dtype={id_column: str})
     trained_with = _labelled_training(preds, site)
     meta = preds
     if data is not None:
@@ -134,7 +134,7 @@ def evaluate_segmentation(run: LoadedRun, data: str | Path | None = None) -> dic
         "leakage": leakage,
         "leakage_note": "probes on each attach point's pooled feature map (per-channel mean and "
         "standard deviation over the volume) of the held-out volumes; keys are confound@point",
-        **run_facts(run),
+        **run_facts(run.info),
     }
-    write_json(metrics, run_dir / "metrics.json")
+    write_json(metrics, run_dir / METRICS)
     return metrics

@@ -25,6 +25,8 @@ from monai.networks.layers.factories import Act, Pool
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from neurounlearn.choices import CNNEncoderName
+
 #: Normalisation layers an encoder accepts, by name.
 NORMS = ("batch", "instance", "none")
 
@@ -383,12 +385,14 @@ class SFCN3D(nn.Module):
         return self.head(self.pool(self.features(x)))
 
 
-#: Encoder names (as in the run configuration) and their classes.
-ENCODERS: dict[str, type[nn.Module]] = {
+#: The 3D CNN encoders' names (as in the run configuration) and their classes
+#: (:data:`neurounlearn.registry.ENCODERS` adds the MLP and the U-Net).
+CNN_ENCODERS: dict[CNNEncoderName, type[nn.Module]] = {
     "compact": CompactCNN3D,
     "paper": PaperCNN3D,
     "sfcn": SFCN3D,
 }
+ENCODERS = CNN_ENCODERS  # the name it had
 
 
 def build_encoder(
@@ -425,8 +429,8 @@ def build_encoder(
         >>> build_encoder("compact", input_shape=(16, 16, 16), embedding_dim=8).out_features
         8
     """
-    if name not in ENCODERS:
-        raise ValueError(f"unknown encoder {name!r}; choose one of: {', '.join(ENCODERS)}")
+    if name not in CNN_ENCODERS:
+        raise ValueError(f"unknown encoder {name!r}; choose one of: {', '.join(CNN_ENCODERS)}")
     if len(input_shape) not in (2, 3):
         raise ValueError(f"input_shape must have 2 or 3 spatial sizes, got {tuple(input_shape)!r}")
     if strides is not None and name != "compact":

@@ -29,8 +29,8 @@ from monai.networks.layers.factories import Pool
 from monai.networks.nets import BasicUNet
 from torch import Tensor, nn
 
+from neurounlearn.choices import ATTACH_POINTS, FULL_RESOLUTION
 from neurounlearn.models.grl import GradientReversal
-from neurounlearn.models.points import ATTACH_POINTS, FULL_RESOLUTION
 from neurounlearn.models.unlearning import ConfoundHead, head_sizes
 
 #: BasicUNet features (five encoder levels, then the last decoder's width) sized for a CPU: a

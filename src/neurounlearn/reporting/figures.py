@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -29,8 +29,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-if TYPE_CHECKING:
-    from neurounlearn.reporting.report import ReportArm
+from neurounlearn.reporting.arms import ReportArm
+from neurounlearn.results import LeakageResult, TaskResult, leakage_results
 
 Color = tuple[float, float, float, float]
 LegendLoc = Literal["outside right upper", "outside right lower"]
@@ -75,14 +75,14 @@ def arm_sites(arms: Sequence[ReportArm]) -> list[str]:
         for frame in (arm.predictions, arm.embedding_meta):
             if frame is not None and "site" in frame:
                 found.update(frame["site"].dropna().astype(str))
-        found.update(str(s) for s in ((arm.task or {}).get("per_site") or {}))
+        found.update(str(s) for s in TaskResult.from_dict(arm.task).per_site)
     return sorted(found)
 
 
 def task_kind(arms: Sequence[ReportArm]) -> str:
     """``"classification"`` or ``"regression"``: from the arms' task blocks, else the labels."""
     for arm in arms:
-        kind = (arm.task or {}).get("kind")
+        kind = TaskResult.from_dict(arm.task).kind
         if kind in ("classification", "regression"):
             return str(kind)
     for arm in arms:
@@ -222,11 +222,12 @@ def _curves_row(axes: np.ndarray, arm: ReportArm, history: pd.DataFrame) -> None
                 ax, epoch, history, f"train_adv_{metric}_{name}", color=color, label=shown
             )
             drawn |= _curve(ax, epoch, history, f"val_adv_{metric}_{name}", color=color, ls="--")
+    audits = leakage_results(arm.leakage)
     for i, name in enumerate(confounds):  # after every curve: set_ylim stops autoscaling
-        entry = arm.leakage.get(name) or {}
-        chance = entry.get("chance")
+        audit = audits.get(name) or LeakageResult.from_dict(None)
+        chance = audit.chance
         has_acc = any(f"{s}_adv_acc_{name}" in history for s in ("train", "val"))
-        if drawn and chance is not None and has_acc and entry.get("kind") != "continuous":
+        if drawn and chance is not None and has_acc and audit.kind != "continuous":
             color = f"C{i % 10}"
             ax.axhline(chance, color=color, linestyle=":", linewidth=1, label=f"{name} chance")
             low, high = ax.get_ylim()
@@ -332,7 +333,7 @@ def predicted_vs_true(
             linewidths=0,
         )
         ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="0.3", lw=1, ls="--")
-        mae = (arm.task or {}).get("mae")
+        mae = TaskResult.from_dict(arm.task).mae
         if mae is None and ok.any():
             mae = float(np.mean(np.abs(yhat[ok] - y[ok])))
         ax.set_title(f"{arm.name} — MAE {mae:.2f}" if mae is not None else arm.name, fontsize=9)
@@ -403,7 +404,7 @@ def confusion_matrices(arms: Sequence[ReportArm]) -> Figure | None:
         ax.set_yticks(range(len(labels)), labels, fontsize=7)
         ax.set_xlabel("predicted", fontsize=8)
         ax.set_ylabel("true", fontsize=8)
-        bacc = (arm.task or {}).get("balanced_accuracy")
+        bacc = TaskResult.from_dict(arm.task).balanced_accuracy
         ax.set_title(f"{arm.name} — BAcc {bacc:.2f}" if bacc is not None else arm.name, fontsize=9)
     _hide_unused(axes, len(panels))
     if image is not None:
@@ -708,30 +709,28 @@ def leakage_plot(arms: Sequence[ReportArm]) -> Figure | None:
 def _leakage_rows(arms: Sequence[ReportArm], confound: str) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for arm in arms:
-        entry = arm.leakage.get(confound)
-        if not entry:
+        audit = LeakageResult.from_dict(arm.leakage.get(confound))
+        if not audit.raw:
             continue
-        metric = "r2" if entry.get("kind") == "continuous" else "balanced_accuracy"
-        scopes: list[tuple[str, dict[str, Any], Any]] = [
-            ("", entry.get("probe") or {}, entry.get("chance"))
-        ]
-        conditional = entry.get("conditional") or {}
-        if conditional.get("probe"):
-            band = conditional.get("band") or []
+        metric = audit.metric
+        scopes = [("", audit)]
+        conditional = audit.conditional
+        if conditional is not None and conditional.probes:
+            band = conditional.band
             where = f" in band {band[0]:g}–{band[1]:g}" if len(band) == 2 else " in band"
-            scopes.append((where, conditional["probe"], conditional.get("chance")))
-        for where, probes, chance in scopes:
-            for probe, result in probes.items():
-                result = result or {}
+            scopes.append((where, conditional))
+        for where, block in scopes:
+            for probe, result in block.probes.items():
                 rows.append(
                     {
                         "arm": arm.name,
                         "label": f"{arm.name} · {probe}{where}",
                         "probe": probe,
                         "band": bool(where),
-                        "value": result.get(metric),
-                        "ci": result.get("ci95"),
-                        "chance": result.get("chance", chance),
+                        "value": result.r2 if metric == "r2" else result.balanced_accuracy,
+                        "ci": result.ci95,
+                        # the probe's own chance where its block states one, else the audit's
+                        "chance": result.chance,
                         "metric": metric,
                     }
                 )

@@ -23,7 +23,7 @@ import datetime as dt
 import io
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -33,70 +33,40 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+import neurounlearn.reporting.figures as figures
 from neurounlearn.atomic import write_text
 from neurounlearn.errors import InputError
-from neurounlearn.reporting import figures
+from neurounlearn.formatting import fmt_number, is_missing
+from neurounlearn.reporting.arms import ReportArm
+from neurounlearn.results import (
+    R2_DECODABLE,
+    LeakageResult,
+    ProbeResult,
+    TaskResult,
+    leakage_results,
+)
+
+__all__ = [
+    "ReportArm",
+    "comparison_table",
+    "erasure_records",
+    "fig_to_data_uri",
+    "find_warnings",
+    "format_score",
+    "format_value",
+    "render_report",
+]
 
 TEMPLATE = "report.html.j2"
 #: Probes the leakage audit runs, in the order the report shows them.
 PROBES = ("linear", "nonlinear")
-#: A probe without a CI counts as "at chance" when within this margin of chance.
-CHANCE_MARGIN = 0.05
-#: R² a continuous confound's probe must exceed (CI lower bound) to count as decodable.
-R2_DECODABLE = 0.05
 #: An unlearned arm's MAE beyond this multiple of the baseline's is flagged.
 MAE_RATIO = 1.2
 #: An unlearned arm's balanced accuracy below this fraction of the baseline's is flagged.
 BACC_RATIO = 0.9
 
 
-@dataclass
-class ReportArm:
-    """One arm of the report: what a run (or a reference method) produced.
-
-    Args:
-        name: label shown everywhere, e.g. ``"baseline"``, ``"raw + ComBat"`` or a run dir name.
-        kind: ``"model"`` (a trained network) or ``"reference"`` (raw or ComBat features; no
-            training history).
-        strategy: ``baseline``, ``iterative``, ``grl``, or ``None`` for references.
-        task: the ``task`` block of ``metrics.json``.
-        leakage: the ``leakage`` block of ``metrics.json`` (confound -> audit).
-        predictions: held-out rows only: ``site``, ``y_true``, ``y_pred`` (class labels as text
-            for classification).
-        embeddings: features for the embedding maps, shape ``(n, d)``.
-        embedding_meta: ``n`` rows aligned with ``embeddings``: ``site``, ``y_true``.
-        history: the run's ``history.csv``.
-        config_text: YAML of the resolved configuration.
-        info: free-form facts for the summary table, e.g. ``{"fit seconds": 31.2}``.
-        openbhb: ``{"ridge_age_probe_mae", "site_probe_balanced_accuracy", "external_mae",
-            "score"}``.
-        erasure: for a run that erases: ``{"training_rows": leakage block of the erased
-            training rows (metrics.json's ``erasure_training_rows``), "info": run.json's
-            ``erasure``}``.
-    """
-
-    name: str
-    kind: str = "model"
-    strategy: str | None = None
-    task: dict | None = None
-    leakage: dict = field(default_factory=dict)
-    predictions: pd.DataFrame | None = None
-    embeddings: np.ndarray | None = None
-    embedding_meta: pd.DataFrame | None = None
-    history: pd.DataFrame | None = None
-    config_text: str | None = None
-    info: dict = field(default_factory=dict)
-    openbhb: dict | None = None
-    erasure: dict | None = None
-
-
 # --- formatting ----------------------------------------------------------------------------------
-
-
-def _missing(value: Any) -> bool:
-    if value is None or value is pd.NA or value is pd.NaT:
-        return True
-    return isinstance(value, float | np.floating) and math.isnan(value)
 
 
 def format_value(value: Any) -> str:
@@ -106,7 +76,7 @@ def format_value(value: Any) -> str:
         >>> [format_value(v) for v in (0.64123, 4.4871, 123.456, 7, None, float("nan"), "n/a")]
         ['0.641', '4.49', '123.5', '7', '—', '—', 'n/a']
     """
-    if _missing(value):
+    if is_missing(value):
         return "—"
     if isinstance(value, bool | np.bool_):
         return "yes" if value else "no"
@@ -123,17 +93,13 @@ def format_value(value: Any) -> str:
 
 def _number(value: Any) -> float | None:
     """``value`` as a float, or ``None`` when it is missing."""
-    return None if _missing(value) else float(value)
-
-
-def _num(value: Any, digits: int = 2) -> str:
-    return "—" if _missing(value) else f"{float(value):.{digits}f}"
+    return None if is_missing(value) else float(value)
 
 
 def _ci_text(ci: Sequence[Any] | None) -> str:
-    if not ci or len(ci) != 2 or any(_missing(c) for c in ci):
+    if not ci or len(ci) != 2 or any(is_missing(c) for c in ci):
         return "no CI"
-    return f"[{_num(ci[0])}, {_num(ci[1])}]"
+    return f"[{fmt_number(ci[0])}, {fmt_number(ci[1])}]"
 
 
 def format_score(value: Any, ci: Sequence[Any] | None) -> str:
@@ -143,9 +109,9 @@ def format_score(value: Any, ci: Sequence[Any] | None) -> str:
         >>> format_score(0.641, [0.563, 0.729])
         '0.64 [0.56, 0.73]'
     """
-    if _missing(value):
+    if is_missing(value):
         return "—"
-    return _num(value) if _ci_text(ci) == "no CI" else f"{_num(value)} {_ci_text(ci)}"
+    return fmt_number(value) if _ci_text(ci) == "no CI" else f"{fmt_number(value)} {_ci_text(ci)}"
 
 
 @dataclass
@@ -162,7 +128,7 @@ class _Table:
 
 def _cell(value: Any) -> _Cell:
     numeric = isinstance(value, int | float | np.number) and not isinstance(value, bool)
-    return _Cell(format_value(value), numeric and not _missing(value))
+    return _Cell(format_value(value), numeric and not is_missing(value))
 
 
 def _table(frame: pd.DataFrame) -> _Table:
@@ -200,53 +166,29 @@ def fig_to_data_uri(fig: Figure, *, dpi: int = 100) -> str:
 # --- warnings ------------------------------------------------------------------------------------
 
 
-def _probe_scores(entry: dict[str, Any], metric: str) -> list[tuple[str, dict[str, Any]]]:
+def _score(result: ProbeResult, metric: str) -> float | None:
+    """The probe's figure in the confound's metric (R² for a continuous confound)."""
+    return result.r2 if metric == "r2" else result.balanced_accuracy
+
+
+def _probe_scores(audit: LeakageResult, metric: str) -> list[tuple[str, ProbeResult]]:
     """``[(probe, result)]`` for the probes that produced a score, in :data:`PROBES` order."""
-    probes = entry.get("probe") or {}
+    probes = audit.probes
     order = [p for p in PROBES if p in probes] + [p for p in probes if p not in PROBES]
-    return [(p, probes[p]) for p in order if probes[p] and not _missing(probes[p].get(metric))]
+    return [(p, probes[p]) for p in order if _score(probes[p], metric) is not None]
 
 
-def _describe(probe: str, result: dict[str, Any], metric: str) -> str:
+def _describe(probe: str, result: ProbeResult, metric: str) -> str:
     name = "BAcc" if metric == "balanced_accuracy" else "R²"
-    return f"{probe} {name} {_num(result[metric])}, CI {_ci_text(result.get('ci95'))}"
+    return f"{probe} {name} {fmt_number(_score(result, metric))}, CI {_ci_text(result.ci95)}"
 
 
-def _chance_of(result: dict[str, Any], block: dict[str, Any]) -> float | None:
-    chance = _number(result.get("chance"))
-    return _number(block.get("chance")) if chance is None else chance
-
-
-def _ci_low(result: dict[str, Any]) -> float | None:
-    ci = result.get("ci95")
-    return _number(ci[0]) if ci else None
-
-
-def _at_chance(result: dict[str, Any], chance: float) -> bool:
-    low = _ci_low(result)
-    if low is not None:
-        return low <= chance
-    return float(result["balanced_accuracy"]) <= chance + CHANCE_MARGIN
-
-
-def _decodable(result: dict[str, Any], metric: str, chance: float | None) -> bool:
-    floor = R2_DECODABLE if metric == "r2" else chance
-    if floor is None:
-        return False
-    low = _ci_low(result)
-    if low is not None:
-        return low > floor
-    # no CI (too few subjects to bootstrap): fall back on the permutation test
-    p_value = _number(result.get("p_value"))
-    return p_value is not None and p_value < 0.05 and float(result[metric]) > floor
-
-
-def _scopes(entry: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+def _scopes(audit: LeakageResult) -> list[tuple[str, LeakageResult]]:
     """The audit block itself, plus its within-band (conditional) block when there is one."""
-    scopes = [("", entry)]
-    conditional = entry.get("conditional") or {}
-    if conditional.get("probe"):
-        band = conditional.get("band") or []
+    scopes = [("", audit)]
+    conditional = audit.conditional
+    if conditional is not None and conditional.probes:
+        band = conditional.band
         where = f"within band {band[0]:g}–{band[1]:g}" if len(band) == 2 else "within the band"
         scopes.append((where, conditional))
     return scopes
@@ -303,12 +245,10 @@ def find_warnings(
                 found += _accuracy_cost(arm, base)
     found += _tiny_sites(arms, min_site_n)
     for arm in arms:
-        for confound, entry in arm.leakage.items():
-            for where, block in _scopes(entry or {}):
+        for confound, audit in leakage_results(arm.leakage).items():
+            for where, block in _scopes(audit):
                 scope = f" ({where})" if where else ""
-                found += [
-                    f"{arm.name}: {confound} audit{scope}: {w}" for w in block.get("warnings") or []
-                ]
+                found += [f"{arm.name}: {confound} audit{scope}: {w}" for w in block.warnings]
     return list(dict.fromkeys(found))
 
 
@@ -327,22 +267,22 @@ def _baseline_arm(arms: Sequence[ReportArm], name: str | None) -> ReportArm | No
 def _baseline_without_confound(base: ReportArm) -> list[str]:
     out = []
     who = "the baseline" if base.name == "baseline" else f"the baseline {base.name!r}"
-    for confound, entry in base.leakage.items():
-        if not entry or entry.get("kind") == "continuous":
+    for confound, audit in leakage_results(base.leakage).items():
+        if not audit.raw or audit.kind == "continuous":
             continue
         scored = [
-            (probe, result, _chance_of(result, entry))
-            for probe, result in _probe_scores(entry, "balanced_accuracy")
+            (probe, result, audit.chance_of(probe))
+            for probe, result in _probe_scores(audit, "balanced_accuracy")
         ]
         if not scored or any(chance is None for _, _, chance in scored):
             continue
-        if all(_at_chance(result, chance) for _, result, chance in scored if chance is not None):
+        if all(result.at_chance(chance) for _, result, chance in scored if chance is not None):
             chance = scored[0][2]
             numbers = "; ".join(_describe(p, r, "balanced_accuracy") for p, r, _ in scored)
             out.append(
                 f"{who} itself holds no detectable {confound} information ({numbers}; chance "
-                f"{_num(chance)}): there is nothing for unlearning to remove, and a low leakage "
-                "after unlearning proves nothing"
+                f"{fmt_number(chance)}): there is nothing for unlearning to remove, and a low "
+                "leakage after unlearning proves nothing"
             )
     return out
 
@@ -350,21 +290,21 @@ def _baseline_without_confound(base: ReportArm) -> list[str]:
 def _still_decodable(arm: ReportArm) -> list[str]:
     out = []
     after = "after harmonisation" if arm.kind == "reference" else "after unlearning"
-    for confound, entry in arm.leakage.items():
-        if not entry:
+    for confound, audit in leakage_results(arm.leakage).items():
+        if not audit.raw:
             continue
-        metric = "r2" if entry.get("kind") == "continuous" else "balanced_accuracy"
-        for where, block in _scopes(entry):
+        metric = audit.metric
+        for where, block in _scopes(audit):
             leaking = [
-                (probe, result, _chance_of(result, block))
+                (probe, result, block.chance_of(probe))
                 for probe, result in _probe_scores(block, metric)
             ]
-            leaking = [x for x in leaking if _decodable(x[1], metric, x[2])]
+            leaking = [x for x in leaking if x[1].decodable(x[2])]
             if not leaking:
                 continue
             numbers = "; ".join(_describe(p, r, metric) for p, r, _ in leaking)
             if metric == "balanced_accuracy":
-                numbers += f"; chance {_num(leaking[0][2])}"
+                numbers += f"; chance {fmt_number(leaking[0][2])}"
             else:
                 numbers += f"; decodable above R² {R2_DECODABLE:g}"
             scope = f" {where}" if where else ""
@@ -373,27 +313,26 @@ def _still_decodable(arm: ReportArm) -> list[str]:
 
 
 def _accuracy_cost(arm: ReportArm, base: ReportArm) -> list[str]:
-    task, base_task = arm.task or {}, base.task or {}
+    task, base_task = TaskResult.from_dict(arm.task), TaskResult.from_dict(base.task)
     if arm.kind == "model":
         cost = "unlearning cost accuracy"
     elif "combat" in arm.name.lower():
         cost = "harmonisation cost accuracy"
     else:
         cost = "it is less accurate than the baseline"
-    mae, base_mae = _number(task.get("mae")), _number(base_task.get("mae"))
+    mae, base_mae = task.mae, base_task.mae
     if mae is not None and base_mae is not None and base_mae > 0:
         if mae > MAE_RATIO * base_mae:
             return [
-                f"{arm.name}: MAE {_num(mae)} is {mae / base_mae:.2f} × the baseline's "
-                f"{_num(base_mae)}: {cost}"
+                f"{arm.name}: MAE {fmt_number(mae)} is {mae / base_mae:.2f} × the baseline's "
+                f"{fmt_number(base_mae)}: {cost}"
             ]
-    bacc = _number(task.get("balanced_accuracy"))
-    base_bacc = _number(base_task.get("balanced_accuracy"))
+    bacc, base_bacc = task.balanced_accuracy, base_task.balanced_accuracy
     if bacc is not None and base_bacc is not None and base_bacc > 0:
         if bacc < BACC_RATIO * base_bacc:
             return [
-                f"{arm.name}: balanced accuracy {_num(bacc)} is {bacc / base_bacc:.2f} × the "
-                f"baseline's {_num(base_bacc)}: {cost}"
+                f"{arm.name}: balanced accuracy {fmt_number(bacc)} is {bacc / base_bacc:.2f} × the "
+                f"baseline's {fmt_number(base_bacc)}: {cost}"
             ]
     return []
 
@@ -401,7 +340,7 @@ def _accuracy_cost(arm: ReportArm, base: ReportArm) -> list[str]:
 def _tiny_sites(arms: Sequence[ReportArm], min_site_n: int) -> list[str]:
     smallest: dict[str, int] = {}
     for arm in arms:
-        for site, block in ((arm.task or {}).get("per_site") or {}).items():
+        for site, block in TaskResult.from_dict(arm.task).per_site.items():
             n = _number((block or {}).get("n"))
             if n is not None:
                 smallest[str(site)] = min(int(n), smallest.get(str(site), int(n)))
@@ -439,27 +378,29 @@ def comparison_table(arms: Sequence[ReportArm]) -> pd.DataFrame:
     key, label = _main_metric(kind)
     probe_columns: list[tuple[str, str, str]] = []  # (confound, scope, probe)
     for arm in arms:
-        for confound, entry in arm.leakage.items():
-            for where, block in _scopes(entry or {}):
-                for probe in block.get("probe") or {}:
+        for confound, audit in leakage_results(arm.leakage).items():
+            for where, block in _scopes(audit):
+                for probe in block.probes:
                     column = (confound, "in band" if where else "", probe)
                     if column not in probe_columns:
                         probe_columns.append(column)
     records = []
     for arm in arms:
+        # the task's figures as stored: the table prints an int as an int
         task = arm.task or {}
         record: dict[str, Any] = {"arm": arm.name, label: task.get(key)}
         if kind == "regression":
             record["bias slope"] = (task.get("bias") or {}).get("slope")
             record["bias-corrected MAE"] = task.get("bias_corrected_mae")
+        audits = leakage_results(arm.leakage)
         for confound, scope, probe in probe_columns:
-            entry = arm.leakage.get(confound) or {}
-            metric = "r2" if entry.get("kind") == "continuous" else "balanced_accuracy"
-            block = entry if not scope else (entry.get("conditional") or {})
-            result = (block.get("probe") or {}).get(probe) or {}
+            audit = audits.get(confound) or LeakageResult.from_dict(None)
+            metric = audit.metric
+            block = audit if not scope else (audit.conditional or LeakageResult.from_dict(None))
+            result = block.probe(probe)
             shown = "R²" if metric == "r2" else "BAcc"
             record[f"{confound} · {probe}{' in band' if scope else ''} {shown}"] = format_score(
-                result.get(metric), result.get("ci95")
+                _score(result, metric), result.ci95
             )
         records.append(record)
     return pd.DataFrame.from_records(records)
@@ -473,19 +414,17 @@ def erasure_records(arms: Sequence[ReportArm]) -> list[dict[str, Any]]:
         if not arm.erasure:
             continue
         info = arm.erasure.get("info") or {}
-        for confound, fit_entry in (arm.erasure.get("training_rows") or {}).items():
-            for rows, entry in (
-                ("training rows (the eraser's fit rows)", fit_entry or {}),
-                ("held-out subjects", arm.leakage.get(confound) or {}),
+        for confound, fit_audit in leakage_results(arm.erasure.get("training_rows")).items():
+            for rows, audit in (
+                ("training rows (the eraser's fit rows)", fit_audit),
+                ("held-out subjects", LeakageResult.from_dict(arm.leakage.get(confound))),
             ):
-                metric = "r2" if entry.get("kind") == "continuous" else "balanced_accuracy"
                 record: dict[str, Any] = {"arm": arm.name, "confound": confound, "rows": rows}
-                for where, block in _scopes(entry):
+                for where, block in _scopes(audit):
                     for probe in PROBES:
-                        result = (block.get("probe") or {}).get(probe) or {}
                         name = f"{probe}{' in band' if where else ''}"
-                        record[name] = result.get(metric)
-                record["chance"] = entry.get("chance")
+                        record[name] = _score(block.probe(probe), audit.metric)
+                record["chance"] = audit.chance
                 record["erased when"] = info.get("when", "after")
                 records.append(record)
     return records
@@ -494,10 +433,10 @@ def erasure_records(arms: Sequence[ReportArm]) -> list[dict[str, Any]]:
 def _chance_note(arms: Sequence[ReportArm]) -> str | None:
     parts = []
     for arm in arms:
-        for confound, entry in arm.leakage.items():
-            chance = (entry or {}).get("chance")
-            if entry and entry.get("kind") != "continuous" and not _missing(chance):
-                text = f"{confound} {_num(chance)}"
+        for confound, audit in leakage_results(arm.leakage).items():
+            chance = audit.chance
+            if audit.raw and audit.kind != "continuous" and chance is not None:
+                text = f"{confound} {fmt_number(chance)}"
                 if text not in parts:
                     parts.append(text)
     return f"Chance balanced accuracy: {', '.join(parts)}." if parts else None
@@ -525,7 +464,7 @@ def _summary_records(arms: Sequence[ReportArm], kind: str) -> list[dict[str, Any
         for k, shown in openbhb_names.items():
             record[shown] = (arm.openbhb or {}).get(k)
         records.append(record)
-    empty = [c for c in openbhb_names.values() if all(_missing(r[c]) for r in records)]
+    empty = [c for c in openbhb_names.values() if all(is_missing(r[c]) for r in records)]
     return [{k: v for k, v in r.items() if k not in empty} for r in records]
 
 
@@ -538,7 +477,7 @@ def _per_site_records(arms: Sequence[ReportArm], kind: str) -> list[dict[str, An
         counts = {
             int(per_site[site]["n"])
             for per_site in by_arm.values()
-            if site in per_site and not _missing((per_site[site] or {}).get("n"))
+            if site in per_site and not is_missing((per_site[site] or {}).get("n"))
         }
         # one count when the arms agree (they do when they share a split), else the range
         n: int | str | None = min(counts) if len(counts) == 1 else None
@@ -676,14 +615,14 @@ def _ci_method(arms: Sequence[ReportArm]) -> str:
     """How the leakage intervals were made: the audit's bootstrap, unless the blocks say
     otherwise (``compare`` gives a t-interval across folds)."""
     for arm in arms:
-        for block in arm.leakage.values():
-            for probe in (block.get("probe") or {}).values():
-                if (probe or {}).get("ci_method"):
-                    return f"95% {probe['ci_method']}"
+        for audit in leakage_results(arm.leakage).values():
+            for probe in audit.probes.values():
+                if probe.ci_method:
+                    return f"95% {probe.ci_method}"
     return "95% bootstrap intervals of the out-of-fold predictions"
 
 
 def _version() -> str:
-    from neurounlearn import __version__
+    from neurounlearn.version import __version__
 
     return __version__

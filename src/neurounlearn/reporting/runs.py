@@ -2,14 +2,15 @@
 
 A run directory holds ``config.yaml``, ``run.json``, ``model.pt``, ``predictions.csv``,
 ``embeddings.csv``, ``history.csv`` and, once evaluated, ``metrics.json``. The report is a view
-of those files: nothing is retrained, and the audit is run (through ``evaluate``) only when
-``metrics.json`` is missing.
+of those files: nothing is retrained or evaluated here. A run without ``metrics.json`` is
+refused, unless the caller evaluates it first (``neurounlearn report`` does, through
+``render_runs``'s ``on_missing_metrics``).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,17 @@ import yaml
 
 from neurounlearn.atomic import check_out
 from neurounlearn.errors import InputError
-from neurounlearn.reporting.report import ReportArm, render_report
+from neurounlearn.reporting.arms import ReportArm
+from neurounlearn.reporting.report import render_report
+from neurounlearn.results import TaskResult
+from neurounlearn.rundir import (
+    CONFIG,
+    METRICS,
+    MODEL_FILE,
+    PREDICTIONS,
+    RUN_INFO,
+    RunFiles,
+)
 
 FINISH_HINT = (
     "give the --out directory of a finished 'neurounlearn fit' (or finish it with "
@@ -37,10 +48,7 @@ class _Run:
 
 
 def arm_from_run(run_dir: str | Path, *, name: str | None = None) -> ReportArm:
-    """Read a finished run directory into a :class:`ReportArm`.
-
-    Runs ``evaluate`` (the leakage audit: seconds to minutes) when ``metrics.json`` is missing,
-    which writes it into the run directory.
+    """Read a finished, evaluated run directory into a :class:`ReportArm`.
 
     Args:
         run_dir: the ``--out`` directory of a finished ``neurounlearn fit``.
@@ -51,8 +59,9 @@ def arm_from_run(run_dir: str | Path, *, name: str | None = None) -> ReportArm:
         their site and true target.
 
     Raises:
-        InputError: the directory is missing, holds no finished run, or a file in it is
-            unreadable or lacks a column.
+        InputError: the directory is missing, holds no finished run, has no ``metrics.json``
+            yet (``neurounlearn evaluate RUN`` writes it), or a file in it is unreadable or
+            lacks a column.
     """
     return _load_run(Path(run_dir), name).arm
 
@@ -64,8 +73,11 @@ def render_runs(
     title: str | None = None,
     tsne: bool = True,
     seed: int = 0,
+    on_missing_metrics: Callable[[Path], object] | None = None,
 ) -> Path:
-    """Write the HTML report comparing finished runs of one target.
+    """Write the HTML report comparing finished, evaluated runs of one target.
+
+    The report renders what the runs stored: it never evaluates a run itself.
 
     Args:
         run_dirs: finished run directories, in display order (put the baseline first).
@@ -73,12 +85,16 @@ def render_runs(
         title: the page title; default names the target and the runs.
         tsne: add t-SNE maps of the embeddings.
         seed: seeds t-SNE.
+        on_missing_metrics: called with each run directory that has no ``metrics.json`` yet,
+            once every run is checked and before any is read, to write it (the command line
+            runs ``evaluate`` there).
 
     Returns:
         ``Path(out)``.
 
     Raises:
-        InputError: no run given, a run missing or unfinished, or runs of different targets.
+        InputError: no run given, a run missing, unfinished or without ``metrics.json``, or
+            runs of different targets.
     """
     dirs = [Path(d) for d in run_dirs]
     check_out(out, folder=False)
@@ -104,6 +120,10 @@ def render_runs(
                 f"{run_dir} predicts '{target}'",
                 hint="report runs of one target together",
             )
+    if on_missing_metrics is not None:
+        for run_dir in dirs:
+            if not RunFiles(run_dir).metrics.is_file():
+                on_missing_metrics(run_dir)
     names = _unique_names(dirs)
     runs = [_load_run(d, n) for d, n in zip(dirs, names, strict=True)]
     warnings = list(dict.fromkeys(w for run in runs for w in run.warnings))
@@ -140,11 +160,9 @@ def _unique_names(dirs: Sequence[Path]) -> list[str]:
 
 
 def _check_finished(run_dir: Path) -> None:
-    from neurounlearn.training.run import MODEL_FILE, RUN_INFO, is_finished
-
     if not run_dir.is_dir():
         raise InputError("run directory not found", file=run_dir, hint=FINISH_HINT)
-    if not is_finished(run_dir):
+    if not RunFiles(run_dir).is_finished():
         raise InputError(
             f"holds no finished run (no {MODEL_FILE} and {RUN_INFO})",
             file=run_dir,
@@ -165,7 +183,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _read_config(run_dir: Path) -> tuple[str, dict[str, Any]]:
-    path = run_dir / "config.yaml"
+    path = RunFiles(run_dir).config
     try:
         text = path.read_text()
         cfg = yaml.safe_load(text)
@@ -173,7 +191,7 @@ def _read_config(run_dir: Path) -> tuple[str, dict[str, Any]]:
         raise InputError(
             f"cannot read the run's configuration: {err}",
             file=path,
-            hint="every finished run writes config.yaml; refit if it is lost",
+            hint=f"every finished run writes {CONFIG}; refit if it is lost",
         ) from None
     return text, cfg if isinstance(cfg, dict) else {}
 
@@ -208,26 +226,28 @@ def _require(frame: pd.DataFrame, columns: Sequence[str], path: Path) -> None:
 def _load_run(run_dir: Path, name: str | None) -> _Run:
     _check_finished(run_dir)
     config_text, cfg = _read_config(run_dir)
-    info = _read_json(run_dir / "run.json")
+    files = RunFiles(run_dir)
+    info = _read_json(files.info)
     target = str(_setting(cfg, "data", "target", "age"))
     site = str(_setting(cfg, "data", "site_column", "site"))
     id_column = str(info.get("id_column") or _setting(cfg, "data", "id_column", "subject"))
     strategy = (cfg.get("strategy") or {}).get("name") or info.get("strategy")
 
-    metrics_path = run_dir / "metrics.json"
-    if metrics_path.is_file():
-        metrics = _read_json(metrics_path)
-    else:
-        from neurounlearn.evaluation.evaluate import evaluate
-
-        metrics = evaluate(run_dir)
+    if not files.metrics.is_file():
+        raise InputError(
+            f"the run has no {METRICS} yet: the report shows stored results only",
+            file=files.metrics,
+            hint=f"run 'neurounlearn evaluate {run_dir}' first (the 'neurounlearn report' "
+            "command does it for you)",
+        )
+    metrics = _read_json(files.metrics)
     task = metrics.get("task")
-    classification = (task or {}).get("kind") == "classification" or (
+    classification = TaskResult.from_dict(task).kind == "classification" or (
         info.get("task") == "classification"
     )
 
     text = (id_column, site, *((target, "prediction") if classification else ()))
-    pred_path = run_dir / "predictions.csv"
+    pred_path = files.predictions
     preds = _read_csv(pred_path, text)
     _require(preds, [site, "split", "prediction"], pred_path)
     truth = (
@@ -250,7 +270,7 @@ def _load_run(run_dir: Path, name: str | None) -> _Run:
 
     from neurounlearn.training.run import embedding_columns
 
-    emb_path = run_dir / "embeddings.csv"
+    emb_path = files.embeddings
     emb = _read_csv(emb_path, (id_column, site))
     columns = embedding_columns(emb)
     if not columns:
@@ -265,12 +285,12 @@ def _load_run(run_dir: Path, name: str | None) -> _Run:
         and not emb[id_column].astype(str).equals(preds[id_column].astype(str))
     ):
         raise InputError(
-            f"rows do not match predictions.csv ({len(emb)} vs {len(preds)} rows, or other ids)",
+            f"rows do not match {PREDICTIONS} ({len(emb)} vs {len(preds)} rows, or other ids)",
             file=emb_path,
             hint="fit writes both files in one row order; refit the run",
         )
 
-    history_path = run_dir / "history.csv"
+    history_path = files.history
     has_history = history_path.is_file() and history_path.stat().st_size > 0
     history = _read_csv(history_path, ()) if has_history else None
 

@@ -8,7 +8,7 @@
   checkpoint whole.
 - :class:`ExactResume` stores what a resumed run needs to continue as if never stopped: the
   torch, NumPy and Python random states and the adversary's feature memory. With the data
-  module's generator state (:class:`~neurounlearn.training.datamodule.TableDataModule`) a
+  module's generator state (:class:`~neurounlearn.training.datamodule.SplitDataModule`) a
   killed and resumed run gives the same bytes as an uninterrupted one.
 """
 

@@ -12,8 +12,9 @@ import shutil
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import lightning as L
 import numpy as np
@@ -29,35 +30,46 @@ from neurounlearn.data.tabular import TableEncoding
 from neurounlearn.erasure import check_erase, erase_kinds
 from neurounlearn.errors import InputError, Problem
 from neurounlearn.models.segmentation import SegmentationModel
-from neurounlearn.registry import strategy_class
+from neurounlearn.registry import build_model, build_strategy
+from neurounlearn.rundir import (
+    CHECKPOINT,
+    CONFIG,
+    EMBEDDINGS,
+    HISTORY,
+    LAST_CHECKPOINT,
+    MODEL_FILE,
+    PREDICTIONS,
+    RUN_INFO,
+    SPLITS,
+)
 from neurounlearn.training.batchnorm import recompute_batchnorm
 from neurounlearn.training.checkpoints import AtomicCheckpointIO, ExactResume, read_weights
-from neurounlearn.training.datamodule import TableDataModule
-from neurounlearn.training.erasing import EraserRefresh, erase_run, training_eraser
-from neurounlearn.training.run import (
-    MODEL_FILE,
-    RUN_INFO,
-    build_model,
-    embedding_frame,
-    infer,
-    point_frame,
-    prediction_columns,
-    save_model,
-    segmentation_frame,
-    segmentation_outputs,
-    versions,
-)
+from neurounlearn.training.datamodule import SplitDataModule
+from neurounlearn.training.erasing import EraserRefresh, training_eraser
+from neurounlearn.training.run import save_model, versions
 from neurounlearn.training.system import (
     STOP_METRIC,
     HistoryWriter,
     UnlearningSystem,
     set_memory_format,
 )
+from neurounlearn.training.tasks import Task, task_of
+
+if TYPE_CHECKING:
+    from neurounlearn.models.unlearning import UnlearningModel
 
 CHECKPOINT_DIR = "checkpoints"
-LAST_CKPT = "last.ckpt"
 
-__all__ = ["config_split", "fit", "table_spec"]
+__all__ = [
+    "Prepared",
+    "Trained",
+    "config_split",
+    "fit",
+    "prepare",
+    "table_spec",
+    "train",
+    "write_outputs",
+]
 
 
 def uses_gpu(accelerator: str) -> bool:
@@ -91,20 +103,6 @@ def resolve_channels_last(
     if setting != "auto":
         return bool(setting)
     return not uses_gpu(accelerator) and not precision.startswith("bf16")
-
-
-#: ``strategy.adversary_memory: auto`` for segmentation: rows, and the most memory they may take.
-SEGMENTATION_MEMORY = 8
-SEGMENTATION_MEMORY_BYTES = 512 * 2**20
-
-
-def resolve_memory(memory: str | int, task: str) -> tuple[int, int | None]:
-    """Rows of the adversary memory and its byte cap (``None``: as many bytes as it takes)."""
-    if memory != "auto":
-        return int(memory), None
-    if task == "segmentation":
-        return SEGMENTATION_MEMORY, SEGMENTATION_MEMORY_BYTES
-    return 0, None
 
 
 def _check_encoding(cfg: RunConfig, encoding: TableEncoding) -> None:
@@ -213,8 +211,8 @@ def check_finite(
             "embedding values are not finite (NaN or infinite); the run is not written",
             file=cfg.data.path,
             column=cfg.data.target,
-            hint="check the target for extreme values, lower the learning rate (--set "
-            "train.lr=1e-4) or use train.precision=32-true",
+            hint="check the target for extreme values, lower the learning rate "
+            "(train.lr=1e-4) or use train.precision=32-true",
         )
 
 
@@ -253,6 +251,10 @@ def fit(
 ) -> Path:
     """Train one run and write its run directory; returns the directory.
 
+    Three steps: :func:`prepare` checks everything and builds the model, the data and the
+    trainer (writing nothing); :func:`train` runs Lightning; :func:`write_outputs` writes the
+    model, predictions, embeddings and ``run.json``. A new run that fails leaves nothing behind.
+
     Args:
         cfg: the resolved configuration (``cfg.data.path`` is the manifest).
         out: the run directory.
@@ -264,15 +266,79 @@ def fit(
         split: ``"train"``/``"val"``/``"test"`` per manifest row, to use instead of the split
             the configuration's seed gives (``compare`` passes its cross-fitting folds).
     """
+    run = prepare(cfg, out, resume=resume, echo=echo, callbacks=callbacks, split=split)
+    # -- the run directory: nothing is written before everything above has passed --------------
+    out = run.out
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        write_start(run)
+        return write_outputs(run, train(run))
+    except KeyboardInterrupt:
+        raise  # the checkpoints stay: --resume goes on from the last one
+    except BaseException:
+        if created:  # a new run that failed leaves nothing behind
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+@dataclass
+class Prepared:
+    """A checked run, ready to train: what :func:`prepare` builds and nothing has written yet."""
+
+    cfg: RunConfig  # data.task resolved
+    out: Path
+    task: Task
+    inputs: Any  # data.inputs.Inputs
+    encoding: TableEncoding
+    row_split: pd.Series
+    train_rows: np.ndarray  # bool per manifest row
+    y: np.ndarray  # targets in model units (NaN: unlabelled)
+    rows: Any  # data.inputs.RowData
+    model: UnlearningModel | SegmentationModel
+    system: UnlearningSystem
+    datamodule: SplitDataModule
+    trainer: L.Trainer
+    precision: str
+    channels_last: bool
+    memory: int
+    resume: bool
+    ckpt_path: Path | None
+    checkpoint: dict[str, Any]
+    warnings: list[Problem]
+
+
+@dataclass(frozen=True)
+class Trained:
+    """What :func:`train` measured."""
+
+    fit_seconds: float
+    epochs_run: int
+    samples_seen: int
+    precise_bn_batches: int
+
+
+def prepare(
+    cfg: RunConfig,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    echo: Callable[[str], Any] = print,
+    callbacks: Sequence[Callback] = (),
+    split: Sequence[str] | np.ndarray | None = None,
+) -> Prepared:
+    """Check the configuration, the manifest and the run directory and build everything the run
+    trains with; writes nothing (an image run's preprocessing cache aside, which is its own
+    folder). Arguments as :func:`fit`."""
     out = Path(out)
     ckpt_path: Path | None = None
     checkpoint: dict[str, Any] = {}
     check_out(out, folder=True)
     if resume:
-        ckpt_path = out / CHECKPOINT_DIR / LAST_CKPT
+        ckpt_path = out / CHECKPOINT_DIR / LAST_CHECKPOINT
         if not ckpt_path.is_file():
             raise InputError(
-                f"nothing to resume: no {CHECKPOINT_DIR}/{LAST_CKPT}",
+                f"nothing to resume: no {CHECKPOINT_DIR}/{LAST_CHECKPOINT}",
                 file=out,
                 hint="start the run without --resume",
             )
@@ -284,24 +350,27 @@ def fit(
             hint="choose a new --out, delete it, or pass --resume to continue an interrupted run",
         )
     if cfg.data.path is None:
-        raise InputError("no data given", hint="pass --data MANIFEST.csv")
+        raise InputError("no data given", hint="give the manifest CSV as data.path")
     if not cfg.confounds and cfg.strategy.name != "baseline":
         raise InputError(
             f"strategy '{cfg.strategy.name}' needs something to unlearn",
-            hint="pass --unlearn COLUMN (e.g. --unlearn site), or --strategy baseline",
+            hint="give a confound to unlearn (e.g. confounds.0.name=site), or use "
+            "strategy.name=baseline",
         )
 
-    # -- everything checked before anything is written -----------------------------------------
     inputs = load_inputs(cfg, cfg.data.path)
-    frame, id_column, _warnings = inputs.frame, inputs.id_column, inputs.warnings
+    frame, id_column, warnings_ = inputs.frame, inputs.id_column, inputs.warnings
     assert id_column is not None
-    task = inputs.task
     if cfg.data.task == "auto":
-        echo(f"task: {task} (inferred: '{cfg.data.target}' {inputs.task_reason}; --task sets it)")
-    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"task": task})})
+        echo(
+            f"task: {inputs.task} (inferred: '{cfg.data.target}' {inputs.task_reason}; "
+            "--task sets it)"
+        )
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"task": inputs.task})})
+    task = task_of(inputs.task)
     t = cfg.train
-    if resume and (out / "splits.csv").is_file():  # keep the interrupted run's split
-        row_split = stored_split(out / "splits.csv", frame, id_column)
+    if resume and (out / SPLITS).is_file():  # keep the interrupted run's split
+        row_split = stored_split(out / SPLITS, frame, id_column)
     elif split is not None:
         given = np.asarray(split, dtype=object)
         if len(given) != len(frame) or not set(given.tolist()) <= {"train", "val", "test"}:
@@ -311,15 +380,15 @@ def fit(
         row_split = pd.Series(given, index=frame.index, name="split")
     else:
         row_split = config_split(cfg, frame, id_column)
-    train = (row_split == "train").to_numpy()
+    train_rows = (row_split == "train").to_numpy()
     val = (row_split == "val").to_numpy()
     encoding = TableEncoding.fit(
         frame,
-        train,
+        train_rows,
         inputs.feature_columns,
         cfg.data.target,
         cfg.confounds,
-        task=task,
+        task=task.name,
         classes=inputs.classes,
     )
     _check_encoding(cfg, encoding)
@@ -329,17 +398,17 @@ def fit(
         check_erase(
             cfg.erase,
             frame,
-            train,
+            train_rows,
             kinds=erased_kinds,
             target=cfg.data.target,
-            task=task,
+            task=task.name,
             embedding_dim=cfg.model.embedding_dim,
             path=cfg.data.path,
         )
     y = encoding.targets(frame)
     codes = encoding.codes(frame)
-    what = "a label map" if task == "segmentation" else "a target"
-    if not np.isfinite(y[train]).any():
+    what = task.label_word
+    if not np.isfinite(y[train_rows]).any():
         raise InputError(
             f"no training row has {what}",
             file=cfg.data.path,
@@ -357,7 +426,7 @@ def fit(
             severity="warning",
         )
         echo(f"warning: {note}")
-        _warnings = [*_warnings, note]
+        warnings_ = [*warnings_, note]
     # images: decoded and preprocessed once into the memory-mapped cache (reused when present)
     rows = row_data(cfg, inputs, encoding, progress=t.progress_bar, echo=echo)
 
@@ -366,25 +435,20 @@ def fit(
     if erase_during:  # the layer exists before a checkpoint's weights are loaded
         training_eraser(model)
     s = cfg.strategy
-    weights = encoding.class_weights(codes[train])
-    priors = encoding.condition_priors(codes[train], encoding.conditions(frame)[train], weights)
-    memory, memory_bytes = resolve_memory(s.adversary_memory, task)
-    task_weight = None
-    if task == "classification" and t.class_balance == "weighted":
-        task_weight = torch.as_tensor(encoding.task_class_weights(y[train]), dtype=torch.float32)
-    strategy = strategy_class(s.name)(
-        confounds=cfg.confounds,
-        task_loss=t.task_loss,
-        task_kind=task,
-        task_class_weight=task_weight,
-        adversary_steps=s.adversary_steps,
+    weights = encoding.class_weights(codes[train_rows])
+    priors = encoding.condition_priors(
+        codes[train_rows], encoding.conditions(frame)[train_rows], weights
+    )
+    memory, memory_bytes = task.memory(s.adversary_memory)
+    strategy = build_strategy(
+        cfg,
+        task_kind=task.name,
+        task_class_weight=task.class_weight(cfg, encoding, y[train_rows]),
         memory=memory,
-        memory_points=model.attach if isinstance(model, SegmentationModel) else None,
+        memory_points=task.memory_points(model),
         memory_bytes=memory_bytes,
         class_weights={k: torch.as_tensor(w, dtype=torch.float32) for k, w in weights.items()},
         priors={k: torch.as_tensor(p, dtype=torch.float32) for k, p in priors.items()},
-        **({"mode": s.mode, "pretrain_epochs": s.pretrain_epochs} if s.name == "iterative" else {}),
-        **({"lambda_max": s.lambda_max} if s.name == "grl" else {}),
     )
     precision = resolve_precision(t.precision, t.accelerator, cfg.data.input)
     channels_last = resolve_channels_last(
@@ -399,14 +463,14 @@ def fit(
         channels_last=channels_last,
     )
     sites = frame[cfg.data.site_column].astype(str).to_numpy()
-    train_rows = rows.subset(train, augment=cfg.data.augment)
-    dm = TableDataModule(
-        train_rows,
+    augmented = rows.subset(train_rows, augment=cfg.data.augment)
+    dm = SplitDataModule(
+        augmented,
         rows.subset(val),
         batch_size=t.batch_size,
         seed=t.seed,
         num_workers=t.num_workers,
-        balance_groups=sites[train] if t.sampling == "balanced" else None,
+        balance_groups=sites[train_rows] if t.sampling == "balanced" else None,
         val_batch_size=t.batch_size if cfg.data.input == "image" else None,
     )
 
@@ -425,87 +489,116 @@ def fit(
     if erase_during:
         refresh = EraserRefresh(
             cfg,
-            rows.subset(train),
-            frame.iloc[np.flatnonzero(train)],
-            y[train],
+            rows.subset(train_rows),
+            frame.iloc[np.flatnonzero(train_rows)],
+            y[train_rows],
             kinds=erased_kinds,
-            task=task,
+            task=task.name,
             batch_size=t.batch_size if cfg.data.input == "image" else max(t.batch_size, 256),
         )
 
     quiet_lightning()
-    history = HistoryWriter(out / "history.csv", strategy)
-    callbacks = [
-        ModelCheckpoint(
-            dirpath=out / CHECKPOINT_DIR,
-            filename="last",
-            monitor=None,
-            save_top_k=1,
-            every_n_epochs=1,
-            enable_version_counter=False,
-        ),
-        *(
-            [EarlyStopping(monitor=STOP_METRIC, patience=t.patience, mode="min", strict=False)]
-            if stopping
-            else []
-        ),
-        history,
-        *([refresh] if refresh is not None else []),
-        ExactResume(
-            {
-                **({"memory": strategy.memory} if hasattr(strategy, "memory") else {}),
-                **({"augment": train_rows} if cfg.data.augment != "none" else {}),
-            }
-        ),
-        *callbacks,
-    ]
     trainer = make_trainer(
         cfg,
-        callbacks=callbacks,
+        callbacks=[
+            ModelCheckpoint(
+                dirpath=out / CHECKPOINT_DIR,
+                filename="last",
+                monitor=None,
+                save_top_k=1,
+                every_n_epochs=1,
+                enable_version_counter=False,
+            ),
+            *(
+                [EarlyStopping(monitor=STOP_METRIC, patience=t.patience, mode="min", strict=False)]
+                if stopping
+                else []
+            ),
+            HistoryWriter(out / HISTORY, strategy),
+            *([refresh] if refresh is not None else []),
+            ExactResume(
+                {
+                    **({"memory": strategy.memory} if hasattr(strategy, "memory") else {}),
+                    **({"augment": augmented} if cfg.data.augment != "none" else {}),
+                }
+            ),
+            *callbacks,
+        ],
         precision=precision,
         default_root_dir=out,
     )
+    return Prepared(
+        cfg=cfg,
+        out=out,
+        task=task,
+        inputs=inputs,
+        encoding=encoding,
+        row_split=row_split,
+        train_rows=train_rows,
+        y=y,
+        rows=rows,
+        model=model,
+        system=system,
+        datamodule=dm,
+        trainer=trainer,
+        precision=precision,
+        channels_last=channels_last,
+        memory=memory,
+        resume=resume,
+        ckpt_path=ckpt_path,
+        checkpoint=checkpoint,
+        warnings=warnings_,
+    )
 
-    # -- the run directory: nothing is written before everything above has passed --------------
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    try:
-        config_text = cfg.to_yaml()
-        config_file = out / "config.yaml"
-        if not config_file.is_file() or config_file.read_text() != config_text:
-            write_text(config_text, config_file)
-        if not (resume and (out / "splits.csv").is_file()):
-            write_csv(
-                splits_frame(frame, row_split, id_column, cfg.data.site_column),
-                out / "splits.csv",
-            )
-        return _train_and_write(
-            cfg,
-            out,
-            trainer,
-            system,
-            dm,
-            rows,
-            model,
-            encoding,
-            inputs,
-            row_split,
-            train=train,
-            y=y,
-            task=task,
-            precision=precision,
-            channels_last=channels_last,
-            memory=memory,
-            ckpt_path=ckpt_path,
-            checkpoint=checkpoint,
-            warnings_=_warnings,
+
+def write_start(run: Prepared) -> None:
+    """``config.yaml`` and ``splits.csv``: what the run was started with (kept on resume)."""
+    cfg, out = run.cfg, run.out
+    config_text = cfg.to_yaml()
+    config_file = out / CONFIG
+    if not config_file.is_file() or config_file.read_text() != config_text:
+        write_text(config_text, config_file)
+    if not (run.resume and (out / SPLITS).is_file()):
+        frame, id_column = run.inputs.frame, run.inputs.id_column
+        write_csv(splits_frame(frame, run.row_split, id_column, cfg.data.site_column), out / SPLITS)
+
+
+def train(run: Prepared) -> Trained:
+    """Train under Lightning (from the checkpoint when resuming), then recompute the batch-norm
+    statistics when the run asks for it."""
+    t = run.cfg.train
+    first_epoch = int(run.checkpoint["epoch"]) + 1 if run.checkpoint else 0
+    start = time.perf_counter()
+    run.trainer.fit(
+        run.system, datamodule=run.datamodule, ckpt_path=run.ckpt_path, weights_only=True
+    )
+    fit_seconds = time.perf_counter() - start
+    if run.trainer.interrupted:  # Lightning caught Ctrl-C: the run is not finished
+        raise KeyboardInterrupt
+    precise_bn = t.precise_bn if t.precise_bn != "auto" else run.task.precise_bn_default
+    bn_batches = 0
+    if precise_bn:
+        # the statistics of the training volumes as they are: validation, test and predicted
+        # volumes are never augmented (same rows, same batches, without the random changes)
+        dm = run.datamodule
+        dm.train = run.rows.subset(run.train_rows)
+        device = _device(run.cfg)
+        bn_batches = recompute_batchnorm(
+            run.model.encoder.to(device),
+            (b["x"] for b in dm.train_dataloader(fresh=True)),
+            device,
         )
-    except KeyboardInterrupt:
-        raise  # the checkpoints stay: --resume goes on from the last one
-    except BaseException:
-        if created:  # a new run that failed leaves nothing behind
-            shutil.rmtree(out, ignore_errors=True)
-        raise
+    epochs_run = run.trainer.current_epoch
+    return Trained(
+        fit_seconds=fit_seconds,
+        epochs_run=epochs_run,
+        samples_seen=int(run.train_rows.sum()) * max(epochs_run - first_epoch, 0),
+        precise_bn_batches=bn_batches,
+    )
+
+
+def _device(cfg: RunConfig) -> str:
+    return "cuda" if uses_gpu(cfg.train.accelerator) else "cpu"
 
 
 def make_trainer(
@@ -539,64 +632,23 @@ def make_trainer(
         raise InputError(
             f"Lightning refuses train.accelerator={t.accelerator!r}, train.devices={t.devices!r}, "
             f"precision {precision!r}: {message[:300]}",
-            hint="e.g. --set train.accelerator=cpu (or gpu, auto), train.devices=1, "
+            hint="e.g. train.accelerator=cpu (or gpu, auto), train.devices=1, "
             "train.precision=32-true (or bf16-mixed, 16-mixed, auto)",
         ) from None
 
 
-def _train_and_write(
-    cfg: RunConfig,
-    out: Path,
-    trainer: L.Trainer,
-    system: UnlearningSystem,
-    dm: TableDataModule,
-    rows: Any,
-    model: Any,
-    encoding: TableEncoding,
-    inputs: Any,
-    row_split: pd.Series,
-    *,
-    train: np.ndarray,
-    y: np.ndarray,
-    task: str,
-    precision: str,
-    channels_last: bool,
-    memory: int,
-    ckpt_path: Path | None,
-    checkpoint: dict[str, Any],
-    warnings_: list[Problem],
-) -> Path:
-    t, s, frame, id_column = cfg.train, cfg.strategy, inputs.frame, inputs.id_column
-    erasure: dict[str, Any] | None = None
-    first_epoch = int(checkpoint["epoch"]) + 1 if checkpoint else 0
-    start = time.perf_counter()
-    trainer.fit(system, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
-    fit_seconds = time.perf_counter() - start
-    if trainer.interrupted:  # Lightning caught Ctrl-C: the run is not finished
-        raise KeyboardInterrupt
-    device = "cuda" if uses_gpu(t.accelerator) else "cpu"
-    precise_bn = t.precise_bn if t.precise_bn != "auto" else task == "segmentation"
-    bn_batches = 0
-    if precise_bn:
-        # the statistics of the training volumes as they are: validation, test and predicted
-        # volumes are never augmented (same rows, same batches, without the random changes)
-        dm.train = rows.subset(train)
-        bn_batches = recompute_batchnorm(
-            model.encoder.to(device),
-            (b["x"] for b in dm.train_dataloader(fresh=True)),
-            device,
-        )
-    epochs_run = trainer.current_epoch
-    seen = int(train.sum()) * max(epochs_run - first_epoch, 0)
-
-    # -- outputs -------------------------------------------------------------------------------
+def write_outputs(run: Prepared, trained: Trained) -> Path:
+    """The finished run's files: ``model.pt``, ``checkpoint.ckpt``, ``predictions.csv``,
+    ``embeddings.csv`` and ``run.json`` (a diverged run writes none of them)."""
+    cfg, out, model, encoding, rows = run.cfg, run.out, run.model, run.encoding, run.rows
+    frame, id_column = run.inputs.frame, run.inputs.id_column
     model.cpu()
     set_memory_format(model, channels_last=False)
     ids = pd.DataFrame(
         {
             id_column: frame[id_column].to_numpy(),
             cfg.data.site_column: frame[cfg.data.site_column].to_numpy(),
-            "split": row_split.to_numpy(),
+            "split": run.row_split.to_numpy(),
         }
     )
     preds = ids.copy()
@@ -604,61 +656,48 @@ def _train_and_write(
     for name in [*(c.name for c in cfg.confounds), *(e.name for e in cfg.erase)]:
         if name not in preds:
             preds[name] = frame[name].to_numpy()
-    if isinstance(model, SegmentationModel):
-        labelled = np.isfinite(y)
-        pooled, dice = segmentation_outputs(
-            model,
-            rows.all(),
-            labelled,
-            len(encoding.target_classes),
-            batch_size=t.batch_size,
-            device=device,
-        )
-        preds = segmentation_frame(preds, labelled, dice, encoding.target_classes)
-        embeddings = point_frame(ids, pooled)
-    else:
-        if cfg.erase:  # the final eraser is fit on the encoder's own features
-            model.eraser = None
-        feats, pred = infer(model, rows.all(), batch_size=t.batch_size, device=device)
-        if cfg.erase:
-            feats, pred, erasure = erase_run(cfg, model, encoding, feats, frame, y, row_split)
-            callbacks = getattr(trainer, "callbacks", [])  # Lightning sets it at run time
-            refresh = next((c for c in callbacks if isinstance(c, EraserRefresh)), None)
-            if refresh is not None:  # erased during training too (this process's epochs)
-                erasure["during_training"] = {
-                    "refits": refresh.refits,
-                    "seconds": refresh.seconds,
-                }
-        preds = prediction_columns(preds, encoding, frame, pred)
-        embeddings = embedding_frame(ids, feats)
-    check_finite(embeddings, preds, cfg, epochs_run)
+    outputs = run.task.outputs(
+        cfg,
+        model,
+        encoding,
+        rows,
+        frame,
+        run.y,
+        run.row_split,
+        ids=ids,
+        preds=preds,
+        device=_device(cfg),
+        callbacks=getattr(run.trainer, "callbacks", []),  # Lightning sets it at run time
+    )
+    check_finite(outputs.embeddings, outputs.predictions, cfg, trained.epochs_run)
     save_model(out / MODEL_FILE, model, cfg, encoding, input_shape=rows.input_shape)
-    with atomic_path(out / "model.ckpt") as tmp:
-        shutil.copyfile(out / CHECKPOINT_DIR / LAST_CKPT, tmp)
-    write_csv(preds, out / "predictions.csv")
-    write_csv(embeddings, out / "embeddings.csv")
+    with atomic_path(out / CHECKPOINT) as tmp:
+        shutil.copyfile(out / CHECKPOINT_DIR / LAST_CHECKPOINT, tmp)
+    write_csv(outputs.predictions, out / PREDICTIONS)
+    write_csv(outputs.embeddings, out / EMBEDDINGS)
+    seconds = trained.fit_seconds
     write_json(
         {
             "status": "finished",
             "id_column": id_column,
-            "strategy": s.name,
-            "fit_seconds": fit_seconds,
-            "epochs_run": epochs_run,
-            "samples_per_second": seen / fit_seconds if fit_seconds > 0 else None,
-            "train_rows": int(train.sum()),
-            "train_rows_labelled": int(np.isfinite(y[train]).sum()),
-            "task": task,
-            "classes": encoding.target_classes if task == "segmentation" else None,
-            "hidden_targets": inputs.hidden_targets,
+            "strategy": cfg.strategy.name,
+            "fit_seconds": seconds,
+            "epochs_run": trained.epochs_run,
+            "samples_per_second": trained.samples_seen / seconds if seconds > 0 else None,
+            "train_rows": int(run.train_rows.sum()),
+            "train_rows_labelled": int(np.isfinite(run.y[run.train_rows]).sum()),
+            "task": run.task.name,
+            "classes": run.task.classes(encoding),
+            "hidden_targets": run.inputs.hidden_targets,
             "input": cfg.data.input,
             "input_shape": list(rows.input_shape),
-            "precision": precision,
-            "channels_last": channels_last,
-            "adversary_memory": memory,
-            "precise_bn_batches": bn_batches,
-            "erasure": erasure,
+            "precision": run.precision,
+            "channels_last": run.channels_last,
+            "adversary_memory": run.memory,
+            "precise_bn_batches": trained.precise_bn_batches,
+            "erasure": outputs.erasure,
             "cache": rows.cache_info,
-            "warnings": [str(w) for w in warnings_],
+            "warnings": [str(w) for w in run.warnings],
             "versions": versions(),
         },
         out / RUN_INFO,

@@ -17,21 +17,20 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 import torch
-from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from neurounlearn.atomic import write_torch
 from neurounlearn.config import RunConfig, validate_config
 from neurounlearn.data.tabular import TableEncoding
 from neurounlearn.errors import InputError
-from neurounlearn.models.unlearning import MLPEncoder, UnlearningModel
+from neurounlearn.models.unlearning import UnlearningModel
+from neurounlearn.registry import build_model as build_model
+from neurounlearn.registry import build_segmentation_model as build_segmentation_model
+from neurounlearn.rundir import MODEL_FILE, RUN_INFO, RunFiles, read_info
 from neurounlearn.training.checkpoints import read_weights
 
 if TYPE_CHECKING:
     from neurounlearn.models.segmentation import SegmentationModel
-
-MODEL_FILE = "model.pt"
-RUN_INFO = "run.json"
 
 
 def versions() -> dict[str, str]:
@@ -39,10 +38,10 @@ def versions() -> dict[str, str]:
     import monai
     import sklearn
 
-    import neurounlearn
+    from neurounlearn.version import __version__
 
     return {
-        "neurounlearn": neurounlearn.__version__,
+        "neurounlearn": __version__,
         "python": platform.python_version(),
         "torch": torch.__version__,
         "lightning": lightning.__version__,
@@ -51,119 +50,6 @@ def versions() -> dict[str, str]:
         "pandas": pd.__version__,
         "scikit-learn": sklearn.__version__,
     }
-
-
-def _confound_sizes(encoding: TableEncoding) -> tuple[dict[str, int], list[str]]:
-    """Classes per confound, and the confounds whose head regresses the value."""
-    sizes = {name: len(levels) for name, levels in encoding.confound_levels.items()}
-    continuous = [n for n in encoding.confound_levels if encoding.method(n) == "correlation"]
-    return sizes, continuous
-
-
-def build_segmentation_model(cfg: RunConfig, encoding: TableEncoding) -> SegmentationModel:
-    """The U-Net and its attach-point heads a segmentation configuration describes."""
-    from neurounlearn.models.segmentation import UNET_FEATURES, SegmentationModel, UNet3D
-
-    m = cfg.model
-    if m.encoder not in ("auto", "unet"):
-        raise InputError(
-            f"model.encoder '{m.encoder}' cannot segment: segmentation uses the U-Net",
-            hint="leave model.encoder at auto (or set it to unet) with --task segmentation",
-        )
-    try:
-        unet = UNet3D(
-            out_channels=len(encoding.target_classes),
-            features=UNET_FEATURES if m.channels is None else tuple(m.channels),
-        )
-    except ValueError as err:
-        raise InputError(
-            f"cannot build the U-Net: {err}",
-            hint="give model.channels six widths, e.g. --set model.channels=[8,16,32,32,64,8]",
-        ) from None
-    sizes, continuous = _confound_sizes(encoding)
-    return SegmentationModel(
-        unet,
-        sizes,
-        continuous=continuous,
-        attach=m.attach,
-        head_hidden=m.head_hidden,
-        n_heads=m.adversary_heads,
-    )
-
-
-def build_model(
-    cfg: RunConfig, encoding: TableEncoding, *, input_shape: Sequence[int] | None = None
-) -> UnlearningModel | SegmentationModel:
-    """The model a configuration describes, sized by the fitted encoding and the input shape.
-
-    Args:
-        cfg: the run configuration (``model`` section).
-        encoding: fitted scaling and confound classes (sizes the MLP input and the heads).
-        input_shape: shape of one input, ``(D, H, W)`` for volumes (the paper's CNN sizes its
-            flatten layer from it); unused for tables.
-    """
-    if encoding.task == "segmentation":
-        return build_segmentation_model(cfg, encoding)
-    m = cfg.model
-    encoder_name = m.encoder
-    if encoder_name == "unet":
-        raise InputError(
-            "model.encoder 'unet' is for segmentation",
-            hint="pass --task segmentation with --input image, or choose another encoder",
-        )
-    if encoder_name == "auto":
-        encoder_name = "compact" if cfg.data.input == "image" else "mlp"
-    encoder: nn.Module
-    if cfg.data.input == "features":
-        if encoder_name != "mlp":
-            raise InputError(
-                f"model.encoder '{encoder_name}' is a 3D CNN, but the input is a feature table",
-                hint="use model.encoder=mlp (or auto) with --input features",
-            )
-        encoder = MLPEncoder(
-            in_features=len(encoding.feature_columns),
-            hidden=m.hidden,
-            embedding_dim=m.embedding_dim,
-            dropout=m.dropout,
-        )
-    else:
-        if encoder_name == "mlp":
-            raise InputError(
-                "model.encoder 'mlp' needs a feature table, but the input is images",
-                hint="use model.encoder=compact, paper or sfcn (or auto) with --input image",
-            )
-        if input_shape is None:
-            raise ValueError("an image model needs the input shape")
-        from neurounlearn.models.encoders import build_encoder
-
-        try:
-            encoder = build_encoder(
-                encoder_name,
-                input_shape=tuple(input_shape),
-                embedding_dim=m.embedding_dim,
-                channels=m.channels,
-                strides=m.strides,
-                dropout=m.dropout,
-            )
-        except ValueError as err:
-            raise InputError(
-                f"cannot build the '{encoder_name}' encoder: {err}",
-                hint="check model.channels and model.strides (one stride per channel stage)",
-            ) from None
-    sizes, continuous = _confound_sizes(encoding)
-    return UnlearningModel(
-        encoder,
-        nn.Linear(m.embedding_dim, encoding.n_outputs),
-        sizes,
-        continuous=continuous,
-        conditions={
-            name: encoding.condition_size(name)
-            for name in encoding.confound_levels
-            if encoding.condition_size(name)
-        },
-        head_hidden=m.head_hidden,
-        n_heads=m.adversary_heads,
-    )
 
 
 @dataclass
@@ -178,7 +64,7 @@ class LoadedRun:
 
 
 def is_finished(run_dir: Path) -> bool:
-    return (run_dir / MODEL_FILE).is_file() and (run_dir / RUN_INFO).is_file()
+    return RunFiles(run_dir).is_finished()
 
 
 def load_run(run_dir: str | Path) -> LoadedRun:
@@ -226,21 +112,7 @@ def load_run(run_dir: str | Path) -> LoadedRun:
         first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
         raise InputError(f"cannot read the model: {first}", file=model_file, hint=refit) from None
     model.eval()
-    try:
-        info = json.loads((run_dir / RUN_INFO).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise InputError(
-            f"cannot read the run summary: {err}",
-            file=run_dir / RUN_INFO,
-            hint="the file is damaged; 'neurounlearn fit --resume --out DIR' rewrites it",
-        ) from None
-    if not isinstance(info, dict):
-        raise InputError(
-            "the run summary is not a JSON object",
-            file=run_dir / RUN_INFO,
-            hint="the file is damaged; 'neurounlearn fit --resume --out DIR' rewrites it",
-        )
-    return LoadedRun(run_dir, cfg, encoding, model, info)
+    return LoadedRun(run_dir, cfg, encoding, model, read_info(run_dir))
 
 
 def save_model(
@@ -394,7 +266,7 @@ def segmentation_outputs(
     Returns:
         ``(pooled, dice)``: point -> ``(N, 2C)``; ``(N, n_classes - 1)``.
     """
-    from neurounlearn.evaluation.metrics import dice_per_class
+    from neurounlearn.models.dice import dice_per_class
 
     pooled: dict[str, list[np.ndarray]] = {}
     dice: list[np.ndarray] = []

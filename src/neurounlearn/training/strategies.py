@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from neurounlearn.choices import ITERATIVE_MODES, StrategyName
 from neurounlearn.config import ConfoundConfig
 from neurounlearn.losses import (
     IGNORE,
@@ -262,7 +263,7 @@ class Strategy(ABC):
         memory_bytes: keep fewer rows where ``memory`` of them would take more than this.
     """
 
-    name: ClassVar[str]
+    name: ClassVar[StrategyName]
 
     def __init__(
         self,
@@ -547,13 +548,40 @@ class IterativeStrategy(Strategy):
     Args:
         mode: ``"sequential"`` or ``"joint"``.
         pretrain_epochs: epochs of phase 1.
+        confounds, task_loss, ...: as :class:`Strategy` takes them.
     """
 
     name = "iterative"
 
-    def __init__(self, *, mode: str = "sequential", pretrain_epochs: int = 10, **kwargs) -> None:  # type: ignore[no-untyped-def]
-        super().__init__(**kwargs)
-        if mode not in ("sequential", "joint"):
+    def __init__(
+        self,
+        *,
+        mode: str = "sequential",
+        pretrain_epochs: int = 10,
+        confounds: Sequence[ConfoundConfig],
+        task_loss: str = "mse",
+        task_kind: str = "regression",
+        task_class_weight: Tensor | None = None,
+        class_weights: Mapping[str, Tensor] | None = None,
+        priors: Mapping[str, Tensor] | None = None,
+        adversary_steps: int = 1,
+        memory: int = 0,
+        memory_points: Sequence[str] | None = None,
+        memory_bytes: int | None = None,
+    ) -> None:
+        super().__init__(
+            confounds=confounds,
+            task_loss=task_loss,
+            task_kind=task_kind,
+            task_class_weight=task_class_weight,
+            class_weights=class_weights,
+            priors=priors,
+            adversary_steps=adversary_steps,
+            memory=memory,
+            memory_points=memory_points,
+            memory_bytes=memory_bytes,
+        )
+        if mode not in ITERATIVE_MODES:
             raise ValueError(f"iterative mode must be 'sequential' or 'joint', got {mode!r}")
         self.mode = mode
         self.pretrain_epochs = pretrain_epochs
@@ -631,12 +659,38 @@ class GRLStrategy(Strategy):
 
     Args:
         lambda_max: the schedule's final weight.
+        confounds, task_loss, ...: as :class:`Strategy` takes them.
     """
 
     name = "grl"
 
-    def __init__(self, *, lambda_max: float = 1.0, **kwargs) -> None:  # type: ignore[no-untyped-def]
-        super().__init__(**kwargs)
+    def __init__(
+        self,
+        *,
+        lambda_max: float = 1.0,
+        confounds: Sequence[ConfoundConfig],
+        task_loss: str = "mse",
+        task_kind: str = "regression",
+        task_class_weight: Tensor | None = None,
+        class_weights: Mapping[str, Tensor] | None = None,
+        priors: Mapping[str, Tensor] | None = None,
+        adversary_steps: int = 1,
+        memory: int = 0,
+        memory_points: Sequence[str] | None = None,
+        memory_bytes: int | None = None,
+    ) -> None:
+        super().__init__(
+            confounds=confounds,
+            task_loss=task_loss,
+            task_kind=task_kind,
+            task_class_weight=task_class_weight,
+            class_weights=class_weights,
+            priors=priors,
+            adversary_steps=adversary_steps,
+            memory=memory,
+            memory_points=memory_points,
+            memory_bytes=memory_bytes,
+        )
         self.lambda_max = lambda_max
 
     def configure_optimizers(self, model, *, lr, weight_decay, adversary_lr):  # type: ignore[override]

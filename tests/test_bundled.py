@@ -7,7 +7,7 @@ import re
 
 import pandas as pd
 
-from neurounlearn.data.datasets import (
+from neurounlearn.data.bundled import (
     OPENNEURO_FEATURES,
     OPENNEURO_FILES,
     attribution,

@@ -1,0 +1,127 @@
+"""The volume cache as a ``Dataset``: rows of the memory map as training samples."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from neurounlearn.data.augment import AUGMENTATIONS, Augmentation, IntensityAugment
+from neurounlearn.data.datasets import confound_extras
+from neurounlearn.data.volumes.cache import VolumeCache, label_path_for
+
+
+class CachedVolumes(Dataset):
+    """Rows of a volume cache as training samples, read from the memory map.
+
+    The memory map is opened lazily, once per process, on the first ``__getitem__``: only
+    paths are pickled, so the dataset can be sent to ``DataLoader`` worker processes.
+
+    Args:
+        cache: a :class:`VolumeCache` or the path of its images ``.npy``.
+        rows: cache row of each sample (positions in the manifest the cache was built from).
+        y: target of each sample (``NaN`` where unknown).
+        codes: integer confound codes of each sample, ``(n, C)`` (a 1D array means ``C = 1``).
+        with_labels: also return the label map of each sample.
+        values: optional ``(n, C)`` standardised values of continuous confounds (``NaN``: none).
+        conditions: optional ``(n, C)`` target bins of target-conditioned confounds (``-1``).
+        augment: ``intensity``: each image, every time it is read, gets random scanner-like
+            intensity changes (:class:`~neurounlearn.data.augment.IntensityAugment`, seeded
+            per process from ``torch.initial_seed()``); ``none``: images as cached.
+
+    Raises:
+        ValueError: lengths differ, a row is outside the cache, labels are asked for but the
+            cache has none, or ``augment`` is unknown.
+
+    Examples:
+        >>> data = CachedVolumes(cache, np.arange(10), ages, site_codes)  # doctest: +SKIP
+        >>> data[0]["x"].shape  # doctest: +SKIP
+        torch.Size([1, 48, 48, 48])
+    """
+
+    def __init__(
+        self,
+        cache: VolumeCache | str | Path,
+        rows: np.ndarray,
+        y: np.ndarray,
+        codes: np.ndarray,
+        *,
+        with_labels: bool = False,
+        values: np.ndarray | None = None,
+        conditions: np.ndarray | None = None,
+        augment: Augmentation = "none",
+    ) -> None:
+        if augment not in AUGMENTATIONS:
+            raise ValueError(f"augment must be one of {AUGMENTATIONS}, got {augment!r}")
+        self.augment = augment
+        self._augmenter: Any = None
+        self.extra = confound_extras(values, conditions)
+        if isinstance(cache, VolumeCache):
+            self.path = cache.path
+            label_path = cache.label_path
+        else:
+            self.path = Path(cache)
+            label_path = label_path_for(self.path)
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.y = np.asarray(y, dtype=np.float32)
+        codes = np.asarray(codes, dtype=np.int64)
+        self.codes = codes.reshape(-1, 1) if codes.ndim == 1 else codes
+        if not len(self.rows) == len(self.y) == len(self.codes):
+            raise ValueError(
+                f"rows, y and codes differ in length ({len(self.rows)}, {len(self.y)}, "
+                f"{len(self.codes)})"
+            )
+        n = int(np.load(self.path, mmap_mode="r").shape[0])
+        if len(self.rows) and (self.rows.min() < 0 or self.rows.max() >= n):
+            raise ValueError(f"rows must lie in 0..{n - 1}, the rows of cache {self.path}")
+        self.with_labels = with_labels
+        self.label_path = label_path if with_labels else None
+        if with_labels and (label_path is None or not label_path.exists()):
+            raise ValueError(f"cache {self.path} has no label maps (built without a label column)")
+        self._images: np.ndarray | None = None
+        self._labels: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A memory map must not travel to workers: each opens its own on first access.
+        state = self.__dict__.copy()
+        state["_images"] = None
+        state["_labels"] = None
+        state["_augmenter"] = None  # each worker draws its own changes
+        return state
+
+    def state_dict(self) -> dict[str, Any]:
+        """The augmentation's random streams (empty before the first augmented read, or without
+        augmentation): a resumed run goes on drawing the same changes. With DataLoader workers
+        each worker keeps its own streams, which are not stored."""
+        return {} if self._augmenter is None else {"augment": self._augmenter.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "augment" in state:
+            self._augmenter = IntensityAugment(seed=torch.initial_seed())
+            self._augmenter.load_state_dict(state["augment"])
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        if self._images is None:
+            self._images = np.load(self.path, mmap_mode="r")
+            if self.label_path is not None:
+                self._labels = np.load(self.label_path, mmap_mode="r")
+        row = self.rows[i]
+        x = np.array(self._images[row], dtype=np.float32)
+        if self.augment == "intensity":
+            if self._augmenter is None:
+                self._augmenter = IntensityAugment(seed=torch.initial_seed())
+            x = self._augmenter(x)
+        item = {
+            "x": torch.from_numpy(x).unsqueeze(0),
+            "y": torch.tensor(self.y[i], dtype=torch.float32),
+            "codes": torch.from_numpy(self.codes[i].copy()),
+        }
+        if self._labels is not None:
+            item["label"] = torch.from_numpy(np.array(self._labels[row], dtype=np.int64))
+        return item | {k: v[i] for k, v in self.extra.items()}
