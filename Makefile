@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # Pinned CPU build first: an unpinned torch would pull several GB of CUDA packages.
 TORCH  ?= torch==2.13.0
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint docs bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,13 +21,18 @@ demo: $(STAMP)
 	$(BIN)/neurounlearn demo --out demo_out
 
 test: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks docs
 	$(BIN)/mypy src/neurounlearn
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks docs
 	$(BIN)/mypy src/neurounlearn
+
+# The documentation site (mkdocs.yml, docs/; benchmark pages come from benchmarks/results/*.md).
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/robustness.py
@@ -43,4 +48,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/segmentation.py
 
 clean:
-	rm -rf $(VENV) demo_out .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) demo_out site .pytest_cache .ruff_cache .mypy_cache
