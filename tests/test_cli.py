@@ -27,7 +27,9 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from neurounlearn.cli import app
+from neurounlearn.cli import app, cli_hint
+from neurounlearn.config import RunConfig
+from neurounlearn.errors import InputError
 
 FEATURE_REGEX = r"^f\d$"
 FEATURES = [f"f{i}" for i in range(6)]
@@ -311,6 +313,54 @@ def test_fit_resume_without_checkpoint(tmp_path: Path, write_manifest: Callable[
     result = invoke(fit_args(data, out, "--resume"))
     assert_input_error(result, where(out), "nothing to resume", "last.ckpt")
     assert sorted(p.name for p in out.iterdir()) == ["config.yaml"]
+
+
+# ----------------------------------------------------------------------------- hints: keys, flags
+
+
+def test_a_library_hint_names_the_keys_and_the_cli_names_the_flags(
+    tmp_path: Path, write_manifest: Callable[..., Path]
+) -> None:
+    """A Python caller has no flags: the library's hint names configuration keys. The CLI prints
+    the same error with the flags that set those keys."""
+    from neurounlearn.training.fit import fit
+
+    data = write_manifest()
+    cfg = RunConfig.model_validate(
+        {"data": {"path": str(data), "features": FEATURE_REGEX}, "strategy": {"name": "iterative"}}
+    )
+    with pytest.raises(InputError, match="needs something to unlearn") as err:
+        fit(cfg, tmp_path / "py")
+    hint = err.value.problem.hint or ""
+    assert "confounds.0.name=site" in hint and "strategy.name=baseline" in hint, hint
+    assert "--" not in hint, hint
+    assert not (tmp_path / "py").exists()
+
+    out = tmp_path / "cli"
+    result = invoke(fit_args(data, out, unlearn=(), strategy="iterative"))
+    line = assert_input_error(
+        result, "error: ", "needs something to unlearn", "--unlearn site", "--strategy baseline"
+    )
+    assert "confounds.0.name" not in line and "strategy.name" not in line, line
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("hint", "shown"),
+    [
+        ("e.g. train.seed=0", "e.g. --seed 0"),
+        ("give the manifest CSV as data.path", "give the manifest CSV as --data (data.path)"),
+        ("set confounds.1.name to the column", "set --unlearn (confounds.1.name) to the column"),
+        ("e.g. erase.0.kind=categorical", "e.g. --set erase.0.kind=categorical"),
+        ("e.g. data.classes=[bg,CSF,GM]", "e.g. --classes bg,CSF,GM"),
+        ("e.g. data.unlabelled_sites=[A,B]", "e.g. --set data.unlabelled_sites=[A,B]"),
+        ("a site in data.unlabelled_sites", "a site in --unlabelled-site (data.unlabelled_sites)"),
+        ("e.g. --set train.patience=30", "e.g. --set train.patience=30"),
+        ("entries data.classes.0, data.classes.1", "entries data.classes.0, data.classes.1"),
+    ],
+)
+def test_cli_hint_shows_the_flag_of_each_key(hint: str, shown: str) -> None:
+    assert cli_hint(hint) == shown
 
 
 # ----------------------------------------------------------------------------- check

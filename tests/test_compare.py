@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from neurounlearn.evaluation.compare import (
     compare,
     parse_arms,
 )
-from neurounlearn.reporting.compare import render_comparison
+from neurounlearn.reporting.compare import load_comparison, render_comparison
 
 runner = CliRunner()
 FAST = [
@@ -167,6 +168,22 @@ def test_compare_writes_its_files(comparison: Path) -> None:
         assert (comparison / name).is_file(), name
 
 
+def test_the_report_finds_fold_one_inside_the_moved_folder(
+    comparison: Path, tmp_path: Path
+) -> None:
+    result = json.loads((comparison / "comparison.json").read_text())
+    assert not any("first_fold" in k for e in result["summaries"].values() for k in e)
+    network = result["first_fold"]["iterative"]
+    assert not Path(network["run"]).is_absolute()
+    assert (comparison / network["run"] / "history.csv").is_file()
+    assert result["first_fold"]["raw"]["run"] is None  # a reference arm trains no network
+    moved = tmp_path / "moved"
+    shutil.copytree(comparison, moved)
+    render_comparison(moved, html=False)
+    arm = next(a for a in load_comparison(moved).arms if a.arm == "iterative")
+    assert (moved / str(arm.first_fold_run) / "history.csv").is_file()
+
+
 def test_every_arm_predicts_every_subject_out_of_fold(comparison: Path) -> None:
     oof = pd.read_csv(comparison / "oof_predictions.csv")
     for arm in ("raw", "combat", "combat-inference", "baseline", "baseline+combat", "iterative"):
@@ -284,7 +301,7 @@ def test_cli_fewer_than_two_sites(
 def test_cli_folds_larger_than_the_smallest_site(write_manifest: Callable, tmp_path: Path) -> None:
     r = _cli(write_manifest(), tmp_path / "o", "--folds", "7")  # 6 subjects per site
     assert r.exit_code == 2
-    assert "--folds 7" in r.output and "6 subject(s)" in r.output and "--folds 6" in r.output
+    assert "7 folds" in r.output and "6 subject(s)" in r.output and "use 6 folds" in r.output
     assert not (tmp_path / "o").exists()
 
 

@@ -75,7 +75,9 @@ def test_spatial_dims_error_shows_allowed_values_and_value_received():
 
 
 def test_unknown_norm_lists_allowed_norms():
-    with pytest.raises(ValueError, match=r"batch, instance, none; got 'layer'"):
+    with pytest.raises(
+        ValueError, match=r"unknown norm 'layer'; choose one of: batch, instance, none"
+    ):
         CompactCNN3D(norm="layer")
 
 

@@ -248,7 +248,7 @@ def test_labels_with_data_are_refused(finished: tuple[Path, Path], tmp_path: Pat
     labels = tmp_path / "labels.csv"
     labels.write_text("subject,age\nsub000,40\n")
     result = invoke(["evaluate", finished[0], "--labels", labels, "--data", finished[1]])
-    assert_input_error(result, where(labels), "not to --data")
+    assert_input_error(result, where(labels), "not to external test data")
 
 
 @pytest.fixture(scope="module")

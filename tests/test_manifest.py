@@ -218,7 +218,7 @@ def test_no_regex_takes_numeric_columns():
 
 def test_target_column_missing(tmp_path):
     problem = only_error(problems_for(tmp_path, cohort().rename(columns={"age": "Age"})))
-    assert "--target names column 'age', which is not in the manifest" in problem.message
+    assert "data.target names column 'age', which is not in the manifest" in problem.message
     assert "did you mean 'Age'" in str(problem)
     assert_names(problem, row=None, column="age")
 
@@ -232,7 +232,8 @@ def test_site_column_missing(tmp_path):
 def test_confound_column_missing(tmp_path):
     problem = only_error(problems_for(tmp_path, cohort(), confounds=["scanner"]))
     assert problem.message.startswith(
-        "--unlearn names column 'scanner', which is not in the manifest; columns are: subject"
+        "confounds.0.name names column 'scanner', which is not in the manifest; columns are: "
+        "subject"
     )
     assert_names(problem, row=None, column="scanner")
 

@@ -514,7 +514,7 @@ def test_render_runs_never_evaluates_a_run_itself(tmp_path: Path) -> None:
     with pytest.raises(InputError, match=r"no metrics\.json") as err:
         render_runs([run], tmp_path / "report.html", tsne=False)
     assert str(err.value.problem.file) == str(run / "metrics.json")
-    assert f"neurounlearn evaluate {run}" in str(err.value)
+    assert f"evaluate {run} first" in str(err.value)
     assert not (tmp_path / "report.html").exists()
     assert not (run / "metrics.json").exists()
 

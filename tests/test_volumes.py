@@ -508,5 +508,7 @@ def test_augmented_cached_volumes_change_images_on_every_read_but_not_labels(
     assert torch.equal(first["label"], plain[0]["label"])
     # workers draw their own changes: the augmenter is not pickled along
     assert pickle.loads(pickle.dumps(augmented))._augmenter is None
-    with pytest.raises(ValueError, match="augment must be one of"):
+    with pytest.raises(
+        ValueError, match="unknown augment 'spatial'; choose one of: none, intensity"
+    ):
         CachedVolumes(cache, rows, y, codes, augment="spatial")

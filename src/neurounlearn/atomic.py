@@ -29,9 +29,10 @@ import pandas as pd
 from neurounlearn.errors import InputError
 
 
-def check_out(out: str | Path, *, folder: bool, flag: str = "--out") -> None:
+def check_out(out: str | Path, *, folder: bool, flag: str = "the output path") -> None:
     """An output path is usable before any work starts: a folder (``folder=True``; it may
     exist) or a file (it may exist, but not as a folder), under folders this user can write.
+    ``flag`` names the path in the messages (the CLI: ``--out``).
 
     Raises:
         InputError: naming the path and what to give instead.
@@ -57,7 +58,7 @@ def check_out(out: str | Path, *, folder: bool, flag: str = "--out") -> None:
         raise InputError(
             f"cannot write in {parent} (permission denied)",
             file=out,
-            hint=f"choose a {flag} {kind} you can write to",
+            hint=f"choose a {kind} you can write to",
         )
 
 

@@ -59,7 +59,7 @@ def check_manifest(cfg: RunConfig, path: str | Path | None = None) -> ManifestCh
     """
     if path is None:
         if cfg.data.path is None:
-            raise InputError("no manifest to check", hint="give --data or set data.path")
+            raise InputError("no manifest to check", hint="give the manifest CSV as data.path")
         path = cfg.data.path
     check_segmentation_config(cfg)
     frame = read_table(path)

@@ -5,7 +5,24 @@ chosen things import them from here.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Literal, get_args
+
+
+def check_choice(what: str, value: object, allowed: Iterable[str]) -> None:
+    """Raise ``ValueError`` naming the allowed values when ``value`` is not one of them.
+
+    Examples:
+        >>> check_choice("norm", "batch", ("batch", "instance"))
+        >>> check_choice("norm", "group", ("batch", "instance"))
+        Traceback (most recent call last):
+        ...
+        ValueError: unknown norm 'group'; choose one of: batch, instance
+    """
+    allowed = tuple(allowed)
+    if value not in allowed:
+        raise ValueError(f"unknown {what} {value!r}; choose one of: {', '.join(allowed)}")
+
 
 #: what ``data.augment`` can be
 Augmentation = Literal["none", "intensity"]

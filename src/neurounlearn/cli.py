@@ -57,6 +57,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 CONFIG_FLAGS = {
     "data.path": "--data",
     "confounds.0.name": "--unlearn",
+    "confounds.0.subset": "--unlearn-where",
+    "erase.0.name": "--erase",
     "data.input": "--input",
     "data.features": "--features",
     "data.target": "--target",
@@ -72,9 +74,14 @@ CONFIG_FLAGS = {
     "train.batch_size": "--batch-size",
     "train.lr": "--lr",
 }
-#: a configuration key in a hint (not one already after ``--set``), and the value it is given
+#: The flags that take a list as comma-separated names: ``data.classes=[bg,CSF]`` is
+#: ``--classes bg,CSF`` (a list given to another flag becomes ``--set KEY=[...]``).
+COMMA_FLAGS = frozenset({"--classes", "--attach"})
+#: a configuration key in a hint (a whole one, not the start of a list entry such as
+#: ``data.classes.0``; not one already after ``--set``), and the value it is given
 _SETTING = re.compile(
-    r"(?<![\w.-])(?<!--set )((?:data|model|strategy|train|audit|erasure|confounds\.\d+)\.[a-z_]+)"
+    r"(?<![\w.-])(?<!--set )"
+    r"((?:data|model|strategy|train|audit|erasure|(?:confounds|erase)\.\d+)\.[a-z_]+)(?!\w|\.\w)"
     r"(?:=(\[[^\]]*\]|[^\s,;)]*[^\s,;).]))?"
 )
 
@@ -82,21 +89,37 @@ _SETTING = re.compile(
 def cli_hint(hint: str) -> str:
     """A library hint in the CLI's words: ``train.seed=0`` -> ``--seed 0``, a key without a flag
     ``model.channels=[8,16]`` -> ``--set model.channels=[8,16]``, and a bare key with a flag
-    ``data.target`` -> ``--target (data.target)``.
+    ``data.target`` -> ``--target (data.target)``, of any list entry (``confounds.1.name`` ->
+    ``--unlearn (confounds.1.name)``). A list for a flag that takes comma-separated names loses
+    its brackets (``data.classes=[bg,CSF]`` -> ``--classes bg,CSF``); a list for another flag
+    stays a ``--set``.
 
     Examples:
         >>> cli_hint("use model.encoder=mlp with data.input=features, or set data.target")
         'use --set model.encoder=mlp with --input features, or set --target (data.target)'
+        >>> cli_hint("e.g. erase.0.kind=categorical, or data.classes=[bg,CSF] with train.seed=0")
+        'e.g. --set erase.0.kind=categorical, or --classes bg,CSF with --seed 0'
     """
 
     def flag(m: re.Match[str]) -> str:
         key, value = m.group(1), m.group(2)
         name = CONFIG_FLAGS.get(key)
+        if value is None:  # the flag of the first entry sets every entry of a list
+            name = name or CONFIG_FLAGS.get(re.sub(r"\.\d+\.", ".0.", key, count=1))
+        if value is not None and name and value.startswith("["):
+            if name in COMMA_FLAGS:
+                return f"{name} {value[1:-1]}"
+            name = None
         if value is not None:
             return f"{name} {value}" if name else f"--set {key}={value}"
         return f"{name} ({key})" if name else key
 
     return _SETTING.sub(flag, hint)
+
+
+def say(message: str) -> None:
+    """A library's progress message or warning on the terminal, in the CLI's words."""
+    typer.echo(cli_hint(message))
 
 
 def cli_problem(problem: Problem) -> Problem:
@@ -366,7 +389,7 @@ def build_config(
     }
     raw["train"] |= {k: v for k, v in train_flags.items() if v is not None}
     cfg = validate_config(raw, "command line")
-    return apply_overrides(cfg, overrides or []) if overrides else cfg
+    return apply_overrides(cfg, overrides, source="--set") if overrides else cfg
 
 
 #: A command's parameter and :func:`build_config`'s keyword, where their names differ.
@@ -489,7 +512,7 @@ def fit(
     if resume and config is None and RunFiles(out).config.is_file():
         config = RunFiles(out).config  # resume what was started; flags given still override
     cfg = config_from_options(locals())
-    run_dir = run_fit(cfg, out, resume=resume, echo=typer.echo)
+    run_dir = run_fit(cfg, out, resume=resume, echo=say)
     metrics = evaluate(run_dir)
     typer.echo(f"run written to {run_dir}")
     for line in summary_lines(metrics):
@@ -609,7 +632,7 @@ def compare(
         external=external,
         combat=CombatSettings(covariates=covariates, smooth_terms=_names(combat_smooth)),
         jobs=jobs,
-        echo=typer.echo,
+        echo=say,
     )
     typer.echo("writing the report ...")
     render_comparison(out)
@@ -643,8 +666,8 @@ def _apply(run: LoadedRun, data: Path, out: Path, which: int) -> int:
     from neurounlearn.atomic import check_out, write_csv
     from neurounlearn.training.predict import predict_file
 
-    check_out(out, folder=False)
-    frame = predict_file(run, data, echo=typer.echo)[which]
+    check_out(out, folder=False, flag="--out")
+    frame = predict_file(run, data, echo=say)[which]
     out.parent.mkdir(parents=True, exist_ok=True)
     write_csv(frame, out)
     return len(frame)
@@ -670,8 +693,8 @@ def predict(
         from neurounlearn.atomic import check_out, write_csv
         from neurounlearn.training.predict import segment_images
 
-        check_out(out, folder=True)
-        frame, _ = segment_images(run, data, out_dir=out, echo=typer.echo)
+        check_out(out, folder=True, flag="--out")
+        frame, _ = segment_images(run, data, out_dir=out, echo=say)
         write_csv(frame, out / SEGMENTATIONS)
         typer.echo(f"{len(frame)} label maps written to {out} (list: {out / SEGMENTATIONS})")
         return

@@ -103,8 +103,7 @@ class ConfoundConfig(_Strict):
         if self.conditional and self.kind == "continuous" and self.method == "correlation":
             raise ValueError(
                 f"confound '{self.name}': conditional unlearning needs classes; use "
-                "method 'binned' for a continuous confound (e.g. --unlearn "
-                f"{self.name}:continuous:binned:conditional)"
+                "method 'binned' for a continuous confound (its quantile bins as classes)"
             )
         return self
 
@@ -651,7 +650,8 @@ def _validation_error(err: ValidationError, source: str) -> InputError:
         file=source,
         hint=None
         if own_hint
-        else "fix the value in the config file or the --set/flag that gave it",
+        else "fix the value where it was given (the configuration file, or the override or "
+        "command-line option that set it)",
     )
 
 
@@ -667,7 +667,7 @@ def load_config(path: str | Path) -> RunConfig:
     """Read a YAML run configuration."""
     path = Path(path)
     if not path.is_file():
-        raise InputError("config file not found", file=path, hint="check the --config path")
+        raise InputError("config file not found", file=path, hint="check the config file's path")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
@@ -686,7 +686,7 @@ def set_by_path(raw: dict[str, Any], dotted: str, value: Any) -> None:
     parts = dotted.split(".")
     if not all(parts):
         raise InputError(
-            f"--set {dotted}: empty part in the setting name", hint="e.g. --set train.epochs=50"
+            f"setting '{dotted}': empty part in the setting name", hint="e.g. train.patience=30"
         )
     node: Any = raw
     for i, part in enumerate(parts):
@@ -695,16 +695,16 @@ def set_by_path(raw: dict[str, Any], dotted: str, value: Any) -> None:
         if isinstance(node, list):
             if not part.isdigit():
                 raise InputError(
-                    f"--set {dotted}: '{where}' is a list, so '{part}' must be a position "
+                    f"setting '{dotted}': '{where}' is a list, so '{part}' must be a position "
                     f"(0 to {len(node) - 1})"
                     if node
-                    else f"--set {dotted}: '{where}' is an empty list",
-                    hint=f"e.g. --set {where}.0.name=site",
+                    else f"setting '{dotted}': '{where}' is an empty list",
+                    hint=f"an entry is named by its position, from 0: {where}.0, {where}.1, ...",
                 )
             idx = int(part)
             if idx >= len(node):
                 raise InputError(
-                    f"--set {dotted}: index {idx} is past the end of a list of {len(node)}",
+                    f"setting '{dotted}': index {idx} is past the end of a list of {len(node)}",
                     hint=f"'{where}' has {len(node)} entries, numbered from 0",
                 )
             if last:
@@ -714,9 +714,9 @@ def set_by_path(raw: dict[str, Any], dotted: str, value: Any) -> None:
             continue
         if not isinstance(node, dict):
             raise InputError(
-                f"--set {dotted}: '{where}' is a single value ({node!r}), it has no setting "
+                f"setting '{dotted}': '{where}' is a single value ({node!r}), it has no setting "
                 f"'{part}'",
-                hint=f"e.g. --set {where}=VALUE",
+                hint=f"give it a value of its own, e.g. {where}=VALUE",
             )
         if last:
             node[part] = value
@@ -726,13 +726,16 @@ def set_by_path(raw: dict[str, Any], dotted: str, value: Any) -> None:
         node = node[part]
 
 
-def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
-    """Apply ``key=value`` overrides (values parsed as YAML) and re-validate."""
+def apply_overrides(
+    cfg: RunConfig, overrides: list[str], *, source: str = "overrides"
+) -> RunConfig:
+    """Apply ``key=value`` overrides (values parsed as YAML) and re-validate; ``source`` names
+    where they came from in an invalid setting's error (the CLI: ``--set``)."""
     raw = cfg.model_dump(mode="json")
     for item in overrides:
         if "=" not in item:
             raise InputError(
-                f"--set expects key=value, got '{item}'", hint="e.g. --set train.epochs=50"
+                f"an override must be key=value, got '{item}'", hint="e.g. train.patience=30"
             )
         key, text = item.split("=", 1)
         try:
@@ -742,4 +745,4 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
         if isinstance(value, (dict, list)) is False and value is not None and ":" in text:
             value = text  # a query like "a: b" must stay a string
         set_by_path(raw, key.strip(), value)
-    return validate_config(raw, "--set")
+    return validate_config(raw, source)

@@ -217,7 +217,7 @@ class ConceptEraser(TransformerMixin, BaseEstimator):
             if target is None:
                 raise InputError(
                     "conditional erasure needs the target",
-                    hint="pass the target, or erase with conditional=False (':plain')",
+                    hint="pass the target, or erase with conditional=False",
                 )
             y = np.asarray(target, dtype=object)
             task = self.target_task
@@ -377,17 +377,20 @@ def check_erase(
         raise InputError(
             "erasure applies to regression and classification runs, not segmentation",
             file=path,
-            hint="leave out --erase",
+            hint="erase nothing (leave the erase list empty)",
         )
     names = [e.name for e in erase]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
-        raise InputError(f"--erase names '{repeated[0]}' twice", hint="name each confound once")
+        raise InputError(
+            f"the erase list names '{repeated[0]}' twice",
+            hint="name each confound to erase once",
+        )
     levels = []
-    for e in erase:
+    for i, e in enumerate(erase):
         if e.name not in frame.columns:
             raise InputError(
-                f"--erase {e.name}: no such column",
+                f"confound to erase '{e.name}': no such column",
                 file=path,
                 column=e.name,
                 hint=f"columns are: {', '.join(map(str, frame.columns[:12]))}"
@@ -395,7 +398,8 @@ def check_erase(
             )
         if e.name == target:
             raise InputError(
-                f"--erase {e.name}: that is the target; erasing it leaves nothing to predict",
+                f"confound to erase '{e.name}': that is the target; erasing it leaves nothing "
+                "to predict",
                 file=path,
                 column=e.name,
                 hint="erase a confound, not the target",
@@ -405,15 +409,16 @@ def check_erase(
             values = pd.to_numeric(column, errors="coerce")
             if values.isna().any():
                 raise InputError(
-                    f"--erase {e.name}: continuous, but a training row is not a number "
-                    f"({column[values.isna()].iloc[0]!r})",
+                    f"confound to erase '{e.name}': continuous, but a training row is not a "
+                    f"number ({column[values.isna()].iloc[0]!r})",
                     file=path,
                     column=e.name,
-                    hint=f"erase it as categorical (--erase {e.name}:categorical) or fix it",
+                    hint=f"erase it as categorical (erase.{i}.kind=categorical) or fix it",
                 )
             if values.nunique() < 2:
                 raise InputError(
-                    f"--erase {e.name}: constant on the training rows, nothing to erase",
+                    f"confound to erase '{e.name}': constant on the training rows, nothing to "
+                    "erase",
                     file=path,
                     column=e.name,
                     hint="erase a confound that varies, or leave it out",
@@ -423,7 +428,8 @@ def check_erase(
             k = column.astype(str).nunique()
             if k < 2:
                 raise InputError(
-                    f"--erase {e.name}: {k} level(s) among the training rows, nothing to erase",
+                    f"confound to erase '{e.name}': {k} level(s) among the training rows, "
+                    "nothing to erase",
                     file=path,
                     column=e.name,
                     hint="erase a confound with at least two levels among the training rows",
@@ -435,7 +441,7 @@ def check_erase(
             problem,
             file=path,
             hint=f"raise model.embedding_dim above {sum(max(k - 1, 1) for k in levels)} "
-            "(e.g. --set model.embedding_dim=64), or erase fewer confounds",
+            "(e.g. model.embedding_dim=64), or erase fewer confounds",
         )
 
 

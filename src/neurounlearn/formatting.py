@@ -36,6 +36,22 @@ def is_missing(value: Any) -> bool:
     return isinstance(value, np.floating) and math.isnan(value)
 
 
+def as_number(value: Any) -> float | None:
+    """``value`` as a float; ``None`` when it is missing, text, or not a number.
+
+    Examples:
+        >>> [as_number(v) for v in (1, 0.5, None, float("nan"), "0.5")]
+        [1.0, 0.5, None, None, None]
+    """
+    if value is None or isinstance(value, str):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(number) else number
+
+
 def fmt_number(value: Any, digits: int = 2, *, finite: bool = False, dash: str = DASH) -> str:
     """``value`` with ``digits`` decimals, or ``dash`` when it is missing (:func:`is_missing`).
 

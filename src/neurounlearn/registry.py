@@ -14,7 +14,7 @@ from typing import cast
 
 from torch import Tensor, nn
 
-from neurounlearn.choices import EncoderName, StrategyName
+from neurounlearn.choices import EncoderName, StrategyName, check_choice
 from neurounlearn.config import GRLStrategyConfig, IterativeStrategyConfig, RunConfig
 from neurounlearn.data.tabular import TableEncoding
 from neurounlearn.errors import InputError
@@ -52,12 +52,8 @@ ENCODERS: dict[EncoderName, type[nn.Module]] = {
 
 
 def strategy_class(name: str) -> type[Strategy]:
-    try:
-        return STRATEGIES[name]  # type: ignore[index]
-    except KeyError:
-        raise ValueError(
-            f"unknown strategy {name!r}; choose one of: {', '.join(STRATEGIES)}"
-        ) from None
+    check_choice("strategy", name, STRATEGIES)
+    return STRATEGIES[name]  # type: ignore[index]
 
 
 def build_strategy(

@@ -15,9 +15,10 @@ Examples:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
+
+from neurounlearn.formatting import as_number
 
 #: A probe without a confidence interval counts as "at chance" when its balanced accuracy is
 #: within this margin of chance.
@@ -26,16 +27,6 @@ CHANCE_MARGIN = 0.05
 R2_DECODABLE = 0.05
 #: The permutation test's level, used when a probe has no confidence interval.
 ALPHA = 0.05
-
-
-def _number(value: Any) -> float | None:
-    if value is None or isinstance(value, str):
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(number) else number
 
 
 def within_chance(value: float | None, chance: float, margin: float = CHANCE_MARGIN) -> bool | None:
@@ -70,10 +61,10 @@ class ProbeResult:
         ci = block.get("ci95") or [None, None]
         return cls(
             metric=metric,
-            value=_number(block.get(metric)),
-            ci95=(_number(ci[0]), _number(ci[1])) if len(ci) == 2 else (None, None),
-            p_value=_number(block.get("p_value")),
-            chance=_number(block.get("chance")) if "chance" in block else _number(chance),
+            value=as_number(block.get(metric)),
+            ci95=(as_number(ci[0]), as_number(ci[1])) if len(ci) == 2 else (None, None),
+            p_value=as_number(block.get("p_value")),
+            chance=as_number(block.get("chance")) if "chance" in block else as_number(chance),
             raw=dict(block),
         )
 
@@ -132,7 +123,7 @@ class LeakageResult:
     def from_dict(cls, block: dict[str, Any] | None) -> LeakageResult:
         block = block or {}
         cond = block.get("conditional")
-        chance = _number(block.get("chance"))
+        chance = as_number(block.get("chance"))
         return cls(
             kind=block.get("kind"),
             chance=chance,
@@ -196,12 +187,12 @@ class TaskResult:
     @classmethod
     def from_dict(cls, block: dict[str, Any] | None) -> TaskResult:
         block = block or {}
-        n = _number(block.get("n"))
+        n = as_number(block.get("n"))
         return cls(
             kind=block.get("kind"),
             n=None if n is None else int(n),
-            mae=_number(block.get("mae")),
-            balanced_accuracy=_number(block.get("balanced_accuracy")),
+            mae=as_number(block.get("mae")),
+            balanced_accuracy=as_number(block.get("balanced_accuracy")),
             per_site=dict(block.get("per_site") or {}),
             raw=dict(block),
         )

@@ -27,6 +27,9 @@ CONFIG = "config.yaml"
 RUN_INFO = "run.json"
 MODEL_FILE = "model.pt"
 CHECKPOINT = "model.ckpt"
+#: Lightning's checkpoints while the run trains: ``CHECKPOINT_DIR/LAST_CHECKPOINT`` is the one
+#: ``fit(resume=True)`` goes on from
+CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
 PREDICTIONS = "predictions.csv"
 EMBEDDINGS = "embeddings.csv"
@@ -46,8 +49,8 @@ FIRST_FOLD_EMBEDDINGS = "first_fold_embeddings"
 REPORT = "report.html"
 
 REWRITE_HINT = (
-    "the run directory is incomplete or was edited: 'neurounlearn fit --resume --out RUN_DIR' "
-    "writes its outputs again"
+    "the run directory is incomplete or was edited: resuming the run (fit with resume=True, or "
+    "--resume) writes its outputs again"
 )
 
 
@@ -72,6 +75,14 @@ class RunFiles:
     @property
     def checkpoint(self) -> Path:
         return self.root / CHECKPOINT
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / CHECKPOINT_DIR
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.root / CHECKPOINT_DIR / LAST_CHECKPOINT
 
     @property
     def predictions(self) -> Path:
@@ -121,7 +132,7 @@ def read_output(run_dir: Path, name: str, **kwargs: Any) -> pd.DataFrame:
 def read_info(run_dir: Path) -> dict[str, Any]:
     """The run summary ``run.json``; a clear error when it is damaged."""
     path = run_dir / RUN_INFO
-    hint = "the file is damaged; 'neurounlearn fit --resume --out DIR' rewrites it"
+    hint = "the file is damaged; resuming the run (fit with resume=True, or --resume) rewrites it"
     try:
         info = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:

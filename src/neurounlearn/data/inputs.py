@@ -60,8 +60,8 @@ def table_spec(
     if not images and not cfg.data.features:
         raise InputError(
             "no feature columns given",
-            hint="pass --features REGEX (e.g. --features '_thickness$|Vol$'), or data.features "
-            "in the config (or --input image for NIfTI volumes)",
+            hint="select them with a regex, e.g. data.features='_thickness$|Vol$' (or "
+            "data.input=image for NIfTI volumes)",
         )
     return TableSpec(
         # a segmentation's target column holds label-map paths: the volume checks judge it
@@ -129,7 +129,7 @@ def check_augment_config(cfg: RunConfig) -> None:
     if cfg.data.augment != "none" and cfg.data.input != "image":
         raise InputError(
             f"data.augment={cfg.data.augment} changes images, but the input is {cfg.data.input!r}",
-            hint="drop --set data.augment=..., or train on images (--input image)",
+            hint="leave data.augment at none, or train on images (data.input=image)",
         )
 
 
@@ -139,22 +139,23 @@ def check_segmentation_config(cfg: RunConfig) -> None:
         return
     if cfg.data.input != "image":
         raise InputError(
-            f"--task segmentation needs images, but the input is {cfg.data.input!r}",
-            hint="pass --input image with a manifest whose rows name an image and a label map "
-            "(e.g. --target label)",
+            f"data.task=segmentation needs images, but the input is {cfg.data.input!r}",
+            hint="use data.input=image with a manifest whose rows name an image and a label "
+            "map (e.g. data.target=label)",
         )
-    for c in cfg.confounds:
+    for i, c in enumerate(cfg.confounds):
         if c.conditional:
             raise InputError(
                 f"confound '{c.name}' is target-conditioned, but a segmentation has no "
                 "per-subject target to condition on",
-                hint=f"drop ':conditional' from --unlearn {c.name}",
+                hint=f"unlearn '{c.name}' without target conditioning "
+                f"(confounds.{i}.conditional=false)",
             )
     classes = cfg.data.classes
     if classes is not None and (len(classes) < 2 or len(set(classes)) != len(classes)):
         raise InputError(
             f"data.classes must name at least 2 distinct classes, got {classes}",
-            hint="e.g. --classes background,CSF,GM,WM (label value 0 first)",
+            hint="e.g. data.classes=[background,CSF,GM,WM] (label value 0 first)",
         )
 
 
@@ -171,7 +172,7 @@ def _segmentation_classes(
             file=path,
             column=target,
             hint="give label-map paths in some rows (rows left empty serve the unlearning "
-            "only), or name the label-map column with --target",
+            "only), or name the label-map column with data.target",
         )
     if cfg.data.classes is not None:
         return list(cfg.data.classes)
@@ -232,7 +233,7 @@ def load_inputs(cfg: RunConfig, path: str | Path) -> Inputs:
         InputError: the manifest or (for images) any volume has a problem; all are listed.
     """
     path = Path(path)
-    table_spec(cfg)  # a missing --features is reported before the file is read
+    table_spec(cfg)  # a missing data.features is reported before the file is read
     check_segmentation_config(cfg)
     check_augment_config(cfg)
     segmentation = cfg.data.task == "segmentation"

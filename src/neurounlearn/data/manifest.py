@@ -293,7 +293,7 @@ def _resolve_id(
             f"no subject id column found (looked for {', '.join(ID_CANDIDATES)}); "
             f"{_columns_are(df)}",
             file=path,
-            hint="name the id column with --set data.id_column=NAME, or add a 'subject' column",
+            hint="name the id column with data.id_column=NAME, or add a 'subject' column",
         )
     ]
 
@@ -326,7 +326,7 @@ def _feature_problems(
                     "no numeric feature columns besides the id, site, target and confounds; "
                     + _columns_are(df),
                     file=path,
-                    hint="pick feature columns with --features REGEX",
+                    hint="pick feature columns with a regex, data.features=REGEX",
                 )
             ]
         return columns, []
@@ -335,7 +335,7 @@ def _feature_problems(
     except re.error as err:
         return [], [
             Problem(
-                f"--features '{regex}' is not a valid regular expression: {err}",
+                f"data.features '{regex}' is not a valid regular expression: {err}",
                 file=path,
                 hint="escape special characters with a backslash, e.g. '^lh_.*\\.thickness$'",
             )
@@ -344,7 +344,7 @@ def _feature_problems(
     if not columns:
         return [], [
             Problem(
-                f"--features '{regex}' matches no feature column; {_columns_are(df)}",
+                f"data.features '{regex}' matches no feature column; {_columns_are(df)}",
                 file=path,
                 hint="the regex is searched in each column name, e.g. '^lh_' selects "
                 "columns starting with lh_ (the id, site, target and confounds never count)",
@@ -363,7 +363,7 @@ def _feature_problems(
                     row=first + 1,
                     column=str(col),
                     hint="use '.' as the decimal point and leave missing values empty, or "
-                    "narrow --features so that it leaves this column out",
+                    "narrow data.features so that it leaves this column out",
                 )
             )
     if len(problems) > MAX_ROW_PROBLEMS:
@@ -425,7 +425,7 @@ def _one_class_problem(values: pd.Series, path: str | Path, target: str) -> list
             "is nothing to tell apart",
             file=path,
             column=target,
-            hint="use data with at least two classes, or --task regression for a number",
+            hint="use data with at least two classes, or data.task=regression for a number",
         )
     ]
 
@@ -445,14 +445,14 @@ def _target_problems(
                 f"target '{target}' is empty in every row; there is nothing to train on",
                 file=path,
                 column=target,
-                hint="fill in the target, or name another column with --target",
+                hint="fill in the target, or name another column with data.target",
             )
         ]
     if task == "classification":
         return _one_class_problem(values, path, target) if training else []
     hint = (
         "write a number ('.' as the decimal point), or leave the cell empty if unknown; for "
-        "labels such as sex or diagnosis pass --task classification"
+        "labels such as sex or diagnosis set data.task=classification"
     )
     bad = _non_numeric(values)
     problems = [
@@ -495,8 +495,8 @@ def _range_problems(
         outside = finite & ((numbers < low) | (numbers > high))
         hint = (
             f"correct the value (is it in another unit?), or if such values are right set the "
-            f"range, e.g. --set data.target_range=[{_fmt_number(low)},{_fmt_number(high * 10)}]"
-            ", or allow any value with --set data.target_range=null"
+            f"range, e.g. data.target_range=[{_fmt_number(low)},{_fmt_number(high * 10)}]"
+            ", or allow any value with data.target_range=null"
         )
         found = [
             Problem(
@@ -534,7 +534,7 @@ def _range_problems(
                 "there is nothing to learn",
                 file=path,
                 column=target,
-                hint="name another column with --target, or check that the column was "
+                hint="name another column with data.target, or check that the column was "
                 "exported with its values",
             )
         ]
@@ -553,13 +553,13 @@ def _feature_value_problems(
                 "feature column is empty in every row",
                 file=path,
                 column=features[j],
-                hint="drop it from --features or fill it in",
+                hint="leave it out of data.features or fill it in",
             )
         )
     keep = ~all_empty
     kept = [f for f, k in zip(features, keep, strict=True) if k]
     bad = ~np.isfinite(values[:, keep])
-    hint = "fill in the values or drop the row (or leave the column out of --features)"
+    hint = "fill in the values or drop the row (or leave the column out of data.features)"
     row_problems = []
     kept_values = values[:, keep]
     for i in np.flatnonzero(bad.any(axis=1)):
@@ -706,11 +706,11 @@ def _site_problems(
 def _confound_problems(df: pd.DataFrame, path: str | Path, spec: TableSpec) -> list[Problem]:
     problems: list[Problem] = []
     seen: set[str] = set()
-    for name in spec.confounds:
+    for index, name in enumerate(spec.confounds):
         if name in seen:
             problems.append(
                 Problem(
-                    f"--unlearn names '{name}' twice",
+                    f"the confound list names '{name}' twice",
                     file=path,
                     column=name,
                     hint="give each confound once",
@@ -721,11 +721,11 @@ def _confound_problems(df: pd.DataFrame, path: str | Path, spec: TableSpec) -> l
         if spec.target is not None and name == spec.target:
             problems.append(
                 Problem(
-                    f"--unlearn names the target column '{name}'; a model cannot predict "
+                    f"the confound list names the target column '{name}'; a model cannot predict "
                     "what it unlearns",
                     file=path,
                     column=name,
-                    hint=f"remove --unlearn {name} or choose another --target",
+                    hint=f"remove '{name}' from the confounds or choose another data.target",
                 )
             )
             continue
@@ -734,7 +734,12 @@ def _confound_problems(df: pd.DataFrame, path: str | Path, spec: TableSpec) -> l
                 continue  # already reported as the missing site column
             problems.append(
                 missing_column_problem(
-                    df, path, name, "--unlearn", "check the spelling (names are case-sensitive)"
+                    df,
+                    path,
+                    name,
+                    f"confounds.{index}.name",
+                    "check the spelling (names are case-sensitive), or set "
+                    f"confounds.{index}.name to the confound's column",
                 )
             )
             continue
@@ -742,7 +747,7 @@ def _confound_problems(df: pd.DataFrame, path: str | Path, spec: TableSpec) -> l
             hint = f"fill in '{name}' or drop the row"
             problems += _empty_cells(df, name, path, f"confound '{name}'", hint)
         if spec.confound_kinds.get(name) == "continuous":
-            numeric = _continuous_problems(df, path, name)
+            numeric = _continuous_problems(df, path, name, index)
             if numeric:
                 problems += numeric
                 continue
@@ -757,7 +762,7 @@ def _confound_problems(df: pd.DataFrame, path: str | Path, spec: TableSpec) -> l
                     "every row; a model cannot predict what it unlearns",
                     file=path,
                     column=name,
-                    hint=f"remove --unlearn {name} or choose another --target",
+                    hint=f"remove '{name}' from the confounds or choose another data.target",
                 )
             )
             continue
@@ -765,12 +770,13 @@ def _confound_problems(df: pd.DataFrame, path: str | Path, spec: TableSpec) -> l
         if len(levels) < 2:
             problems.append(
                 Problem(
-                    f"--unlearn names column '{name}', which has only one value "
+                    f"the confound list names column '{name}', which has only one value "
                     f"({preview_list([repr(v) for v in levels]) or 'none'}); there is nothing "
                     "to unlearn",
                     file=path,
                     column=name,
-                    hint=f"remove --unlearn {name}, or use data with more than one level",
+                    hint=f"remove '{name}' from the confounds, or use data with more than one "
+                    "level",
                 )
             )
             continue
@@ -786,7 +792,7 @@ def _confound_problems(df: pd.DataFrame, path: str | Path, spec: TableSpec) -> l
                     f"a subset is given for '{name}', which is not a confound being unlearned",
                     file=path,
                     column=name,
-                    hint=f"add --unlearn {name} or remove its subset",
+                    hint=f"add '{name}' to the confounds or remove its subset",
                 )
             )
     return problems
@@ -800,11 +806,14 @@ def _same_values(a: pd.Series, b: pd.Series) -> bool:
     return bool((a[both].astype(str) == b[both].astype(str)).all())
 
 
-def _continuous_problems(df: pd.DataFrame, path: str | Path, name: str) -> list[Problem]:
+def _continuous_problems(
+    df: pd.DataFrame, path: str | Path, name: str, index: int
+) -> list[Problem]:
+    """``index``: the confound's position in ``confounds``, to name its settings."""
     values = df[name]
     hint = (
         f"write a number in every '{name}' cell ('.' as the decimal point), or unlearn it as "
-        f"classes with --unlearn {name}:categorical"
+        f"classes with confounds.{index}.kind=categorical"
     )
     problems = [
         Problem(
@@ -828,8 +837,7 @@ def _conditional_problems(path: str | Path, name: str, spec: TableSpec) -> list[
                 "continuous and no number of target bins is given",
                 file=path,
                 column=name,
-                hint=f"give the bins, e.g. --unlearn {name}:conditional:target_bins=5 or "
-                f"--set confounds.{index}.target_bins=5",
+                hint=f"give the bins, e.g. confounds.{index}.target_bins=5",
             )
         ]
     return []
@@ -845,7 +853,7 @@ def _unlabelled_site_problems(
     known = sorted(sites.unique().tolist())
     problems = [
         Problem(
-            f"--unlabelled-site names site {name!r}, which is not in column '{site}'; sites "
+            f"data.unlabelled_sites names site {name!r}, which is not in column '{site}'; sites "
             f"are: {preview_list(known)}",
             file=path,
             column=site,
@@ -864,7 +872,7 @@ def _unlabelled_site_problems(
                     f"({', '.join(spec.unlabelled_sites)}); there is nothing to train on",
                     file=path,
                     column=target,
-                    hint="leave at least one labelled site out of --unlabelled-site",
+                    hint="leave at least one labelled site out of data.unlabelled_sites",
                 )
             )
     return problems
@@ -900,7 +908,7 @@ def _encoded_confounds(
                     f"hands '{name}' to the model directly and unlearning cannot remove it",
                     file=path,
                     column=str(col),
-                    hint=f"leave '{col}' out of --features",
+                    hint=f"leave '{col}' out of data.features",
                 )
             )
     return problems
@@ -973,7 +981,12 @@ def find_problems(
         if target not in df.columns:
             problems.append(
                 missing_column_problem(
-                    df, path, target, "--target", "check the spelling (names are case-sensitive)"
+                    df,
+                    path,
+                    target,
+                    "data.target",
+                    "check the spelling (names are case-sensitive), or set data.target to the "
+                    "column to predict",
                 )
             )
             target = None
@@ -988,7 +1001,7 @@ def find_problems(
                 file=path,
                 column=site,
                 hint=_did_you_mean(site, df) + "set data.site_column to the column naming "
-                "each scan's site, e.g. --set data.site_column=scanner",
+                "each scan's site, e.g. data.site_column=scanner",
             )
         )
         site = None
@@ -1069,7 +1082,7 @@ def check_new_data(
         df: the new manifest.
         path: its path, for messages.
         feature_columns: the training feature columns (from the run directory).
-        regex: the training ``--features`` regex, or ``None``.
+        regex: the training ``data.features`` regex, or ``None``.
         exclude: columns that were never features (id, site, target, confounds at training).
 
     Raises:
@@ -1084,7 +1097,7 @@ def check_new_data(
             pattern = re.compile(regex)
         except re.error as err:
             raise InputError(
-                f"the training --features '{regex}' is not a valid regular expression: {err}",
+                f"the training data.features '{regex}' is not a valid regular expression: {err}",
                 file=path,
             ) from None
         skip = set(exclude) | set(expected)
@@ -1097,7 +1110,7 @@ def check_new_data(
         parts.append(f"{len(missing)} training feature column(s) missing: {preview_list(missing)}")
     if extra:
         parts.append(
-            f"{len(extra)} column(s) match --features '{regex}' but were not trained on: "
+            f"{len(extra)} column(s) match data.features '{regex}' but were not trained on: "
             f"{preview_list(extra)}"
         )
     raise InputError(

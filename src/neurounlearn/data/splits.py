@@ -88,7 +88,7 @@ def make_splits(
         InputError: a negative seed, or an empty id or site (run the manifest check first).
     """
     if seed < 0:
-        raise InputError(f"the seed must be 0 or more, got {seed}", hint="e.g. --seed 0")
+        raise InputError(f"the seed must be 0 or more, got {seed}", hint="e.g. train.seed=0")
     assignment: dict[object, str] = {}
     for site, ids in _site_ids(df, id_column, site_column).items():
         order = _site_rng(seed, site).permutation(len(ids))
@@ -177,18 +177,18 @@ def kfold_splits(
         [4, 4]
     """
     if seed < 0:
-        raise InputError(f"the seed must be 0 or more, got {seed}", hint="e.g. --seed 0")
+        raise InputError(f"the seed must be 0 or more, got {seed}", hint="e.g. train.seed=0")
     if folds < 2:
-        raise InputError(f"--folds must be 2 or more, got {folds}", hint="e.g. --folds 5")
+        raise InputError(f"the number of folds must be 2 or more, got {folds}", hint="e.g. 5 folds")
     by_site = _site_ids(df, id_column, site_column)
     small = {site: len(ids) for site, ids in by_site.items() if len(ids) < folds}
     if small:
         site, n = min(small.items(), key=lambda kv: kv[1])
         raise InputError(
-            f"--folds {folds} is larger than site '{site}', which has {n} subject(s): "
+            f"{folds} folds are more than site '{site}' holds: it has {n} subject(s), and "
             "every fold needs a test subject of every site",
             column=site_column,
-            hint=f"use --folds {max(2, n)} or fewer, or drop or merge the smallest site(s)",
+            hint=f"use {max(2, n)} folds or fewer, or drop or merge the smallest site(s)",
         )
     fold_of: dict[object, int] = {}
     order_of: dict[object, list[object]] = {}

@@ -135,7 +135,7 @@ def parse_arms(text: str | Sequence[str], *, erase_during: bool = False) -> list
     items = text.split(",") if isinstance(text, str) else list(text)
     arms = [a.strip() for a in items if a.strip()]
     if not arms:
-        raise InputError("--arms is empty", hint=f"e.g. --arms {','.join(DEFAULT_ARMS)}")
+        raise InputError("no arms given", hint=f"e.g. the default arms {','.join(DEFAULT_ARMS)}")
     unknown = [a for a in arms if a not in ARM_NAMES]
     if unknown:
         raise InputError(
@@ -164,13 +164,13 @@ def check_arms(cfg: RunConfig, arms: Sequence[str], *, external: str | None) -> 
             )
     if external is not None and external not in EXTERNAL_VIEWS:
         raise InputError(
-            f"unknown --external '{external}'", hint=f"use {' or '.join(EXTERNAL_VIEWS)}"
+            f"unknown external view '{external}'", hint=f"use {' or '.join(EXTERNAL_VIEWS)}"
         )
     unlearning = [a for a in arms if a in MODEL_ARMS and a != "baseline"]
     if unlearning and not cfg.confounds:
         raise InputError(
             f"arm(s) {', '.join(unlearning)} need something to unlearn",
-            hint="pass --unlearn COLUMN (e.g. --unlearn site)",
+            hint="give a confound to unlearn (e.g. confounds.0.name=site)",
         )
 
 
@@ -193,19 +193,20 @@ def check_data(
             + (f" ({sites[0]})" if len(sites) else ""),
             file=path,
             column=site,
-            hint="site harmonisation needs several sites; check --set data.site_column",
+            hint="site harmonisation needs several sites; name the site column with "
+            "data.site_column=COLUMN",
         )
     if folds < 2:
-        raise InputError(f"--folds must be 2 or more, got {folds}", hint="e.g. --folds 5")
+        raise InputError(f"the number of folds must be 2 or more, got {folds}", hint="e.g. 5 folds")
     per_site = frame.groupby(frame[site].astype(str))[id_column].nunique()
     smallest = int(per_site.min())
     if folds > smallest:
         raise InputError(
-            f"--folds {folds} is larger than the smallest site: '{per_site.idxmin()}' has "
+            f"{folds} folds are more than the smallest site holds: '{per_site.idxmin()}' has "
             f"{smallest} subject(s), and every fold needs a test subject of every site",
             file=path,
             column=site,
-            hint=f"use --folds {max(2, smallest)} or fewer, or drop or merge the smallest site",
+            hint=f"use {max(2, smallest)} folds or fewer, or drop or merge the smallest site",
         )
     if any(a in ("combat", "combat-inference", *EMBEDDING_ARMS) for a in arms):
         combat_covariates(frame, combat, path=path)  # raises on a bad covariate
@@ -237,7 +238,7 @@ def combat_covariates(
                 file=path,
                 row=bad + 1,
                 column=name,
-                hint="ComBat-GAM fits a spline of it; drop it from --combat-smooth",
+                hint="ComBat-GAM fits a spline of it; drop it from the smooth terms",
             )
         levels = sorted(values.dropna().astype(str).unique())
         for level in levels[1:]:
@@ -247,9 +248,9 @@ def combat_covariates(
     unknown = [s for s in combat.smooth_terms if s not in combat.covariates]
     if unknown:
         raise InputError(
-            f"--combat-smooth {', '.join(unknown)}: a smooth term must also be a covariate",
-            hint="list it in --combat-covariates too, e.g. --combat-covariates age "
-            "--combat-smooth age",
+            f"smooth term(s) {', '.join(unknown)} not among the ComBat covariates: a smooth "
+            "term must also be a covariate",
+            hint="list it among the covariates too, e.g. covariates age with smooth term age",
         )
     return out
 
@@ -812,18 +813,18 @@ def compare(
         raise InputError(
             "the output directory already exists and is not empty",
             file=out,
-            hint="choose a new --out, or delete it",
+            hint="choose a new output directory, or delete it",
         )
     if any(a in ERASE_ARMS for a in arms) and not cfg.erase:
         from neurounlearn.config import EraseConfig
 
         cfg = cfg.model_copy(update={"erase": [EraseConfig(name=cfg.data.site_column)]})
     if cfg.data.path is None:
-        raise InputError("no data given", hint="pass --data MANIFEST.csv")
+        raise InputError("no data given", hint="give the manifest CSV as data.path")
     if cfg.data.task == "segmentation":
         raise InputError(
             "compare does not handle segmentation runs yet",
-            hint="fit each strategy with 'neurounlearn fit --task segmentation ...' and read "
+            hint="fit each strategy as a run of its own (data.task=segmentation) and read "
             "each run's metrics.json (Dice per class per site, leakage per attach point); "
             "benchmarks/segmentation.py compares them on fixed splits",
         )
@@ -849,7 +850,7 @@ def compare(
     n_jobs = jobs or default_jobs(cfg.data.input)
     if cfg.data.input == "image" and n_jobs > 1:
         # one 3D CNN uses every core (and the GPU); parallel fits would also race on the cache
-        echo(f"images train one at a time: --jobs {n_jobs} ignored")
+        echo(f"images train one at a time: {n_jobs} parallel jobs ignored")
         n_jobs = 1
     # one progress bar per fit when fits run one at a time; parallel fits print a line each
     cfg = cfg.model_copy(
@@ -970,8 +971,15 @@ def compare(
                 "external": s.external,
                 "seconds": s.seconds,
                 "notes": s.notes,
-                "first_fold_run": s.first_fold.run_dir if s.first_fold is not None else None,
-                "first_fold_embeddings": embedding_files.get(s.arm),
+            }
+            for s in summaries
+        },
+        # where the report finds each arm's fold-1 curves, configuration and embeddings
+        # (relative to this folder, so that it can be moved)
+        "first_fold": {
+            s.arm: {
+                "run": _relative(s.first_fold.run_dir, out) if s.first_fold is not None else None,
+                "embeddings": embedding_files.get(s.arm),
             }
             for s in summaries
         },
@@ -980,6 +988,16 @@ def compare(
     }
     write_json(result, out / COMPARISON_JSON)
     return result
+
+
+def _relative(path: str | None, out: Path) -> str | None:
+    """``path`` relative to ``out`` when it lies inside it (as is), else as given."""
+    if path is None:
+        return None
+    try:
+        return Path(path).resolve().relative_to(out.resolve()).as_posix()
+    except ValueError:
+        return path
 
 
 def _write_first_embeddings(out: Path, summaries: list[ArmSummary]) -> dict[str, str]:

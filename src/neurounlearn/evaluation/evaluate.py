@@ -128,17 +128,17 @@ def _unlabelled_block(
     sites = list(cfg.data.unlabelled_sites)
     if not sites and labels is not None:
         raise InputError(
-            "--labels gives targets for the sites that were unlabelled in training, but this "
-            "run has none (data.unlabelled_sites is empty)",
+            "the labels file gives targets for the sites that were unlabelled in training, "
+            "but this run has none (data.unlabelled_sites is empty)",
             file=labels,
-            hint="leave out --labels, or fit with --unlabelled-site SITE first",
+            hint="leave out the labels file, or first fit with a site in data.unlabelled_sites",
         )
     if not sites:
         return None
     block: dict[str, Any] = {"sites": sites, "test": None, "all_rows": None}
     if labels is None:
         block["note"] = (
-            "their targets were hidden from training; pass --labels FILE (subject id and "
+            "their targets were hidden from training; give a labels file (subject id and "
             "target) to evaluate them"
         )
         return block
@@ -192,9 +192,10 @@ def evaluate(
     run = load_run(run_dir)
     if labels is not None and data is not None:
         raise InputError(
-            "--labels applies to the run's own unlabelled sites, not to --data",
+            "a labels file applies to the run's own unlabelled sites, not to external test data",
             file=labels,
-            hint="give the targets in the --data manifest itself, or leave out --data",
+            hint="give the targets in the external test manifest itself, or leave out the "
+            "external test data",
         )
     if labels is not None and not Path(labels).is_file():
         raise InputError(
@@ -203,9 +204,9 @@ def evaluate(
     if run.encoding.task == "segmentation":
         if labels is not None:
             raise InputError(
-                "--labels is for regression and classification runs, not segmentation",
+                "a labels file is for regression and classification runs, not segmentation",
                 file=labels,
-                hint="leave out --labels",
+                hint="leave out the labels file",
             )
         return evaluate_segmentation(run, data)
     cfg, run_dir, encoding = run.config, run.run_dir, run.encoding
@@ -302,7 +303,7 @@ def evaluate(
             "external_mae": None,
             "score": None,
             "note": "external-site MAE (and so the score) needs models trained without each "
-            "site: run 'neurounlearn compare ... --external leave-one-site-out'",
+            "site: run a comparison with the leave-one-site-out external view",
         },
         **run_facts(run.info),
     }

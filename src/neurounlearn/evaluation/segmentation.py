@@ -64,7 +64,8 @@ def external_predictions(
             f"no row has a label map in column '{cfg.data.target}': there is nothing to score",
             file=path,
             column=cfg.data.target,
-            hint="evaluate --data needs label maps; use predict for volumes without them",
+            hint="external test data for evaluation needs label maps; predict volumes without "
+            "them instead",
         )
     pooled, dice = segmentation_outputs(
         run.model,  # type: ignore[arg-type]

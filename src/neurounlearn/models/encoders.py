@@ -25,7 +25,7 @@ from monai.networks.layers.factories import Act, Pool
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from neurounlearn.choices import CNNEncoderName
+from neurounlearn.choices import CNNEncoderName, check_choice
 
 #: Normalisation layers an encoder accepts, by name.
 NORMS = ("batch", "instance", "none")
@@ -65,8 +65,7 @@ def _check_dropout(dropout: float) -> None:
 
 def _norm_layer(norm: str) -> tuple[str, dict[str, bool]] | None:
     """MONAI's description of the normalisation ``norm`` names (``None``: no normalisation)."""
-    if norm not in NORMS:
-        raise ValueError(f"norm must be one of {', '.join(NORMS)}; got {norm!r}")
+    check_choice("norm", norm, NORMS)
     if norm == "none":
         return None
     # instance norm is affine-free by default in MONAI; give it the same learnable scale and
@@ -429,8 +428,7 @@ def build_encoder(
         >>> build_encoder("compact", input_shape=(16, 16, 16), embedding_dim=8).out_features
         8
     """
-    if name not in CNN_ENCODERS:
-        raise ValueError(f"unknown encoder {name!r}; choose one of: {', '.join(CNN_ENCODERS)}")
+    check_choice("encoder", name, CNN_ENCODERS)
     if len(input_shape) not in (2, 3):
         raise ValueError(f"input_shape must have 2 or 3 spatial sizes, got {tuple(input_shape)!r}")
     if strides is not None and name != "compact":

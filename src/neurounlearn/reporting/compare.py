@@ -47,7 +47,12 @@ class ArmRecord:
     first_fold_embeddings: str | None = None
 
     @classmethod
-    def from_dict(cls, arm: str, entry: dict[str, Any]) -> ArmRecord:
+    def from_dict(
+        cls, arm: str, entry: dict[str, Any], first_fold: dict[str, Any] | None = None
+    ) -> ArmRecord:
+        """An arm's ``summaries`` entry, with its ``first_fold`` pointers (paths relative to
+        the comparison's folder)."""
+        first_fold = first_fold or {}
         return cls(
             arm=arm,
             task=entry.get("task"),
@@ -56,8 +61,8 @@ class ArmRecord:
             external=entry.get("external") or {},
             seconds=float(entry.get("seconds") or 0.0),
             notes=list(entry.get("notes") or []),
-            first_fold_run=entry.get("first_fold_run"),
-            first_fold_embeddings=entry.get("first_fold_embeddings"),
+            first_fold_run=first_fold.get("run"),
+            first_fold_embeddings=first_fold.get("embeddings"),
         )
 
     @property
@@ -104,7 +109,7 @@ def load_comparison(out: str | Path) -> Comparison:
     """Read a ``compare`` output directory; a clear error when it holds no finished one."""
     out = Path(out)
     path = out / COMPARISON_JSON
-    hint = "give the --out directory of a finished 'neurounlearn compare'"
+    hint = "give the output directory of a finished comparison"
     try:
         result = json.loads(path.read_text())
     except FileNotFoundError:
@@ -116,14 +121,15 @@ def load_comparison(out: str | Path) -> Comparison:
         raise InputError(
             f"is not a comparison this package wrote (no {', '.join(missing)})",
             file=path,
-            hint="rerun 'neurounlearn compare'",
+            hint="rerun the comparison",
         )
     id_column = result.get("id_column") or "subject"
     target, site = result["target"], result["site_column"]
     oof_path = out / OOF_PREDICTIONS
     classification = result["task"] == "classification"
     text = {id_column: str, site: str} | ({target: object} if classification else {})
-    arms = [ArmRecord.from_dict(a, e) for a, e in result["summaries"].items()]
+    first_fold = result.get("first_fold") or {}
+    arms = [ArmRecord.from_dict(a, e, first_fold.get(a)) for a, e in result["summaries"].items()]
     try:
         oof = pd.read_csv(
             oof_path,
@@ -316,7 +322,7 @@ def _arm(c: Comparison, s: ArmRecord) -> ReportArm:
         predictions = pd.DataFrame({"site": sites[have], "y_true": y_true, "y_pred": y_pred})
     history = config_text = None
     if s.first_fold_run is not None:
-        run_dir = Path(s.first_fold_run)
+        run_dir = c.out / s.first_fold_run
         if (run_dir / HISTORY).is_file():
             history = pd.read_csv(run_dir / HISTORY)
         if (run_dir / CONFIG).is_file():

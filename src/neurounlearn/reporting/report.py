@@ -36,7 +36,7 @@ from matplotlib.figure import Figure
 import neurounlearn.reporting.figures as figures
 from neurounlearn.atomic import write_text
 from neurounlearn.errors import InputError
-from neurounlearn.formatting import fmt_number, is_missing
+from neurounlearn.formatting import as_number, fmt_number, is_missing
 from neurounlearn.reporting.arms import ReportArm
 from neurounlearn.results import (
     R2_DECODABLE,
@@ -89,11 +89,6 @@ def format_value(value: Any) -> str:
         size = abs(v)
         return f"{v:.1f}" if size >= 100 else f"{v:.2f}" if size >= 1 else f"{v:.3f}"
     return str(value)
-
-
-def _number(value: Any) -> float | None:
-    """``value`` as a float, or ``None`` when it is missing."""
-    return None if is_missing(value) else float(value)
 
 
 def _ci_text(ci: Sequence[Any] | None) -> str:
@@ -341,7 +336,7 @@ def _tiny_sites(arms: Sequence[ReportArm], min_site_n: int) -> list[str]:
     smallest: dict[str, int] = {}
     for arm in arms:
         for site, block in TaskResult.from_dict(arm.task).per_site.items():
-            n = _number((block or {}).get("n"))
+            n = as_number((block or {}).get("n"))
             if n is not None:
                 smallest[str(site)] = min(int(n), smallest.get(str(site), int(n)))
     out = []

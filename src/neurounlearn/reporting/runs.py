@@ -34,8 +34,8 @@ from neurounlearn.rundir import (
 )
 
 FINISH_HINT = (
-    "give the --out directory of a finished 'neurounlearn fit' (or finish it with "
-    "'neurounlearn fit --resume --out DIR')"
+    "give the directory of a finished run (or finish an interrupted one by resuming it: fit "
+    "with resume=True, or --resume)"
 )
 
 
@@ -51,7 +51,7 @@ def arm_from_run(run_dir: str | Path, *, name: str | None = None) -> ReportArm:
     """Read a finished, evaluated run directory into a :class:`ReportArm`.
 
     Args:
-        run_dir: the ``--out`` directory of a finished ``neurounlearn fit``.
+        run_dir: the directory of a finished run (what ``fit`` wrote).
         name: the arm's name; default: the directory's name.
 
     Returns:
@@ -110,7 +110,7 @@ def render_runs(
                 "the report does not show segmentation runs yet",
                 file=run_dir,
                 hint="read the run's metrics.json (Dice per class per site, leakage per attach "
-                "point), or 'neurounlearn evaluate RUN' for a summary",
+                "point), or evaluate the run for a summary",
             )
     targets = [_setting(cfg, "data", "target", "age") for cfg in configs]
     for run_dir, target in zip(dirs, targets, strict=True):
@@ -219,7 +219,7 @@ def _require(frame: pd.DataFrame, columns: Sequence[str], path: Path) -> None:
             f"lacks column(s) {missing}",
             file=path,
             column=missing[0],
-            hint="the file is not the one 'neurounlearn fit' wrote; refit the run",
+            hint="the file is not the one fit wrote; refit the run",
         )
 
 
@@ -237,8 +237,7 @@ def _load_run(run_dir: Path, name: str | None) -> _Run:
         raise InputError(
             f"the run has no {METRICS} yet: the report shows stored results only",
             file=files.metrics,
-            hint=f"run 'neurounlearn evaluate {run_dir}' first (the 'neurounlearn report' "
-            "command does it for you)",
+            hint=f"evaluate {run_dir} first (the report command does it for you)",
         )
     metrics = _read_json(files.metrics)
     task = metrics.get("task")
@@ -277,7 +276,7 @@ def _load_run(run_dir: Path, name: str | None) -> _Run:
         raise InputError(
             "has no embedding columns (e0, e1, ...)",
             file=emb_path,
-            hint="the file is not the one 'neurounlearn fit' wrote; refit the run",
+            hint="the file is not the one fit wrote; refit the run",
         )
     if len(emb) != len(preds) or (
         id_column in emb

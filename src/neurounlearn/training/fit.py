@@ -31,17 +31,7 @@ from neurounlearn.erasure import check_erase, erase_kinds
 from neurounlearn.errors import InputError, Problem
 from neurounlearn.models.segmentation import SegmentationModel
 from neurounlearn.registry import build_model, build_strategy
-from neurounlearn.rundir import (
-    CHECKPOINT,
-    CONFIG,
-    EMBEDDINGS,
-    HISTORY,
-    LAST_CHECKPOINT,
-    MODEL_FILE,
-    PREDICTIONS,
-    RUN_INFO,
-    SPLITS,
-)
+from neurounlearn.rundir import CHECKPOINT_DIR, LAST_CHECKPOINT, RunFiles
 from neurounlearn.training.batchnorm import recompute_batchnorm
 from neurounlearn.training.checkpoints import AtomicCheckpointIO, ExactResume, read_weights
 from neurounlearn.training.datamodule import SplitDataModule
@@ -58,7 +48,6 @@ from neurounlearn.training.tasks import Task, task_of
 if TYPE_CHECKING:
     from neurounlearn.models.unlearning import UnlearningModel
 
-CHECKPOINT_DIR = "checkpoints"
 
 __all__ = [
     "Prepared",
@@ -114,7 +103,7 @@ def _check_encoding(cfg: RunConfig, encoding: TableEncoding) -> None:
             column=cfg.data.target,
             hint="use data with at least two classes (with targets) in the training rows",
         )
-    for c in cfg.confounds:
+    for i, c in enumerate(cfg.confounds):
         method = encoding.method(c.name)
         where = f" within subset '{c.subset}'" if c.subset else ""
         if method == "binned" and len(encoding.confound_levels[c.name]) < 2:
@@ -139,7 +128,8 @@ def _check_encoding(cfg: RunConfig, encoding: TableEncoding) -> None:
                 "fewer than 2 distinct bins",
                 column=cfg.data.target,
                 file=cfg.data.path,
-                hint="check the target column, or drop ':conditional'",
+                hint="check the target column, or unlearn it without target conditioning "
+                f"(confounds.{i}.conditional=false)",
             )
 
 
@@ -331,23 +321,25 @@ def prepare(
     trains with; writes nothing (an image run's preprocessing cache aside, which is its own
     folder). Arguments as :func:`fit`."""
     out = Path(out)
+    files = RunFiles(out)
     ckpt_path: Path | None = None
     checkpoint: dict[str, Any] = {}
     check_out(out, folder=True)
     if resume:
-        ckpt_path = out / CHECKPOINT_DIR / LAST_CHECKPOINT
+        ckpt_path = files.last_checkpoint
         if not ckpt_path.is_file():
             raise InputError(
                 f"nothing to resume: no {CHECKPOINT_DIR}/{LAST_CHECKPOINT}",
                 file=out,
-                hint="start the run without --resume",
+                hint="start the run afresh (without resuming)",
             )
         checkpoint = read_checkpoint(ckpt_path)
     elif out.exists() and any(out.iterdir()):
         raise InputError(
             "the run directory already exists and is not empty",
             file=out,
-            hint="choose a new --out, delete it, or pass --resume to continue an interrupted run",
+            hint="choose a new run directory, delete it, or resume it to continue an interrupted "
+            "run (fit with resume=True, or --resume)",
         )
     if cfg.data.path is None:
         raise InputError("no data given", hint="give the manifest CSV as data.path")
@@ -364,13 +356,13 @@ def prepare(
     if cfg.data.task == "auto":
         echo(
             f"task: {inputs.task} (inferred: '{cfg.data.target}' {inputs.task_reason}; "
-            "--task sets it)"
+            "data.task sets it)"
         )
     cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"task": inputs.task})})
     task = task_of(inputs.task)
     t = cfg.train
-    if resume and (out / SPLITS).is_file():  # keep the interrupted run's split
-        row_split = stored_split(out / SPLITS, frame, id_column)
+    if resume and files.splits.is_file():  # keep the interrupted run's split
+        row_split = stored_split(files.splits, frame, id_column)
     elif split is not None:
         given = np.asarray(split, dtype=object)
         if len(given) != len(frame) or not set(given.tolist()) <= {"train", "val", "test"}:
@@ -502,8 +494,8 @@ def prepare(
         cfg,
         callbacks=[
             ModelCheckpoint(
-                dirpath=out / CHECKPOINT_DIR,
-                filename="last",
+                dirpath=files.checkpoints,
+                filename=Path(LAST_CHECKPOINT).stem,  # Lightning adds the suffix
                 monitor=None,
                 save_top_k=1,
                 every_n_epochs=1,
@@ -514,7 +506,7 @@ def prepare(
                 if stopping
                 else []
             ),
-            HistoryWriter(out / HISTORY, strategy),
+            HistoryWriter(files.history, strategy),
             *([refresh] if refresh is not None else []),
             ExactResume(
                 {
@@ -553,14 +545,14 @@ def prepare(
 
 def write_start(run: Prepared) -> None:
     """``config.yaml`` and ``splits.csv``: what the run was started with (kept on resume)."""
-    cfg, out = run.cfg, run.out
+    cfg, files = run.cfg, RunFiles(run.out)
     config_text = cfg.to_yaml()
-    config_file = out / CONFIG
+    config_file = files.config
     if not config_file.is_file() or config_file.read_text() != config_text:
         write_text(config_text, config_file)
-    if not (run.resume and (out / SPLITS).is_file()):
+    if not (run.resume and files.splits.is_file()):
         frame, id_column = run.inputs.frame, run.inputs.id_column
-        write_csv(splits_frame(frame, run.row_split, id_column, cfg.data.site_column), out / SPLITS)
+        write_csv(splits_frame(frame, run.row_split, id_column, cfg.data.site_column), files.splits)
 
 
 def train(run: Prepared) -> Trained:
@@ -638,9 +630,10 @@ def make_trainer(
 
 
 def write_outputs(run: Prepared, trained: Trained) -> Path:
-    """The finished run's files: ``model.pt``, ``checkpoint.ckpt``, ``predictions.csv``,
+    """The finished run's files: ``model.pt``, ``model.ckpt``, ``predictions.csv``,
     ``embeddings.csv`` and ``run.json`` (a diverged run writes none of them)."""
-    cfg, out, model, encoding, rows = run.cfg, run.out, run.model, run.encoding, run.rows
+    cfg, model, encoding, rows = run.cfg, run.model, run.encoding, run.rows
+    files = RunFiles(run.out)
     frame, id_column = run.inputs.frame, run.inputs.id_column
     model.cpu()
     set_memory_format(model, channels_last=False)
@@ -670,11 +663,11 @@ def write_outputs(run: Prepared, trained: Trained) -> Path:
         callbacks=getattr(run.trainer, "callbacks", []),  # Lightning sets it at run time
     )
     check_finite(outputs.embeddings, outputs.predictions, cfg, trained.epochs_run)
-    save_model(out / MODEL_FILE, model, cfg, encoding, input_shape=rows.input_shape)
-    with atomic_path(out / CHECKPOINT) as tmp:
-        shutil.copyfile(out / CHECKPOINT_DIR / LAST_CHECKPOINT, tmp)
-    write_csv(outputs.predictions, out / PREDICTIONS)
-    write_csv(outputs.embeddings, out / EMBEDDINGS)
+    save_model(files.model, model, cfg, encoding, input_shape=rows.input_shape)
+    with atomic_path(files.checkpoint) as tmp:
+        shutil.copyfile(files.last_checkpoint, tmp)
+    write_csv(outputs.predictions, files.predictions)
+    write_csv(outputs.embeddings, files.embeddings)
     seconds = trained.fit_seconds
     write_json(
         {
@@ -700,6 +693,6 @@ def write_outputs(run: Prepared, trained: Trained) -> Path:
             "warnings": [str(w) for w in run.warnings],
             "versions": versions(),
         },
-        out / RUN_INFO,
+        files.info,
     )
-    return out
+    return run.out

@@ -87,7 +87,7 @@ def _new_rows(
             f"trained on {run.info.get('input_shape')}",
             file=data,
             column=run.config.data.image_column,
-            hint="train with data.shape set (e.g. --set data.shape=48) so that every volume is "
+            hint="train with data.shape set (e.g. data.shape=48) so that every volume is "
             "resized to one shape",
         )
     return inputs, rows

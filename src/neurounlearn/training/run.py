@@ -74,14 +74,14 @@ def load_run(run_dir: str | Path) -> LoadedRun:
         raise InputError(
             "run directory not found",
             file=run_dir,
-            hint="give the --out directory of a finished 'neurounlearn fit'",
+            hint="give the directory of a finished run (what fit wrote)",
         )
     if not is_finished(run_dir):
         raise InputError(
             f"holds no finished run (no {MODEL_FILE} and {RUN_INFO})",
             file=run_dir,
-            hint="run 'neurounlearn fit ... --out DIR' to the end first, or "
-            "'neurounlearn fit --resume --out DIR' to finish an interrupted run",
+            hint="let fit run to the end first, or finish an interrupted run by resuming it "
+            "(fit with resume=True, or --resume)",
         )
     model_file = run_dir / MODEL_FILE
     refit = "the file is damaged, incomplete or not one this package wrote; refit"

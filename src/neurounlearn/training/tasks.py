@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from neurounlearn.choices import check_choice
 from neurounlearn.config import RunConfig
 from neurounlearn.data.tabular import TableEncoding
 from neurounlearn.models.segmentation import SegmentationModel
@@ -191,7 +192,5 @@ TASKS: dict[str, Task] = {
 
 def task_of(name: str) -> Task:
     """The task of a resolved ``data.task`` (not ``auto``)."""
-    try:
-        return TASKS[name]
-    except KeyError:
-        raise ValueError(f"unknown task {name!r}; choose one of: {', '.join(TASKS)}") from None
+    check_choice("task", name, TASKS)
+    return TASKS[name]

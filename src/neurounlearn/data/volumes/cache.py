@@ -44,7 +44,10 @@ _CHUNK = 1 << 22  # 4 MiB reads when hashing: large enough that hashlib releases
 
 _NO_CACHE = "missing"  # _why_stale's reason when there is simply no cache yet
 
-_CHECK_HINT = "neurounlearn check --data MANIFEST --input image lists every bad file at once"
+_CHECK_HINT = (
+    "checking the manifest first (neurounlearn.checks.check_manifest, or 'neurounlearn check') "
+    "lists every bad file at once"
+)
 
 
 def _file_hash(path: str | None) -> str | None:
@@ -415,7 +418,7 @@ def _cache_error(cache_dir: Path, err: OSError) -> InputError:
     return InputError(
         f"cannot write the image cache: {what}; nothing partial is kept",
         file=cache_dir,
-        hint="free space, or put the cache on another disk with --set data.cache_dir=DIR or "
+        hint="free space, or put the cache on another disk with data.cache_dir=DIR or "
         "NEUROUNLEARN_CACHE_DIR=DIR",
     )
 
@@ -526,7 +529,7 @@ def _fill(
                         file=plan.manifest,
                         row=row,
                         column=plan.columns.image,
-                        hint="resize every image to one shape with --set data.shape=48",
+                        hint="resize every image to one shape with data.shape=48",
                     )
                 stored = x.astype(dtype)
                 if not np.isfinite(stored).all():
@@ -536,7 +539,7 @@ def _fill(
                         file=plan.manifest,
                         row=row,
                         column=plan.columns.image,
-                        hint="normalise intensities (--set data.normalize=zscore)",
+                        hint="normalise intensities (data.normalize=zscore)",
                     )
                 assert images is not None
                 for i in targets[k]:

@@ -374,8 +374,8 @@ def find_volume_problems(
                     f"declared (0..{len(classes) - 1}: {', '.join(classes)})",
                     row,
                     col,
-                    "declare every class in data.classes (e.g. --classes "
-                    "background,CSF,GM,WM), or fix the label map",
+                    "declare every class, background first (e.g. "
+                    "data.classes=[background,CSF,GM,WM]), or fix the label map",
                 )
 
     if stats is not None:
@@ -395,7 +395,7 @@ def find_volume_problems(
                     "without data.shape all images must have one shape",
                     row,
                     columns.image,
-                    "resize every image to one shape with --set data.shape=48 (a cube) or "
+                    "resize every image to one shape with data.shape=48 (a cube) or "
                     "data.shape=[D,H,W]",
                 )
     return problems + report.problems()

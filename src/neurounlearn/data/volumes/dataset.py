@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from neurounlearn.choices import check_choice
 from neurounlearn.data.augment import AUGMENTATIONS, Augmentation, IntensityAugment
 from neurounlearn.data.datasets import confound_extras
 from neurounlearn.data.volumes.cache import VolumeCache, label_path_for
@@ -54,8 +55,7 @@ class CachedVolumes(Dataset):
         conditions: np.ndarray | None = None,
         augment: Augmentation = "none",
     ) -> None:
-        if augment not in AUGMENTATIONS:
-            raise ValueError(f"augment must be one of {AUGMENTATIONS}, got {augment!r}")
+        check_choice("augment", augment, AUGMENTATIONS)
         self.augment = augment
         self._augmenter: Any = None
         self.extra = confound_extras(values, conditions)

@@ -81,7 +81,7 @@ class PreprocessSettings:
                 raise InputError(
                     f"data.shape must be three positive voxel counts or one int, "
                     f"got {self.shape!r}",
-                    hint="e.g. --set data.shape=48 (a cube) or data.shape=[40,48,40]",
+                    hint="e.g. data.shape=48 (a cube) or data.shape=[40,48,40]",
                 )
         # Frozen dataclass: normalise in place once, so key() and equality see one spelling.
         object.__setattr__(self, "shape", shape)
@@ -99,7 +99,7 @@ class PreprocessSettings:
         if self.normalize not in NORMALIZE_CHOICES:
             raise InputError(
                 f"normalize must be one of {', '.join(NORMALIZE_CHOICES)}, got {self.normalize!r}",
-                hint="--set data.normalize=zscore",
+                hint="e.g. data.normalize=zscore",
             )
         if self.dtype not in DTYPE_CHOICES:
             raise InputError(
