@@ -439,7 +439,7 @@ def test_segmentation_needs_image_input(
         ["fit", "--data", write_manifest(), "--features", r"^f\d$", "--task", "segmentation",
          "--target", "age", "--unlearn", "site", "--out", out]
     )  # fmt: skip
-    assert_exit_2(result, out, "data.task=segmentation needs images", "--input image")
+    assert_exit_2(result, out, "--task segmentation needs images", "--input image")
 
 
 def test_check_accepts_rows_without_label_maps(own: Any) -> None:

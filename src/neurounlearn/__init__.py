@@ -6,7 +6,8 @@ The public pieces, importable from here::
                               GradientReversal, confusion_loss, squared_correlation,
                               simulate_cohort, simulate_table,
                               BaselineStrategy, IterativeStrategy, GRLStrategy,
-                              LeakageAudit, ComBatArm, ConceptEraser, RunConfig, fit, evaluate)
+                              LeakageAudit, ComBatArm, ConceptEraser, RunConfig, fit, evaluate,
+                              compare, render_comparison, LeakageResult, ProbeResult, TaskResult)
 
 They are imported on first use, so the command line starts quickly.
 """
@@ -48,6 +49,11 @@ _EXPORTS = {
     "fit": "neurounlearn.training.fit",
     "evaluate": "neurounlearn.evaluation.evaluate",
     "load_run": "neurounlearn.training.run",
+    "compare": "neurounlearn.evaluation.compare",
+    "render_comparison": "neurounlearn.reporting.compare",
+    "LeakageResult": "neurounlearn.results",
+    "ProbeResult": "neurounlearn.results",
+    "TaskResult": "neurounlearn.results",
 }
 
 __all__ = [
@@ -62,15 +68,19 @@ __all__ = [
     "InputError",
     "IterativeStrategy",
     "LeakageAudit",
+    "LeakageResult",
     "MLPEncoder",
     "PaperCNN3D",
+    "ProbeResult",
     "RunConfig",
     "Strategy",
+    "TaskResult",
     "UnlearningModel",
     "UnlearningSystem",
     "__version__",
     "adversary_loss",
     "build_encoder",
+    "compare",
     "confusion_loss",
     "evaluate",
     "fit",
@@ -78,6 +88,7 @@ __all__ = [
     "load_run",
     "masked_cross_entropy",
     "masked_regression_loss",
+    "render_comparison",
     "simulate_cohort",
     "simulate_table",
     "squared_correlation",
@@ -97,6 +108,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from neurounlearn.erasure import ConceptEraser
     from neurounlearn.errors import InputError
     from neurounlearn.evaluation.combat import ComBatArm
+    from neurounlearn.evaluation.compare import compare
     from neurounlearn.evaluation.evaluate import evaluate
     from neurounlearn.evaluation.leakage import LeakageAudit
     from neurounlearn.losses import (
@@ -109,6 +121,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from neurounlearn.models.encoders import SFCN3D, CompactCNN3D, PaperCNN3D, build_encoder
     from neurounlearn.models.grl import GradientReversal, ganin_lambda
     from neurounlearn.models.unlearning import ConfoundHead, MLPEncoder, UnlearningModel
+    from neurounlearn.reporting.compare import render_comparison
+    from neurounlearn.results import LeakageResult, ProbeResult, TaskResult
     from neurounlearn.training.fit import fit
     from neurounlearn.training.run import load_run
     from neurounlearn.training.strategies import (

@@ -80,7 +80,7 @@ COMMA_FLAGS = frozenset({"--classes", "--attach"})
 #: a configuration key in a hint (a whole one, not the start of a list entry such as
 #: ``data.classes.0``; not one already after ``--set``), and the value it is given
 _SETTING = re.compile(
-    r"(?<![\w.-])(?<!--set )"
+    r"(?<![\w.'\"-])(?<!--set )"  # not a quoted name: "invalid setting 'train.lr'" stays
     r"((?:data|model|strategy|train|audit|erasure|(?:confounds|erase)\.\d+)\.[a-z_]+)(?!\w|\.\w)"
     r"(?:=(\[[^\]]*\]|[^\s,;)]*[^\s,;).]))?"
 )
@@ -123,8 +123,17 @@ def say(message: str) -> None:
 
 
 def cli_problem(problem: Problem) -> Problem:
-    """``problem`` with its hint in the CLI's words (:func:`cli_hint`)."""
-    return dataclasses.replace(problem, hint=cli_hint(problem.hint)) if problem.hint else problem
+    """``problem`` with its message and hint in the CLI's words (:func:`cli_hint`).
+
+    Examples:
+        >>> str(cli_problem(Problem("data.target names column 'x'", hint="set data.target")))
+        "--target (data.target) names column 'x' — set --target (data.target)"
+    """
+    return dataclasses.replace(
+        problem,
+        message=cli_hint(problem.message),
+        hint=cli_hint(problem.hint) if problem.hint else problem.hint,
+    )
 
 
 def _friendly(fn: F) -> F:
