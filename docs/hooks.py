@@ -11,7 +11,11 @@ reads them at build time instead of keeping copies in ``docs/``:
 * ``on_page_markdown`` gives a page without a top-level heading a title, adds a line naming
   the source file, and rewrites relative links: a link to another results file or to a
   published asset is kept, a link to anything else (a script, a folder) becomes plain
-  text, so ``mkdocs build --strict`` never fails on a link in a results file.
+  text, so ``mkdocs build --strict`` never fails on a link in a results file;
+* in any page, a line ``<!-- results-table: NAME N -->`` becomes the N-th table of
+  ``benchmarks/results/NAME.md`` (from 1), and ``<!-- results-body: NAME -->`` that whole
+  file below its headings, so a page that discusses a benchmark shows its figures as the
+  script last wrote them, never a copy.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ TITLES = {
     "tabular_knobs": "Feature tables: knob readings",
 }
 
+_INCLUDE = re.compile(r"^<!-- results-(table|body): ([\w-]+)(?: (\d+))? -->[ \t]*$", re.MULTILINE)
 _LINK = re.compile(r"(!?)\[([^\]\n]*)\]\(([^)\s]+)\)")
 _CODE = re.compile(r"(`+)(?:.*?)\1", re.DOTALL)
 _FENCE = re.compile(r"^(```|~~~).*?^\1[ \t]*$", re.DOTALL | re.MULTILINE)
@@ -181,8 +186,58 @@ def on_files(files: Files, config: Any) -> Files:
     return files
 
 
+def markdown_tables(markdown: str) -> list[str]:
+    """The tables of a markdown text (runs of lines starting with ``|``), in order."""
+    tables: list[list[str]] = []
+    previous = False
+    for line in markdown.splitlines():
+        row = line.startswith("|")
+        if row and not previous:
+            tables.append([])
+        if row:
+            tables[-1].append(line)
+        previous = row
+    return ["\n".join(t) for t in tables]
+
+
+def results_body(markdown: str) -> str:
+    """A results file without its heading lines (the page that includes it has its own)."""
+    kept = [line for line in markdown.strip().splitlines() if not line.startswith("#")]
+    return "\n".join(kept).strip()
+
+
+def include_tables(markdown: str, where: str) -> str:
+    """Replace each ``<!-- results-table: NAME N -->`` line with that table and each
+    ``<!-- results-body: NAME -->`` line with that file's body."""
+
+    def include(match: re.Match[str]) -> str:
+        what, name = match.group(1), match.group(2)
+        source = RESULTS / f"{name}.md"
+        if not source.is_file():
+            log.warning("benchmarks: %s includes %s, which does not exist", where, source.name)
+            return match.group(0)
+        text = source.read_text(encoding="utf-8")
+        if what == "body":
+            return results_body(text)
+        found = markdown_tables(text)
+        index = int(match.group(3) or 0)
+        if not 1 <= index <= len(found):
+            log.warning(
+                "benchmarks: %s asks for table %d of %s, which has %d",
+                where,
+                index,
+                source.relative_to(ROOT),
+                len(found),
+            )
+            return match.group(0)
+        return found[index - 1]
+
+    return _INCLUDE.sub(include, markdown)
+
+
 def on_page_markdown(markdown: str, page: Any, config: Any, files: Files) -> str:
     uri = page.file.src_uri
+    markdown = include_tables(markdown, uri)
     if not uri.startswith(PREFIX) or posixpath.dirname(uri) != PREFIX.rstrip("/"):
         return markdown
     name = posixpath.splitext(posixpath.basename(uri))[0]

@@ -147,3 +147,33 @@ def test_hook_rewrites_links_that_would_break_the_build() -> None:
     assert "[script]" not in out and "script" in out
     assert "`[code](../x.py)`" in out
     assert "]\\(" in out  # a stray "](" is escaped, not read as a link
+
+
+def test_hook_includes_a_results_table_instead_of_a_copy(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    hooks = _load_hooks()
+    source = hooks.RESULTS / "tabular_openneuro.md"
+    first = hooks.markdown_tables(source.read_text(encoding="utf-8"))[0]
+    page = "Before.\n\n<!-- results-table: tabular_openneuro 1 -->\n\nAfter.\n"
+    out = hooks.include_tables(page, "page.md")
+    assert out == f"Before.\n\n{first}\n\nAfter.\n"
+    missing = "<!-- results-table: tabular_openneuro 99 -->"
+    with caplog.at_level("WARNING"):
+        assert hooks.include_tables(missing, "page.md") == missing  # strict builds fail on it
+    assert "table 99" in caplog.text
+
+
+def test_markdown_tables_splits_on_non_table_lines() -> None:
+    hooks = _load_hooks()
+    text = "| a |\n|---|\n| 1 |\ntext\n| b |\n|---|\n"
+    assert hooks.markdown_tables(text) == ["| a |\n|---|\n| 1 |", "| b |\n|---|"]
+
+
+def test_hook_includes_a_results_body_without_its_headings() -> None:
+    hooks = _load_hooks()
+    source = (hooks.RESULTS / "tabular_openneuro.md").read_text(encoding="utf-8")
+    out = hooks.include_tables("<!-- results-body: tabular_openneuro -->", "page.md")
+    assert not any(line.startswith("#") for line in out.splitlines())
+    assert hooks.markdown_tables(source)[0] in out
+    assert out.splitlines()[-1] == source.strip().splitlines()[-1]  # to the file's last line
