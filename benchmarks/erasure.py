@@ -21,6 +21,7 @@ table at the top says which targets are met.
 
     python benchmarks/erasure.py                   # 18-35, all-ages, sex, cost (~27 min)
     python benchmarks/erasure.py --update --variants "18-35 during"   # adds erasing during
+    python benchmarks/erasure.py --render          # re-render erasure.md from erasure.json
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from neurounlearn.data.bundled import OPENNEURO_FEATURES, openneuro_transfer
-from neurounlearn.formatting import fmt_number
+from neurounlearn.formatting import fmt_number, markdown_table
 from neurounlearn.results import LeakageResult
 from neurounlearn.rundir import read_info
 
@@ -220,48 +221,11 @@ def _le(value: float | None, bound: float) -> bool | None:
 DEFAULT_VARIANTS = ["18-35", "all-ages", "sex", "cost"]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--variants", nargs="+", default=DEFAULT_VARIANTS, choices=[*VARIANTS, "cost"]
-    )
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument(
-        "--update",
-        action="store_true",
-        help="keep the other variants of the stored erasure.json, replace those run now",
-    )
-    args = parser.parse_args()
-    stored = args.out / "erasure.json"
-    payload: dict[str, Any] = {"variants": {}}
-    if args.update and stored.is_file():
-        payload = json.loads(stored.read_text())
-    work = Path(tempfile.mkdtemp(prefix="nu_erasure_"))
-    try:
-        data = work / "openneuro_transfer.csv"
-        openneuro_transfer().to_csv(data, index=False)
-        for name in args.variants:
-            print(f"{name} ...", flush=True)
-            start = time.perf_counter()
-            if name == "cost":
-                payload["cost"] = cost(data, work)
-                payload["cost"]["wall_seconds"] = time.perf_counter() - start
-                print(json.dumps(payload["cost"], indent=2), flush=True)
-            else:
-                result = compare_variant(name, data, work)
-                payload["variants"][name] = result
-                print(result["comparison_md"], flush=True)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    order = [*VARIANTS]
-    payload["variants"] = {n: payload["variants"][n] for n in order if n in payload["variants"]}
+def render(payload: dict[str, Any]) -> str:
+    """``erasure.md`` from the stored ``erasure.json``."""
     walls = {n: v["wall_seconds"] for n, v in payload["variants"].items()}
     if "cost" in payload:
         walls["cost"] = payload["cost"].get("wall_seconds", 0.0)
-    payload.pop("wall_seconds", None)
-    payload["acceptance"] = acceptance(payload)
-    args.out.mkdir(parents=True, exist_ok=True)
-    stored.write_text(json.dumps(payload, indent=2, default=str) + "\n")
     default = sum(w for n, w in walls.items() if n in DEFAULT_VARIANTS)
     lines = [
         "# Concept erasure on the shipped table",
@@ -272,9 +236,7 @@ def main() -> None:
         "",
         "## Acceptance",
         "",
-        "| figure | measured | target | |",
-        "|---|---|---|---|",
-        *("| " + " | ".join(row) + " |" for row in payload["acceptance"]),
+        markdown_table(["figure", "measured", "target", "verdict"], payload["acceptance"]),
         "",
     ]
     for name, result in payload["variants"].items():
@@ -298,7 +260,53 @@ def main() -> None:
             "identically).",
             "",
         ]
-    (args.out / "erasure.md").write_text("\n".join(lines))
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--variants", nargs="+", default=DEFAULT_VARIANTS, choices=[*VARIANTS, "cost"]
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--update",
+        action="store_true",
+        help="keep the other variants of the stored erasure.json, replace those run now",
+    )
+    parser.add_argument("--render", action="store_true", help="re-render erasure.md from the JSON")
+    args = parser.parse_args()
+    stored = args.out / "erasure.json"
+    if args.render:
+        (args.out / "erasure.md").write_text(render(json.loads(stored.read_text())))
+        return
+    payload: dict[str, Any] = {"variants": {}}
+    if args.update and stored.is_file():
+        payload = json.loads(stored.read_text())
+    work = Path(tempfile.mkdtemp(prefix="nu_erasure_"))
+    try:
+        data = work / "openneuro_transfer.csv"
+        openneuro_transfer().to_csv(data, index=False)
+        for name in args.variants:
+            print(f"{name} ...", flush=True)
+            start = time.perf_counter()
+            if name == "cost":
+                payload["cost"] = cost(data, work)
+                payload["cost"]["wall_seconds"] = time.perf_counter() - start
+                print(json.dumps(payload["cost"], indent=2), flush=True)
+            else:
+                result = compare_variant(name, data, work)
+                payload["variants"][name] = result
+                print(result["comparison_md"], flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    order = [*VARIANTS]
+    payload["variants"] = {n: payload["variants"][n] for n in order if n in payload["variants"]}
+    payload.pop("wall_seconds", None)
+    payload["acceptance"] = acceptance(payload)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stored.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    (args.out / "erasure.md").write_text(render(payload))
     print(f"results in {args.out}/erasure.{{json,md}}")
 
 

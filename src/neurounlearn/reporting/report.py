@@ -36,7 +36,7 @@ from matplotlib.figure import Figure
 import neurounlearn.reporting.figures as figures
 from neurounlearn.atomic import write_text
 from neurounlearn.errors import InputError
-from neurounlearn.formatting import as_number, fmt_number, is_missing
+from neurounlearn.formatting import DASH, as_number, fmt_number, is_missing
 from neurounlearn.reporting.arms import ReportArm
 from neurounlearn.results import (
     R2_DECODABLE,
@@ -70,14 +70,15 @@ BACC_RATIO = 0.9
 
 
 def format_value(value: Any) -> str:
-    """A table cell as text: 2–3 decimals for floats, ``"—"`` for a missing value.
+    """A table cell as text: :func:`~neurounlearn.formatting.fmt_number` with 1–3 decimals by
+    the float's size, ``"—"`` for a missing value.
 
     Examples:
         >>> [format_value(v) for v in (0.64123, 4.4871, 123.456, 7, None, float("nan"), "n/a")]
         ['0.641', '4.49', '123.5', '7', '—', '—', 'n/a']
     """
     if is_missing(value):
-        return "—"
+        return DASH
     if isinstance(value, bool | np.bool_):
         return "yes" if value else "no"
     if isinstance(value, int | np.integer):
@@ -87,7 +88,7 @@ def format_value(value: Any) -> str:
         if math.isinf(v):
             return "∞" if v > 0 else "−∞"
         size = abs(v)
-        return f"{v:.1f}" if size >= 100 else f"{v:.2f}" if size >= 1 else f"{v:.3f}"
+        return fmt_number(v, 1 if size >= 100 else 2 if size >= 1 else 3)
     return str(value)
 
 
