@@ -10,7 +10,7 @@ them); the tables below give each its class. The 3D CNN encoders' own table is
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import cast
+from typing import Any, cast
 
 from torch import Tensor, nn
 
@@ -70,50 +70,23 @@ def build_strategy(
     """The strategy ``cfg.strategy`` names, with its settings and the confounds, task loss of
     ``cfg``, and what only the fitted data tells (see :class:`Strategy` for the arguments)."""
     s = cfg.strategy
-    cls = STRATEGIES[s.name]
+    shared: dict[str, Any] = {
+        "confounds": cfg.confounds,
+        "task_loss": cfg.train.task_loss,
+        "task_kind": task_kind,
+        "task_class_weight": task_class_weight,
+        "class_weights": class_weights,
+        "priors": priors,
+        "adversary_steps": s.adversary_steps,
+        "memory": memory,
+        "memory_points": memory_points,
+        "memory_bytes": memory_bytes,
+    }
     if isinstance(s, IterativeStrategyConfig):
-        assert cls is IterativeStrategy
-        return IterativeStrategy(
-            mode=s.mode,
-            pretrain_epochs=s.pretrain_epochs,
-            confounds=cfg.confounds,
-            task_loss=cfg.train.task_loss,
-            task_kind=task_kind,
-            task_class_weight=task_class_weight,
-            class_weights=class_weights,
-            priors=priors,
-            adversary_steps=s.adversary_steps,
-            memory=memory,
-            memory_points=memory_points,
-            memory_bytes=memory_bytes,
-        )
+        return IterativeStrategy(mode=s.mode, pretrain_epochs=s.pretrain_epochs, **shared)
     if isinstance(s, GRLStrategyConfig):
-        assert cls is GRLStrategy
-        return GRLStrategy(
-            lambda_max=s.lambda_max,
-            confounds=cfg.confounds,
-            task_loss=cfg.train.task_loss,
-            task_kind=task_kind,
-            task_class_weight=task_class_weight,
-            class_weights=class_weights,
-            priors=priors,
-            adversary_steps=s.adversary_steps,
-            memory=memory,
-            memory_points=memory_points,
-            memory_bytes=memory_bytes,
-        )
-    return cls(
-        confounds=cfg.confounds,
-        task_loss=cfg.train.task_loss,
-        task_kind=task_kind,
-        task_class_weight=task_class_weight,
-        class_weights=class_weights,
-        priors=priors,
-        adversary_steps=s.adversary_steps,
-        memory=memory,
-        memory_points=memory_points,
-        memory_bytes=memory_bytes,
-    )
+        return GRLStrategy(lambda_max=s.lambda_max, **shared)
+    return STRATEGIES[s.name](**shared)
 
 
 def _confound_sizes(encoding: TableEncoding) -> tuple[dict[str, int], list[str]]:
