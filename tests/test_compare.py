@@ -208,6 +208,43 @@ def test_combat_says_it_cannot_apply_to_an_unseen_site(comparison: Path) -> None
     assert UNSEEN_SITE in (comparison / "comparison.md").read_text()
 
 
+def test_every_subject_is_predicted_by_the_model_that_never_saw_its_site(
+    comparison: Path,
+) -> None:
+    external = pd.read_csv(comparison / "external_predictions.csv")
+    result = json.loads((comparison / "comparison.json").read_text())
+    for arm in ("raw", "baseline", "iterative"):
+        assert external[arm].notna().all(), arm
+        for site, rows in external.groupby("site"):
+            mae = float(np.mean(np.abs(rows[arm] - rows["age"])))
+            assert mae == pytest.approx(result["summaries"][arm]["external"][site]["mae"])
+    assert "combat" not in external  # no prediction for a site ComBat never saw
+
+
+def test_the_held_out_error_is_split_into_offset_slope_and_spread(comparison: Path) -> None:
+    external = pd.read_csv(comparison / "external_predictions.csv")
+    result = json.loads((comparison / "comparison.json").read_text())
+    rows = external[external["site"] == "site0"]
+    split = result["summaries"]["baseline"]["external"]["site0"]
+    assert split["offset"] == pytest.approx(float((rows["baseline"] - rows["age"]).mean()))
+    assert split["slope"] is not None and split["spread"] >= 0
+    assert "offset" in (comparison / "comparison.md").read_text()
+
+
+def test_each_arm_is_paired_with_the_baseline_over_held_out_sites(comparison: Path) -> None:
+    result = json.loads((comparison / "comparison.json").read_text())
+    summaries = result["summaries"]
+    paired = summaries["iterative"]["external_vs_baseline"]
+    worse = sum(
+        summaries["iterative"]["external"][s]["mae"] > summaries["baseline"]["external"][s]["mae"]
+        for s in ("site0", "site1", "site2")
+    )
+    assert paired["sites"] == 3 and paired["losses"] == worse
+    assert summaries["combat"]["external_vs_baseline"]["sites"] == 0  # nothing to pair
+    assert summaries["baseline"]["external_vs_baseline"] is None
+    assert "better / worse than baseline" in (comparison / "report.html").read_text()
+
+
 def test_comparison_json_holds_no_nan(comparison: Path) -> None:
     text = (comparison / "comparison.json").read_text()
     assert "NaN" not in text

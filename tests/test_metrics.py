@@ -11,7 +11,9 @@ from neurounlearn.errors import InputError
 from neurounlearn.evaluation.metrics import (
     apply_bias_correction,
     brain_age_bias,
+    error_split,
     fit_bias_correction,
+    paired_sites,
     regression_metrics,
     task_metrics,
 )
@@ -96,3 +98,36 @@ def test_task_metrics_corrected_mae_only_with_validation_arrays() -> None:
 def test_task_metrics_needs_both_validation_arrays() -> None:
     with pytest.raises(InputError, match="both"):
         task_metrics([1.0, 2.0], [1.0, 2.0], None, y_true_val=[1.0, 2.0])
+
+
+def test_error_split_separates_offset_slope_and_spread() -> None:
+    truth = np.linspace(20.0, 40.0, 21)
+    noise = np.tile([0.5, -0.5], 11)[:21]
+    pred = 30.0 + 0.5 * (truth - 30.0) + 4.0 + noise  # shrunk by half, 4 years too old
+    split = error_split(truth, pred)
+    assert split["offset"] == pytest.approx(4.0 + noise.mean())
+    assert split["slope"] == pytest.approx(-0.5, abs=0.01)
+    assert split["spread"] == pytest.approx(0.5, abs=0.02)
+    assert split["mae_without_offset"] < split["mae"]
+
+
+def test_error_split_of_one_age_has_no_slope() -> None:
+    split = error_split([25.0, 25.0, 25.0], [26.0, 27.0, 28.0])
+    assert split["offset"] == pytest.approx(2.0) and split["slope"] is None
+    assert split["spread"] == pytest.approx(np.std([-1.0, 0.0, 1.0]))
+
+
+def test_paired_sites_counts_wins_and_tests_them() -> None:
+    arm = {f"s{i}": 1.0 for i in range(8)}
+    base = {f"s{i}": 2.0 + i for i in range(8)}
+    paired = paired_sites(arm, base, lower_is_better=True)
+    assert (paired["wins"], paired["losses"]) == (8, 0)
+    assert paired["sign_p"] == pytest.approx(2 / 2**8)
+    assert paired["wilcoxon_p"] < 0.01
+    flipped = paired_sites(base, arm, lower_is_better=False)
+    assert flipped["wins"] == 8  # higher is better for an accuracy
+
+
+def test_paired_sites_skips_sites_without_a_figure() -> None:
+    paired = paired_sites({"a": 1.0, "b": None}, {"a": 2.0, "b": 3.0}, lower_is_better=True)
+    assert paired["sites"] == 1 and paired["sign_p"] is None

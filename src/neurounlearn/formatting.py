@@ -52,7 +52,9 @@ def as_number(value: Any) -> float | None:
     return None if math.isnan(number) else number
 
 
-def fmt_number(value: Any, digits: int = 2, *, finite: bool = False, dash: str = DASH) -> str:
+def fmt_number(
+    value: Any, digits: int = 2, *, finite: bool = False, dash: str = DASH, signed: bool = False
+) -> str:
     """``value`` with ``digits`` decimals, or ``dash`` when it is missing (:func:`is_missing`).
 
     Args:
@@ -60,19 +62,22 @@ def fmt_number(value: Any, digits: int = 2, *, finite: bool = False, dash: str =
         digits: decimals shown.
         finite: also print ±infinity as ``dash`` (by default it prints as ``inf``).
         dash: the text of a missing value.
+        signed: a ``+`` before positive numbers (offsets, differences).
 
     Examples:
         >>> [fmt_number(v) for v in (0.456, 3, None, float("nan"))]
         ['0.46', '3.00', '—', '—']
         >>> fmt_number(12.345, 1), fmt_number(float("inf"), finite=True)
         ('12.3', '—')
+        >>> fmt_number(1.25, 1, signed=True), fmt_number(-0.5, 2, signed=True)
+        ('+1.2', '-0.50')
     """
     if is_missing(value):
         return dash
     number = float(value)
     if finite and math.isinf(number):
         return dash
-    return f"{number:.{digits}f}"
+    return f"{number:+.{digits}f}" if signed else f"{number:.{digits}f}"
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,7 @@ COMPARISON_JSON = "comparison.json"
 COMPARISON_CSV = "comparison.csv"
 COMPARISON_MD = "comparison.md"
 OOF_PREDICTIONS = "oof_predictions.csv"
+EXTERNAL_PREDICTIONS = "external_predictions.csv"
 FOLDS = "folds.csv"
 #: each arm's fold-1 features of every subject, for the report's embedding plots
 FIRST_FOLD_EMBEDDINGS = "first_fold_embeddings"

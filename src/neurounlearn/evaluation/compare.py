@@ -50,6 +50,7 @@ from neurounlearn.rundir import (
     COMPARISON_JSON,
     CONFIG,
     EMBEDDINGS,
+    EXTERNAL_PREDICTIONS,
     FIRST_FOLD_EMBEDDINGS,
     FOLDS,
     OOF_PREDICTIONS,
@@ -583,12 +584,15 @@ class ArmSummary:
     oof_corrected: np.ndarray | None
     ridge_probe_mae: float | None
     site_bacc: float | None  # the linear site probe, mean over folds
-    external: dict[str, dict[str, Any]]  # held-out site -> {"mae"/"balanced_accuracy", "n"}
+    # held-out site -> {"balanced_accuracy", "n"} or error_split's {"mae", "offset", ...}
+    external: dict[str, dict[str, Any]]
     external_mae: float | None
     openbhb_score: float | None
     seconds: float
     notes: list[str] = field(default_factory=list)
     first_fold: ArmFold | None = None
+    # every row's prediction by the model whose held-out site it belongs to (NaN: none)
+    external_oof: np.ndarray | None = None
 
     def openbhb(self) -> dict[str, float | None]:
         """The OpenBHB sub-scores and score (``metrics.json``'s ``openbhb`` keys)."""
@@ -667,11 +671,19 @@ def summarise(ctx: Context, arm: str, results: list[ArmFold]) -> ArmSummary:
     leakage = aggregate_leakage([r.leakage for r in folds if r.leakage])
     probes = [r.ridge_probe_mae for r in folds if r.ridge_probe_mae is not None]
     external: dict[str, dict[str, Any]] = {}
+    external_oof = np.full_like(oof, np.nan)
     for r in (r for r in results if r.view == "external"):
+        if r.prediction is not None:
+            external_oof[r.test_rows] = r.prediction
         if r.prediction is None:
             external[r.key] = {"error": r.error or "not available", "n": len(r.test_rows)}
             continue
-        external[r.key] = _fold_score(ctx, y[r.test_rows], r.prediction)
+        if classification:
+            external[r.key] = _fold_score(ctx, y[r.test_rows], r.prediction)
+        else:  # where the unseen site's error comes from: offset, slope, spread
+            from neurounlearn.evaluation.metrics import error_split
+
+            external[r.key] = error_split(y[r.test_rows], r.prediction)
     metric = "balanced_accuracy" if classification else "mae"
     ext_values = [e[metric] for e in external.values() if e.get(metric) is not None]
     external_mae = (
@@ -702,7 +714,53 @@ def summarise(ctx: Context, arm: str, results: list[ArmFold]) -> ArmSummary:
         float(sum(r.seconds for r in results)),
         notes,
         next((r for r in folds if r.key == "1"), None),
+        external_oof if external else None,
     )
+
+
+def external_paired(ctx: Context, summaries: list[ArmSummary]) -> dict[str, dict[str, Any]]:
+    """Each arm against the baseline over the held-out sites (:func:`paired_sites`); empty
+    without the baseline arm or the external view."""
+    from neurounlearn.evaluation.metrics import paired_sites
+
+    reference = next((s for s in summaries if s.arm == "baseline"), None)
+    if reference is None or not reference.external:
+        return {}
+    metric = "balanced_accuracy" if ctx.task == "classification" else "mae"
+
+    def figures(s: ArmSummary) -> dict[str, float | None]:
+        return {site: e.get(metric) for site, e in s.external.items()}
+
+    return {
+        s.arm: paired_sites(
+            figures(s), figures(reference), lower_is_better=ctx.task != "classification"
+        )
+        for s in summaries
+        if s.arm != "baseline" and s.external
+    }
+
+
+def external_frame(ctx: Context, summaries: list[ArmSummary], id_column: str) -> pd.DataFrame:
+    """``external_predictions.csv``: every subject's prediction by each arm's model that never
+    saw its site (leave-one-site-out)."""
+    frame = ctx.frame
+    out = pd.DataFrame(
+        {
+            id_column: frame[id_column].to_numpy(),
+            ctx.site_column: frame[ctx.site_column].to_numpy(),
+            ctx.target: frame[ctx.target].to_numpy(),
+        }
+    )
+    for s in summaries:
+        if s.external_oof is None or np.isnan(s.external_oof).all():
+            continue
+        if ctx.task == "classification":
+            out[s.arm] = [
+                None if np.isnan(p).any() else ctx.classes[int(p.argmax())] for p in s.external_oof
+            ]
+        else:
+            out[s.arm] = s.external_oof
+    return out
 
 
 # -- the comparison table (comparison.csv) ---------------------------------------------------
@@ -941,6 +999,9 @@ def compare(
     write_csv(comparison_frame(ctx, summaries), out / COMPARISON_CSV)
     write_csv(oof_frame(ctx, summaries, id_column, fold_of), out / OOF_PREDICTIONS)
     embedding_files = _write_first_embeddings(out, summaries)
+    paired = external_paired(ctx, summaries)
+    if external:
+        write_csv(external_frame(ctx, summaries, id_column), out / EXTERNAL_PREDICTIONS)
     warnings = compare_warnings(ctx, arms)
     result = {
         "arms": arms,
@@ -969,6 +1030,7 @@ def compare(
                 "leakage": s.leakage,
                 "openbhb": s.openbhb(),
                 "external": s.external,
+                "external_vs_baseline": paired.get(s.arm),
                 "seconds": s.seconds,
                 "notes": s.notes,
             }

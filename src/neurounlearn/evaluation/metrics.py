@@ -123,6 +123,96 @@ def brain_age_bias(y_true: ArrayLike, y_pred: ArrayLike) -> dict[str, Any]:
     return result
 
 
+def error_split(y_true: ArrayLike, y_pred: ArrayLike) -> dict[str, Any]:
+    """Where the error on one group of subjects (a held-out site) comes from.
+
+    The signed error ``pred − true`` is split into an **offset** (its mean: the whole site
+    predicted too old or too young), a **slope** (its least-squares slope on the truth:
+    negative when predictions regress to the training mean) and a **spread** (the sd of what
+    is left). ``mae_without_offset`` is the MAE once the offset is removed: what recentring the
+    site would give, so ``mae − mae_without_offset`` is the offset's share.
+
+    Args:
+        y_true: true values, shape ``(n,)``; ``NaN`` rows are ignored.
+        y_pred: predictions, shape ``(n,)``.
+
+    Returns:
+        ``{"mae", "offset", "slope", "spread", "mae_without_offset", "n"}``; ``slope`` (and
+        ``spread``) is ``None`` when fewer than 3 known rows or a constant truth leave it
+        undefined (``spread`` is then the sd around the offset).
+
+    Examples:
+        >>> s = error_split([20.0, 30.0, 40.0], [26.0, 33.0, 40.0])
+        >>> s["offset"], s["slope"], s["spread"]
+        (3.0, -0.3, 0.0)
+    """
+    true, pred, known = _paired(y_true, y_pred)
+    t, p = true[known], pred[known]
+    result: dict[str, Any] = {
+        "mae": None,
+        "offset": None,
+        "slope": None,
+        "spread": None,
+        "mae_without_offset": None,
+        "n": int(t.size),
+    }
+    if not t.size:
+        return result
+    error = p - t
+    offset = float(error.mean())
+    result |= {
+        "mae": _float(np.mean(np.abs(error))),
+        "offset": _float(offset),
+        "mae_without_offset": _float(np.mean(np.abs(error - offset))),
+        "spread": _float(error.std()),
+    }
+    if t.size >= 3 and np.ptp(t) > 0:
+        slope, intercept = _line_fit(t, error)
+        result["slope"] = _float(slope)
+        result["spread"] = _float(np.std(error - (intercept + slope * t)))
+    return result
+
+
+def paired_sites(
+    arm: dict[str, float | None], reference: dict[str, float | None], *, lower_is_better: bool
+) -> dict[str, Any]:
+    """An arm against a reference over the same held-out sites: wins, losses, the mean
+    difference, an exact sign test and a Wilcoxon signed-rank test (both two-sided).
+
+    Args:
+        arm: the arm's figure per held-out site.
+        reference: the reference arm's figure per held-out site (the baseline).
+        lower_is_better: True for an error (MAE), False for an accuracy.
+
+    Returns:
+        ``{"sites", "wins", "losses", "ties", "mean_difference", "sign_p", "wilcoxon_p"}``;
+        differences are arm − reference over the sites where both have a figure; the p-values
+        are ``None`` with fewer than 2 such sites or no non-zero difference.
+
+    Examples:
+        >>> r = paired_sites({"a": 3.0, "b": 4.0}, {"a": 4.0, "b": 5.0}, lower_is_better=True)
+        >>> r["wins"], r["losses"], r["mean_difference"]
+        (2, 0, -1.0)
+    """
+    sites = [s for s in arm if arm[s] is not None and reference.get(s) is not None]
+    diff = np.array([float(arm[s]) - float(reference[s]) for s in sites])  # type: ignore[arg-type]
+    better = -diff if lower_is_better else diff
+    wins, losses = int((better > 0).sum()), int((better < 0).sum())
+    result: dict[str, Any] = {
+        "sites": len(sites),
+        "wins": wins,
+        "losses": losses,
+        "ties": len(sites) - wins - losses,
+        "mean_difference": _float(diff.mean()) if diff.size else None,
+        "sign_p": None,
+        "wilcoxon_p": None,
+    }
+    if len(sites) >= 2 and wins + losses:
+        result["sign_p"] = _float(stats.binomtest(wins, wins + losses).pvalue)
+        result["wilcoxon_p"] = _float(stats.wilcoxon(diff[diff != 0]).pvalue)
+    return result
+
+
 def fit_bias_correction(y_true_val: ArrayLike, y_pred_val: ArrayLike) -> tuple[float, float]:
     """Fit the linear age-bias correction ``pred = a * true + b`` (Cole et al.; Beheshti et al.).
 

@@ -43,6 +43,7 @@ class ArmRecord:
     external: dict[str, dict[str, Any]]
     seconds: float
     notes: list[str] = field(default_factory=list)
+    external_vs_baseline: dict[str, Any] | None = None
     first_fold_run: str | None = None
     first_fold_embeddings: str | None = None
 
@@ -59,6 +60,7 @@ class ArmRecord:
             leakage=entry.get("leakage") or {},
             openbhb=entry.get("openbhb") or {},
             external=entry.get("external") or {},
+            external_vs_baseline=entry.get("external_vs_baseline"),
             seconds=float(entry.get("seconds") or 0.0),
             notes=list(entry.get("notes") or []),
             first_fold_run=first_fold.get("run"),
@@ -293,11 +295,84 @@ def external_table(c: Comparison, summaries: list[ArmRecord]) -> tuple[list[str]
     return ["arm", *[f"{site} held out" for site in sites]], rows
 
 
+SPLIT_TEXT = (
+    "Where each held-out site's error comes from: offset (mean of prediction − truth) / "
+    "slope (of that error on the truth; negative: regression to the training mean) / spread "
+    "(sd of what is left)"
+)
+PAIRED_TEXT = (
+    "Each arm against the baseline over the same held-out sites (Δ = arm − baseline; "
+    "two-sided exact sign test and Wilcoxon signed-rank test; with few sites neither can "
+    "reach small p-values)"
+)
+
+
+def external_split_table(
+    c: Comparison, summaries: list[ArmRecord]
+) -> tuple[list[str], list[list[str]]] | None:
+    """Where each held-out site's error comes from, per arm: ``offset / slope / spread``
+    (:func:`~neurounlearn.evaluation.metrics.error_split`); None for classification or
+    when no arm has the split."""
+    if c.task == "classification":
+        return None
+    sites = sorted({k for s in summaries for k in s.external})
+    rows = []
+    for s in summaries:
+        cells = []
+        for site in sites:
+            e = s.external.get(site) or {}
+            if "offset" not in e:
+                cells.append(e.get("error") or "—")
+                continue
+            cells.append(
+                f"{fmt_number(e['offset'], 1, signed=True)} / "
+                f"{fmt_number(e.get('slope'), 2, signed=True)} / "
+                f"{fmt_number(e.get('spread'), 1)}"
+            )
+        if any("/" in cell for cell in cells):
+            rows.append([s.arm, *cells])
+    if not rows:
+        return None
+    return ["arm", *[f"{site} held out" for site in sites]], rows
+
+
+def external_paired_table(
+    c: Comparison, summaries: list[ArmRecord]
+) -> tuple[list[str], list[list[str]]] | None:
+    """Each arm against the baseline over the held-out sites; None without the baseline."""
+    rows = []
+    for s in summaries:
+        p = s.external_vs_baseline
+        if not p or not p.get("sites"):
+            continue
+        rows.append(
+            [
+                s.arm,
+                f"{p['wins']} / {p['losses']} of {p['sites']}",
+                fmt_number(p.get("mean_difference"), 2, signed=True),
+                fmt_number(p.get("sign_p"), 3),
+                fmt_number(p.get("wilcoxon_p"), 3),
+            ]
+        )
+    if not rows:
+        return None
+    label = "BAcc" if c.task == "classification" else "MAE"
+    head = ["arm", "better / worse than baseline", f"mean Δ{label}", "sign test p", "Wilcoxon p"]
+    return head, rows
+
+
 def _external_markdown(c: Comparison, summaries: list[ArmRecord]) -> str:
     label = "balanced accuracy" if c.task == "classification" else "MAE"
-    return f"Held-out site {label} (leave-one-site-out):\n\n" + markdown_table(
+    text = f"Held-out site {label} (leave-one-site-out):\n\n" + markdown_table(
         *external_table(c, summaries)
     )
+    split = external_split_table(c, summaries)
+    if split is not None:
+        text += f"\n\n{SPLIT_TEXT}:\n\n" + markdown_table(*split)
+    paired = external_paired_table(c, summaries)
+    if paired is not None:
+        text += f"\n\n{PAIRED_TEXT}:\n\n" + markdown_table(*paired)
+    return text
 
 
 # -- report.html ---------------------------------------------------------------------------------
@@ -370,6 +445,13 @@ def render_comparison(out: str | Path, *, html: bool = True) -> Comparison:
         ext_head, ext_rows = external_table(c, c.arms)
         table = table.merge(pd.DataFrame(ext_rows, columns=ext_head), on="arm")
     notes = comparison_notes(c, c.arms, folds=c.folds, external=c.external)
+    more = []
+    split = external_split_table(c, c.arms) if c.external else None
+    if split is not None:
+        more.append((SPLIT_TEXT, pd.DataFrame(split[1], columns=split[0])))
+    paired = external_paired_table(c, c.arms) if c.external else None
+    if paired is not None:
+        more.append((PAIRED_TEXT, pd.DataFrame(paired[1], columns=paired[0])))
     render_report(
         [_arm(c, s) for s in c.arms],
         c.out / REPORT,
@@ -387,5 +469,6 @@ def render_comparison(out: str | Path, *, html: bool = True) -> Comparison:
             "every subject; raw and ComBat arms: the features themselves).",
         ],
         seed=c.seed,
+        more_tables=more,
     )
     return c

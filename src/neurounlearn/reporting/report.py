@@ -519,6 +519,7 @@ def render_report(
     notes: Sequence[str] | None = None,
     tsne: bool = True,
     seed: int = 0,
+    more_tables: Sequence[tuple[str, pd.DataFrame]] = (),
 ) -> Path:
     """Write the HTML report of ``arms`` to ``out`` (atomically) and return its path.
 
@@ -536,6 +537,8 @@ def render_report(
         comparison: a ready-made comparison table; ``None`` builds :func:`comparison_table`.
             Floats are shown with 2–3 decimals, missing values as ``"—"``, text as given.
         comparison_note: a paragraph shown under the comparison table.
+        more_tables: ``(explanation, table)`` pairs shown after it (e.g. the held-out-site
+            error split), each under its explanation.
         warnings: the caller's warnings, shown before the report's own.
         notes: paragraphs shown under the title.
         tsne: add t-SNE maps (slower than PCA: a few seconds per 1000 points).
@@ -580,6 +583,7 @@ def render_report(
         "warnings": list(dict.fromkeys([*(warnings or []), *find_warnings(arms)])),
         "comparison": _table(table),
         "comparison_note": comparison_note,
+        "more_tables": [(text, _table(frame)) for text, frame in more_tables],
         "leakage": _uri(figures.leakage_plot(arms)),
         "ci_method": _ci_method(arms),
         "predictions": _uri(predictions),
