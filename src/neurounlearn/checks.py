@@ -17,6 +17,7 @@ from neurounlearn.data.inputs import (
     volume_columns,
 )
 from neurounlearn.data.manifest import find_problems, read_table
+from neurounlearn.data.overlap import entanglement_problem, unlearns_site_everywhere
 from neurounlearn.errors import InputError, Problem
 
 
@@ -76,4 +77,8 @@ def check_manifest(cfg: RunConfig, path: str | Path | None = None) -> ManifestCh
             labels_optional=segmentation,
             classes=cfg.data.classes if segmentation else None,
         )
+    if cfg.data.task != "classification" and unlearns_site_everywhere(cfg):
+        entangled = entanglement_problem(frame, cfg.data.target, cfg.data.site_column, path=path)
+        if entangled is not None:
+            problems.append(entangled)
     return ManifestCheck(rows=len(frame), problems=problems)

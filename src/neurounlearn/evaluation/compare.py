@@ -41,6 +41,7 @@ from scipy import stats
 from neurounlearn.atomic import atomic_path, check_out, write_csv, write_json, write_text
 from neurounlearn.choices import MODEL_ARMS
 from neurounlearn.config import RunConfig, switch_strategy
+from neurounlearn.data.overlap import entanglement_problem, unlearns_site_everywhere
 from neurounlearn.errors import InputError
 from neurounlearn.evaluation.reference import ReferenceComBat, linear_readout
 from neurounlearn.formatting import fmt_number
@@ -1152,6 +1153,11 @@ def compare_warnings(ctx: Context, arms: Sequence[str]) -> list[str]:
             "answer into the features (an optimistic score). The -inference variants harmonise "
             "test subjects without it, as at inference."
         )
+    unlearning = [a for a in arms if a.removesuffix("+erase") in MODEL_ARMS and a != "baseline"]
+    if ctx.task == "regression" and unlearning and unlearns_site_everywhere(ctx.cfg):
+        entangled = entanglement_problem(ctx.frame, ctx.target, ctx.site_column)
+        if entangled is not None:
+            out.append(f"{entangled.message} (arms {', '.join(unlearning)}); {entangled.hint}")
     return out
 
 

@@ -25,6 +25,7 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from neurounlearn.atomic import atomic_path, check_out, write_csv, write_json, write_text
 from neurounlearn.config import RunConfig
 from neurounlearn.data.inputs import load_inputs, row_data, table_spec
+from neurounlearn.data.overlap import entanglement_problem, unlearns_site_everywhere
 from neurounlearn.data.splits import make_splits, splits_frame
 from neurounlearn.data.tabular import TableEncoding
 from neurounlearn.erasure import check_erase, erase_kinds
@@ -360,6 +361,13 @@ def prepare(
         )
     cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"task": inputs.task})})
     task = task_of(inputs.task)
+    if inputs.task == "regression" and unlearns_site_everywhere(cfg):
+        entangled = entanglement_problem(
+            frame, cfg.data.target, cfg.data.site_column, path=cfg.data.path
+        )
+        if entangled is not None:
+            echo(f"warning: {entangled}")
+            warnings_ = [*warnings_, entangled]
     t = cfg.train
     if resume and files.splits.is_file():  # keep the interrupted run's split
         row_split = stored_split(files.splits, frame, id_column)
