@@ -44,6 +44,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/compare_openneuro.py
 	$(BIN)/python benchmarks/erasure.py
 	$(BIN)/python benchmarks/erasure_diagnostic.py
+	$(BIN)/python benchmarks/unseen_sites.py
 	$(BIN)/python benchmarks/report_image.py
 	$(BIN)/python benchmarks/segmentation.py
 

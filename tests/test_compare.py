@@ -393,3 +393,20 @@ def test_balanced_accuracy_interval_stays_within_0_and_1() -> None:
     folds = _site_audits(0.2, 0.95)
     low, high = aggregate_leakage(folds)["site"]["probe"]["linear"]["ci95"]
     assert low == 0.0 and high == 1.0  # t(0.975, 1) = 12.7 would reach far beyond both
+
+
+def test_cli_warns_that_unlearning_over_every_age_takes_age_along(
+    write_manifest: Callable, tmp_path: Path
+) -> None:
+    from tests.conftest import make_manifest
+
+    frame = make_manifest(sites=3, per_site=10, seed=4)
+    children = frame["site"] == "site2"
+    frame.loc[children, "age"] = np.linspace(5, 8, int(children.sum()))  # no one else that young
+    data = write_manifest(frame)
+    r = _cli(data, tmp_path / "o", "--arms", "raw,iterative", "--folds", "2", "--epochs", "2")
+    assert r.exit_code == 0, r.output
+    assert "site and age are entangled" in r.output and "'site2' 100%" in r.output
+    assert "--unlearn-where" in r.output  # the CLI's words, not the configuration key's
+    result = json.loads((tmp_path / "o" / "comparison.json").read_text())
+    assert any("entangled" in w for w in result["warnings"])

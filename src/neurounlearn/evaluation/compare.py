@@ -674,11 +674,10 @@ def summarise(ctx: Context, arm: str, results: list[ArmFold]) -> ArmSummary:
     external: dict[str, dict[str, Any]] = {}
     external_oof = np.full_like(oof, np.nan)
     for r in (r for r in results if r.view == "external"):
-        if r.prediction is not None:
-            external_oof[r.test_rows] = r.prediction
         if r.prediction is None:
             external[r.key] = {"error": r.error or "not available", "n": len(r.test_rows)}
             continue
+        external_oof[r.test_rows] = r.prediction
         if classification:
             external[r.key] = _fold_score(ctx, y[r.test_rows], r.prediction)
         else:  # where the unseen site's error comes from: offset, slope, spread
@@ -968,6 +967,10 @@ def compare(
         threads=1 if n_jobs > 1 else max(1, _torch_threads()),
     )
 
+    warnings = compare_warnings(ctx, arms)
+    for warning in warnings:  # before the long part, and in the report
+        echo(f"warning: {warning}")
+
     # -- the jobs -------------------------------------------------------------------------------
     out.mkdir(parents=True, exist_ok=True)
     write_text(cfg.to_yaml(), out / CONFIG)
@@ -1003,7 +1006,6 @@ def compare(
     paired = external_paired(ctx, summaries)
     if external:
         write_csv(external_frame(ctx, summaries, id_column), out / EXTERNAL_PREDICTIONS)
-    warnings = compare_warnings(ctx, arms)
     result = {
         "arms": arms,
         "folds": folds,

@@ -137,9 +137,9 @@ def error_split(y_true: ArrayLike, y_pred: ArrayLike) -> dict[str, Any]:
         y_pred: predictions, shape ``(n,)``.
 
     Returns:
-        ``{"mae", "offset", "slope", "spread", "mae_without_offset", "n"}``; ``slope`` (and
-        ``spread``) is ``None`` when fewer than 3 known rows or a constant truth leave it
-        undefined (``spread`` is then the sd around the offset).
+        ``{"mae", "offset", "slope", "spread", "mae_without_offset", "n"}`` (all but ``n``
+        ``None`` without a known row); ``slope`` is ``None`` when fewer than 3 known rows or a
+        constant truth leave it undefined, and ``spread`` is then the sd around the offset.
 
     Examples:
         >>> s = error_split([20.0, 30.0, 40.0], [26.0, 33.0, 40.0])
