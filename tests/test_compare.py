@@ -400,7 +400,7 @@ def test_cli_warns_that_unlearning_over_every_age_takes_age_along(
 ) -> None:
     from tests.conftest import make_manifest
 
-    frame = make_manifest(sites=3, per_site=10, seed=4)
+    frame = make_manifest(sites=3, per_site=20, seed=4)
     children = frame["site"] == "site2"
     frame.loc[children, "age"] = np.linspace(5, 8, int(children.sum()))  # no one else that young
     data = write_manifest(frame)

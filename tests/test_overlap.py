@@ -17,7 +17,7 @@ from neurounlearn.data.overlap import entanglement, entanglement_problem
 
 def _entangled_manifest() -> pd.DataFrame:
     """Three adult sites (20-40) and one site of children (5-8)."""
-    frame = make_manifest(sites=4, per_site=12, seed=1)
+    frame = make_manifest(sites=4, per_site=20, seed=1)
     rng = np.random.default_rng(0)
     adults = frame["site"] != "site3"
     frame.loc[adults, "age"] = np.round(rng.uniform(20, 40, adults.sum()), 1)

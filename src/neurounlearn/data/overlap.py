@@ -25,8 +25,14 @@ from neurounlearn.errors import Problem
 #: does not stretch it
 TAIL = 0.05
 #: a site with at least this share of its rows outside every other site's range (its minimum to
-#: its maximum) is entangled
+#: its maximum, widened by MARGIN of the whole cohort's range) is entangled
 OUTSIDE = 0.2
+#: how far beyond the other sites' ranges a row must lie to count as outside, as a share of the
+#: whole cohort's range: the extremes of small random samples fall just outside each other
+MARGIN = 0.05
+#: sites with fewer labelled rows are not judged (their range is too uncertain), though they
+#: still cover the others
+MIN_ROWS = 20
 
 
 @dataclass(frozen=True)
@@ -34,8 +40,9 @@ class Entanglement:
     """How a numeric target and the sites overlap.
 
     Args:
-        outside: per site, the share of its labelled rows outside the ranges (minimum to
-            maximum) of all the other sites.
+        outside: per site with at least ``min_rows`` labelled rows, the share of them
+            outside the ranges (minimum to maximum, widened by :data:`MARGIN` of the cohort's
+            range) of all the other sites.
         ranges: per site, its own range between its ``TAIL`` and ``1 - TAIL`` quantiles.
         band: the widest interval of target values inside the ranges of at least half the
             sites (and at least two); None when no two sites overlap.
@@ -51,18 +58,19 @@ class Entanglement:
         return {s: share for s, share in self.outside.items() if share >= OUTSIDE}
 
 
-def entanglement(target: pd.Series, sites: pd.Series, *, min_rows: int = 5) -> Entanglement:
+def entanglement(target: pd.Series, sites: pd.Series, *, min_rows: int = MIN_ROWS) -> Entanglement:
     """Per site, how much of its target range no other site covers; and the shared band.
 
     Args:
         target: the numeric target per row (non-numbers and missing values are ignored).
         sites: the site per row.
-        min_rows: sites with fewer labelled rows are left out.
+        min_rows: sites with fewer labelled rows are not judged and have no range; they
+            still cover the others (from 2 rows).
 
     Examples:
         >>> ages = pd.Series([6, 7, 8, 6, 7, 20, 25, 30, 22, 28, 21, 26, 31, 24, 29.0])
         >>> sites = pd.Series(["kids"] * 5 + ["a"] * 5 + ["b"] * 5)
-        >>> e = entanglement(ages, sites)
+        >>> e = entanglement(ages, sites, min_rows=5)
         >>> e.entangled, e.band
         ({'kids': 1.0}, (21.6, 29.6))
     """
@@ -70,20 +78,19 @@ def entanglement(target: pd.Series, sites: pd.Series, *, min_rows: int = 5) -> E
     known = y.notna().to_numpy()
     values = y.to_numpy(dtype=float)[known]
     labels = sites.astype(str).to_numpy()[known]
-    groups = {
-        s: values[labels == s]
-        for s in sorted(set(labels.tolist()))
-        if (labels == s).sum() >= min_rows
-    }
+    groups = {s: values[labels == s] for s in sorted(set(labels.tolist()))}
+    groups = {s: v for s, v in groups.items() if v.size >= 2}
+    judged = {s: v for s, v in groups.items() if v.size >= min_rows}
     ranges = {
-        s: (float(np.quantile(v, TAIL)), float(np.quantile(v, 1 - TAIL))) for s, v in groups.items()
+        s: (float(np.quantile(v, TAIL)), float(np.quantile(v, 1 - TAIL))) for s, v in judged.items()
     }
+    margin = MARGIN * float(np.ptp(values)) if values.size else 0.0
     outside = {}
-    for s, v in groups.items():
+    for s, v in judged.items():
         covered = np.zeros(v.size, dtype=bool)
         for other, w in groups.items():
             if other != s:
-                covered |= (v >= w.min()) & (v <= w.max())
+                covered |= (v >= w.min() - margin) & (v <= w.max() + margin)
         outside[s] = float(1.0 - covered.mean())
     return Entanglement(outside, ranges, _shared_band(list(ranges.values())))
 
