@@ -43,7 +43,8 @@ class Entanglement:
         outside: per site with at least ``min_rows`` labelled rows, the share of them
             outside the ranges (minimum to maximum, widened by :data:`MARGIN` of the cohort's
             range) of all the other sites.
-        ranges: per site, its own range between its ``TAIL`` and ``1 - TAIL`` quantiles.
+        ranges: per judged site, its own range between its ``TAIL`` and ``1 - TAIL``
+            quantiles.
         band: the widest interval of target values inside the ranges of at least half the
             sites (and at least two); None when no two sites overlap.
     """
@@ -130,9 +131,9 @@ def entanglement_problem(
     frame: pd.DataFrame, target: str, site: str, *, path: str | Path | None = None
 ) -> Problem | None:
     """A warning that ``site`` and a continuous ``target`` are entangled (:func:`entanglement`),
-    with the band to unlearn in instead, for a run that unlearns site over every value
-    (:func:`unlearns_site_everywhere`); None when they are not, or the target takes 10 values
-    or fewer."""
+    with the band to unlearn in instead; None when they are not, or the target takes 10 values
+    or fewer. ``check``, ``fit`` and ``compare`` ask for it when a run unlearns site over
+    every value (:func:`unlearns_site_everywhere`)."""
     if target not in frame or site not in frame:
         return None
     if pd.to_numeric(frame[target], errors="coerce").nunique() <= 10:
