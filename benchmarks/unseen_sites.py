@@ -160,8 +160,20 @@ def diagnose(out: Path, result: dict[str, Any]) -> dict[str, dict[str, dict[str,
             rows = is_held | matched
             band = ~is_held & (age >= 18) & (age <= 35)
             val = ~is_held & (emb["split"].to_numpy() == "val")
+            split = emb["split"].to_numpy()
+            unseen = is_held | (matched & val)
+            seen = matched & (split == "train")
             per_site[held] = {
                 "domain_probe": _bacc(x[rows], is_held[rows].astype(int), seed),
+                # the same against validation rows only (never trained on), and its control:
+                # training against validation rows of the training sites, same ages -- what a
+                # probe reads from "trained on or not" alone
+                "domain_probe_val": _bacc(x[unseen], is_held[unseen].astype(int), seed),
+                "trained_vs_val_control": _bacc(
+                    x[seen | (matched & val)],
+                    (matched & val)[seen | (matched & val)].astype(int),
+                    seed,
+                ),
                 "matched_training_rows": int(matched.sum()),
                 "training_site_probe_in_band": _bacc(x[band], sites[band], seed),
                 "age_r2_training_val": _age_r2(x[val], age[val], seed),
@@ -369,6 +381,8 @@ def variant_tables(payload: dict[str, Any], variant: str) -> list[str]:
         for arm in diag_arms:
             for key, label in (
                 ("domain_probe", "domain probe BAcc (held-out vs age-matched training rows)"),
+                ("domain_probe_val", "the same against their validation rows only"),
+                ("trained_vs_val_control", "control: their training vs validation rows"),
                 ("training_site_probe_in_band", "training sites' site BAcc, 18–35"),
                 ("age_r2_training_val", "age R², training sites' validation rows"),
                 ("offset_vs_matched_val", "offset against age-matched training rows"),
@@ -377,6 +391,8 @@ def variant_tables(payload: dict[str, Any], variant: str) -> list[str]:
                     _mean([(r["diagnosis"].get(arm, {}).get(s) or {}).get(key) for r in runs])
                     for s in (*COVERED, *EXTRAPOLATED)
                 ]
+                if all(c is None for c in cells):
+                    continue  # a figure added after this variant ran
                 digits = 1 if key.startswith("offset") else 2
                 diag_rows.append(
                     [arm, label, *[fmt_number(c, digits, signed=digits == 1) for c in cells]]
