@@ -58,6 +58,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from neurounlearn.data.bundled import OPENNEURO_FEATURES, openneuro_transfer
+from neurounlearn.evaluation.metrics import paired_sites
 from neurounlearn.formatting import fmt_number, markdown_table, mean_sd
 from neurounlearn.results import LeakageResult
 from neurounlearn.training.run import embedding_columns
@@ -208,8 +209,7 @@ def _runs(payload: dict[str, Any], variant: str) -> list[dict[str, Any]]:
 
 
 def _mean(values: list[float | None]) -> float | None:
-    known = [v for v in values if v is not None]
-    return float(np.mean(known)) if known else None
+    return mean_sd(values).mean
 
 
 def per_site_means(runs: list[dict[str, Any]], arm: str) -> dict[str, float | None]:
@@ -336,17 +336,25 @@ def variant_tables(payload: dict[str, Any], variant: str) -> list[str]:
     if "baseline" in arms:
         pair_rows = []
         for arm in (a for a in arms if a != "baseline"):
-            diffs = [
-                d for r in runs for s in COVERED if (d := _diff(r["summaries"], arm, s)) is not None
-            ]
-            wins = sum(d < 0 for d in diffs)
-            sd = mean_sd(diffs)
+            # every seed's held-out site is one pair
+            mine, base = (
+                {
+                    f"{r['seed']}/{s}": _ext(r["summaries"].get(a, {}), s)
+                    for r in runs
+                    for s in COVERED
+                }
+                for a in (arm, "baseline")
+            )
+            paired = paired_sites(mine, base, lower_is_better=True)
+            sd = mean_sd(
+                mine[k] - base[k] for k in mine if mine[k] is not None and base[k] is not None
+            )
             pair_rows.append(
                 [
                     arm,
-                    f"{wins} / {sum(d > 0 for d in diffs)} of {len(diffs)}",
+                    f"{paired['wins']} / {paired['losses']} of {paired['sites']}",
                     f"{fmt_number(sd.mean, 2, signed=True)} ± {fmt_number(sd.sd)}",
-                    fmt_number(_sign_p(diffs), 3),
+                    fmt_number(paired["sign_p"], 3),
                 ]
             )
         lines += [
@@ -405,18 +413,6 @@ def variant_tables(payload: dict[str, Any], variant: str) -> list[str]:
             "",
         ]
     return lines
-
-
-def _diff(summaries: dict[str, Any], arm: str, site: str) -> float | None:
-    a, b = _ext(summaries.get(arm, {}), site), _ext(summaries.get("baseline", {}), site)
-    return None if a is None or b is None else a - b
-
-
-def _sign_p(diffs: list[float]) -> float | None:
-    from scipy.stats import binomtest
-
-    wins, losses = sum(d < 0 for d in diffs), sum(d > 0 for d in diffs)
-    return float(binomtest(wins, wins + losses).pvalue) if wins + losses else None
 
 
 def render(payload: dict[str, Any]) -> str:

@@ -77,7 +77,8 @@ def check_manifest(cfg: RunConfig, path: str | Path | None = None) -> ManifestCh
             labels_optional=segmentation,
             classes=cfg.data.classes if segmentation else None,
         )
-    if cfg.data.task != "classification" and unlearns_site_everywhere(cfg):
+    unlearning = cfg.strategy.name != "baseline"
+    if cfg.data.task != "classification" and unlearning and unlearns_site_everywhere(cfg):
         entangled = entanglement_problem(frame, cfg.data.target, cfg.data.site_column, path=path)
         if entangled is not None:
             problems.append(entangled)

@@ -116,9 +116,10 @@ def _shared_band(ranges: list[tuple[float, float]]) -> tuple[float, float] | Non
 
 
 def unlearns_site_everywhere(cfg: RunConfig) -> bool:
-    """Whether ``cfg`` unlearns its site column over every row, not conditional on the target
-    (no ``subset``, not ``conditional``)."""
-    return cfg.strategy.name != "baseline" and any(
+    """Whether ``cfg``'s confounds unlearn its site column over every row, not conditional on
+    the target (no ``subset``, not ``conditional``); whether a strategy unlearns them at all is
+    the caller's to say (``compare`` sets one per arm)."""
+    return any(
         c.name == cfg.data.site_column
         and c.kind == "categorical"
         and c.subset is None

@@ -752,15 +752,17 @@ def external_frame(ctx: Context, summaries: list[ArmSummary], id_column: str) ->
         }
     )
     for s in summaries:
-        if s.external_oof is None or np.isnan(s.external_oof).all():
-            continue
-        if ctx.task == "classification":
-            out[s.arm] = [
-                None if np.isnan(p).any() else ctx.classes[int(p.argmax())] for p in s.external_oof
-            ]
-        else:
-            out[s.arm] = s.external_oof
+        if s.external_oof is not None and not np.isnan(s.external_oof).all():
+            out[s.arm] = _prediction_column(ctx, s.external_oof)
     return out
+
+
+def _prediction_column(ctx: Context, predictions: np.ndarray) -> Any:
+    """A prediction file's column: the numbers for regression; for classification each row's
+    most probable class (None where the row has no prediction)."""
+    if ctx.task != "classification":
+        return predictions
+    return [None if np.isnan(p).any() else ctx.classes[int(p.argmax())] for p in predictions]
 
 
 # -- the comparison table (comparison.csv) ---------------------------------------------------
@@ -1133,14 +1135,9 @@ def oof_frame(
     for s in summaries:
         if s.oof is None:
             continue
-        if ctx.task == "classification":
-            oof[s.arm] = [
-                None if np.isnan(p).any() else ctx.classes[int(p.argmax())] for p in s.oof
-            ]
-        else:
-            oof[s.arm] = s.oof
-            if s.oof_corrected is not None:
-                oof[f"{s.arm} (corrected)"] = s.oof_corrected
+        oof[s.arm] = _prediction_column(ctx, s.oof)
+        if s.oof_corrected is not None:  # regression only
+            oof[f"{s.arm} (corrected)"] = s.oof_corrected
     return oof
 
 

@@ -361,7 +361,8 @@ def prepare(
         )
     cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"task": inputs.task})})
     task = task_of(inputs.task)
-    if inputs.task == "regression" and unlearns_site_everywhere(cfg):
+    unlearning = cfg.strategy.name != "baseline"
+    if inputs.task == "regression" and unlearning and unlearns_site_everywhere(cfg):
         entangled = entanglement_problem(
             frame, cfg.data.target, cfg.data.site_column, path=cfg.data.path
         )
