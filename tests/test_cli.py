@@ -563,3 +563,11 @@ def test_fit_baseline_without_unlearn(tmp_path: Path, write_manifest: Callable[.
     assert_no_crash(result)
     assert result.exit_code == 0, describe(result)
     assert (out / "model.pt").is_file()
+
+
+def test_version_prints_the_package_version_and_exits_0():
+    from neurounlearn.version import __version__
+
+    result = invoke(["--version"])
+    assert result.exit_code == 0
+    assert result.stdout.strip() == f"neurounlearn {__version__}"

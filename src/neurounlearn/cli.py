@@ -49,6 +49,29 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+
+def _print_version(value: bool) -> None:
+    if value:
+        from neurounlearn.version import __version__
+
+        typer.echo(f"neurounlearn {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(
+        False,
+        "--version",
+        callback=_print_version,
+        is_eager=True,
+        help="print the version and exit",
+    ),
+) -> None:
+    """Train deep models on brain MRI volumes and feature tables while unlearning site, scanner
+    and other confounds, and audit how much of them is left."""
+
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
