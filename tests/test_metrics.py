@@ -13,6 +13,7 @@ from neurounlearn.evaluation.metrics import (
     brain_age_bias,
     error_split,
     fit_bias_correction,
+    headline,
     paired_sites,
     regression_metrics,
     task_metrics,
@@ -131,3 +132,11 @@ def test_paired_sites_counts_wins_and_tests_them() -> None:
 def test_paired_sites_skips_sites_without_a_figure() -> None:
     paired = paired_sites({"a": 1.0, "b": None}, {"a": 2.0, "b": 3.0}, lower_is_better=True)
     assert paired["sites"] == 1 and paired["sign_p"] is None
+
+
+def test_the_headline_figure_is_mae_for_regression_and_balanced_accuracy_for_classification():
+    regression, classification = headline("regression"), headline("classification")
+    assert (regression.metric, regression.label, regression.lower_is_better) == ("mae", "MAE", True)
+    assert (classification.metric, classification.lower_is_better) == ("balanced_accuracy", False)
+    with pytest.raises(ValueError, match="segmentation"):
+        headline("segmentation")

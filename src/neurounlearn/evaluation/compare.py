@@ -43,6 +43,7 @@ from neurounlearn.choices import MODEL_ARMS
 from neurounlearn.config import RunConfig, switch_strategy
 from neurounlearn.data.overlap import entanglement_problem, unlearns_site_everywhere
 from neurounlearn.errors import InputError
+from neurounlearn.evaluation.metrics import headline
 from neurounlearn.evaluation.reference import ReferenceComBat, linear_readout
 from neurounlearn.formatting import fmt_number
 from neurounlearn.results import probe_cells
@@ -489,7 +490,7 @@ def _model_erase_arm(
     hidden = ctx.frame[ctx.site_column].astype(str).isin(ctx.cfg.data.unlabelled_sites)
     y[hidden.to_numpy()] = np.nan
     erased, pred, _ = erase_run(
-        ctx.cfg,
+        ctx.cfg.model_copy(update={"train": run.config.train}),  # its auto settings decided
         run.model,
         run.encoding,
         features.astype(np.float32),
@@ -640,8 +641,9 @@ def summarise(ctx: Context, arm: str, results: list[ArmFold]) -> ArmSummary:
         oof[r.test_rows] = r.prediction
         if corrected is not None and r.corrected is not None:
             corrected[r.test_rows] = r.corrected
-        score = _fold_score(ctx, y[r.test_rows], r.prediction)
-        fold_scores.append(score.get("mae", score.get("balanced_accuracy")))
+        fold_scores.append(
+            _fold_score(ctx, y[r.test_rows], r.prediction)[headline(ctx.task).metric]
+        )
     have = ~np.isnan(oof).any(axis=1) if classification else np.isfinite(oof)
     task: dict[str, Any] | None = None
     if have.any():
@@ -726,15 +728,13 @@ def external_paired(ctx: Context, summaries: list[ArmSummary]) -> dict[str, dict
     reference = next((s for s in summaries if s.arm == "baseline"), None)
     if reference is None or not reference.external:
         return {}
-    metric = "balanced_accuracy" if ctx.task == "classification" else "mae"
+    head = headline(ctx.task)
 
     def figures(s: ArmSummary) -> dict[str, float | None]:
-        return {site: e.get(metric) for site, e in s.external.items()}
+        return {site: e.get(head.metric) for site, e in s.external.items()}
 
     return {
-        s.arm: paired_sites(
-            figures(s), figures(reference), lower_is_better=ctx.task != "classification"
-        )
+        s.arm: paired_sites(figures(s), figures(reference), lower_is_better=head.lower_is_better)
         for s in summaries
         if s.arm != "baseline" and s.external
     }
@@ -807,9 +807,7 @@ def comparison_frame(ctx: Context, summaries: list[ArmSummary]) -> pd.DataFrame:
             if ctx.task == "regression":
                 row["openbhb_score"] = s.openbhb_score
             for site, e in s.external.items():
-                row[f"external_{site}"] = e.get("error") or e.get(
-                    "balanced_accuracy" if ctx.task == "classification" else "mae"
-                )
+                row[f"external_{site}"] = e.get("error") or e.get(headline(ctx.task).metric)
         row["seconds"] = s.seconds
         row["note"] = "; ".join(s.notes) or None
         rows.append(row)
@@ -1176,8 +1174,8 @@ def _describe(ctx: Context, r: ArmFold) -> str:
         return f"{where} · {r.arm}: {r.error}"
     assert r.prediction is not None
     score = _fold_score(ctx, _target_number(ctx, r.test_rows), r.prediction)
-    metric = "balanced_accuracy" if ctx.task == "classification" else "mae"
-    text = f"{'BAcc' if metric != 'mae' else 'MAE'} {fmt_number(score[metric])}"
+    head = headline(ctx.task)
+    text = f"{head.label} {fmt_number(score[head.metric])}"
     site = (r.leakage or {}).get(ctx.site_column)
     if site:
         text += f", {ctx.site_column} BAcc {fmt_number(probe_cells(site, 'linear')[0])}"

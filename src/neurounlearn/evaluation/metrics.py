@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -27,12 +28,44 @@ __all__ = [
     "classification_metrics",
     "dice_per_class",
     "fit_bias_correction",
+    "headline",
     "regression_metrics",
     "segmentation_metrics",
     "task_metrics",
 ]
 
 ArrayLike = Sequence[float] | np.ndarray
+
+
+@dataclass(frozen=True)
+class Headline:
+    """The one figure a table leads with for a task: its key in the task metrics, its short and
+    long names, and which way is better.
+
+    Examples:
+        >>> headline("classification").metric, headline("regression").lower_is_better
+        ('balanced_accuracy', True)
+    """
+
+    metric: str
+    label: str
+    words: str
+    lower_is_better: bool
+
+
+HEADLINES = {
+    "regression": Headline("mae", "MAE", "MAE", lower_is_better=True),
+    "classification": Headline(
+        "balanced_accuracy", "BAcc", "balanced accuracy", lower_is_better=False
+    ),
+}
+
+
+def headline(task: str) -> Headline:
+    """The :class:`Headline` of ``"regression"`` or ``"classification"``."""
+    if task not in HEADLINES:
+        raise ValueError(f"no headline figure for task {task!r}; one of {', '.join(HEADLINES)}")
+    return HEADLINES[task]
 
 
 def regression_metrics(

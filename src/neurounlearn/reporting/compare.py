@@ -19,6 +19,7 @@ import pandas as pd
 from neurounlearn.atomic import write_text
 from neurounlearn.errors import InputError
 from neurounlearn.evaluation.compare import MODEL_ARMS, UNSEEN_SITE
+from neurounlearn.evaluation.metrics import headline
 from neurounlearn.formatting import fmt_number, markdown_table
 from neurounlearn.reporting.report import ReportArm, render_report
 from neurounlearn.results import probe_cells
@@ -282,7 +283,7 @@ def comparison_markdown(
 def external_table(c: Comparison, summaries: list[ArmRecord]) -> tuple[list[str], list[list[str]]]:
     """Held-out-site error per arm (leave-one-site-out): ``(header, rows)``."""
     sites = sorted({k for s in summaries for k in s.external})
-    metric = "balanced_accuracy" if c.task == "classification" else "mae"
+    metric = headline(c.task).metric
     rows = [
         [s.arm]
         + [
@@ -356,14 +357,13 @@ def external_paired_table(
         )
     if not rows:
         return None
-    label = "BAcc" if c.task == "classification" else "MAE"
+    label = headline(c.task).label
     head = ["arm", "better / worse than baseline", f"mean Δ{label}", "sign test p", "Wilcoxon p"]
     return head, rows
 
 
 def _external_markdown(c: Comparison, summaries: list[ArmRecord]) -> str:
-    label = "balanced accuracy" if c.task == "classification" else "MAE"
-    text = f"Held-out site {label} (leave-one-site-out):\n\n" + markdown_table(
+    text = f"Held-out site {headline(c.task).words} (leave-one-site-out):\n\n" + markdown_table(
         *external_table(c, summaries)
     )
     split = external_split_table(c, summaries)
