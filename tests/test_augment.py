@@ -1,4 +1,4 @@
-"""Scanner-like intensity augmentation of training volumes (``data.augment``)."""
+"""Scanner-like intensity and spatial augmentation of training volumes (``data.augment``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 from typer.testing import CliRunner
 
 from neurounlearn.cli import app
-from neurounlearn.data.augment import IntensityAugment
+from neurounlearn.data.augment import IntensityAugment, SpatialAugment, VolumeAugment
 
 
 def phantom() -> tuple[np.ndarray, np.ndarray]:
@@ -82,3 +82,40 @@ def test_augmenting_a_feature_table_is_refused(
     assert "data.augment=intensity changes images" in result.stderr
     assert "--input image" in result.stderr
     assert not out.exists()
+
+
+def test_spatial_moves_the_label_map_with_the_image() -> None:
+    x, tissue = phantom()
+    augment = SpatialAugment(seed=0, with_labels=True)
+    for _ in range(5):
+        y, moved = augment(x, tissue)
+        assert moved is not None and moved.dtype == tissue.dtype
+        assert set(np.unique(moved)) <= {0, 1, 2, 3}
+        assert not np.array_equal(moved, tissue)  # a shift, rotation or scale happened
+        # the image's brightest tissue lies where the moved labels say it does
+        assert float(y[moved == 3].mean()) > float(y[moved == 1].mean()) + 1.0
+
+
+def test_spatial_flips_left_right_about_half_the_time() -> None:
+    x = np.zeros((24, 24, 24), dtype=np.float32)
+    x[2:8, 8:16, 8:16] = 1.0  # a block on the left (axis 0 runs left to right)
+    augment = SpatialAugment(seed=0)
+    moved = [augment(x)[0] for _ in range(40)]
+    flipped = sum(float(y[12:].sum()) > float(y[:12].sum()) for y in moved)
+    assert 10 <= flipped <= 30
+
+
+def test_a_restored_augmenter_draws_what_the_original_draws_next() -> None:
+    x, tissue = phantom()
+    first = VolumeAugment("intensity+spatial", seed=3, with_labels=True)
+    first(x, tissue)  # moves its streams on
+    second = VolumeAugment("intensity+spatial", seed=99, with_labels=True)
+    second.load_state_dict(first.state_dict())
+    a, la = first(x, tissue)
+    b, lb = second(x, tissue)
+    assert np.array_equal(a, b) and la is not None and lb is not None and np.array_equal(la, lb)
+
+
+def test_intensity_alone_draws_what_the_intensity_augmenter_draws() -> None:
+    x, _ = phantom()
+    assert np.array_equal(VolumeAugment("intensity", seed=5)(x)[0], IntensityAugment(seed=5)(x))

@@ -621,7 +621,9 @@ def test_a_killed_augmented_image_run_resumes_to_the_same_bytes(tmp_path: Path) 
             "--set",
             "train.batch_size=8",
             "--set",
-            "data.augment=intensity",
+            "data.augment=intensity+spatial",
+            "--set",
+            "train.restore=best",
             "--set",
             f"data.cache_dir={tmp_path / 'cache'}",
         ]

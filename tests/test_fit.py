@@ -172,3 +172,42 @@ def test_evaluate_on_external_data_uses_every_row_as_test(manifest, tmp_path, ma
     assert metrics["task"]["n"] == 24
     assert metrics["evaluated_on"] == str(external)
     assert set(metrics["task"]["per_site"]) == {"site0", "site1", "site2"}
+
+
+def _best_unlearning_epoch(run: Path) -> int:
+    history = pd.read_csv(run / "history.csv")
+    unlearning = history[history["phase"] == "unlearn"]
+    return int(unlearning.loc[unlearning["val_task_loss"].idxmin(), "epoch"])
+
+
+def test_restore_best_keeps_the_unlearning_epoch_with_the_lowest_validation_loss(
+    manifest, tmp_path
+):
+    fit(config(manifest, epochs=6, restore="best"), tmp_path / "run")
+    assert load_run(tmp_path / "run").info["restored_epoch"] == _best_unlearning_epoch(
+        tmp_path / "run"
+    )
+
+
+def test_tables_keep_the_last_epoch_by_default(manifest, tmp_path):
+    fit(config(manifest), tmp_path / "run")
+    assert load_run(tmp_path / "run").info["restored_epoch"] is None
+
+
+def test_a_resumed_run_remembers_the_best_epoch_before_the_stop(manifest, tmp_path):
+    out = tmp_path / "run"
+    fit(config(manifest, epochs=3, restore="best"), out)
+    fit(config(manifest, epochs=6, restore="best"), out, resume=True)
+    assert load_run(out).info["restored_epoch"] == _best_unlearning_epoch(out)
+
+
+def test_a_table_run_records_the_table_defaults_in_its_config(manifest, tmp_path):
+    fit(config(manifest), tmp_path / "run")
+    saved = (tmp_path / "run" / "config.yaml").read_text()
+    assert "augment: none" in saved and "restore: last" in saved
+    assert "weight_decay: 0.0001" in saved
+
+
+def test_a_negative_weight_decay_is_refused(manifest):
+    with pytest.raises(InputError, match="weight_decay"):
+        config(manifest, weight_decay=-0.1)

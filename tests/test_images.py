@@ -14,6 +14,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from neurounlearn.cli import app
@@ -167,6 +168,17 @@ def test_default_image_run_on_cpu_is_float32_channels_last(cohort: Path, tmp_pat
     assert fit_image(cohort, out, strategy="baseline").exit_code == 0
     info = json.loads((out / "run.json").read_text())
     assert info["precision"] == "32-true" and info["channels_last"] is True
+
+
+def test_an_image_regression_run_takes_the_image_defaults(cohort: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert fit_image(cohort, out, strategy="baseline").exit_code == 0
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["data"]["augment"] == "spatial"
+    assert saved["train"]["restore"] == "best" and saved["train"]["weight_decay"] == 0.05
+    history = pd.read_csv(out / "history.csv")
+    kept = json.loads((out / "run.json").read_text())["restored_epoch"]
+    assert kept == int(history.loc[history["val_task_loss"].idxmin(), "epoch"])
 
 
 def test_auto_precision_is_float32_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:

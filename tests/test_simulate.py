@@ -121,13 +121,22 @@ def test_scanner_strength_zero_makes_every_site_the_same_neutral_scanner(tmp_pat
         assert p["gain"] == 1.0 and p["offset"] == 0.0 and p["gamma"] == 1.0
         assert p["bias_amplitude"] == 0.0 and not any(p["bias_coefficients"])
         assert p["blur_sigma_voxels"] == [0.0, 0.0, 0.0]
+        assert p["acquisition_factor"] == 1.0 and p["mask_margin_voxels"] == 1.0
+        assert p["residue"] == 0.0 and p["rotation_deg"] == 0.0
+        assert p["jitter_rotation_sd_deg"] == 0.0 and p["jitter_shift_sd_mm"] == 0.0
     assert len({p["noise_sd"] for p in params.values()}) == 1
+    assert len({json.dumps(p["tissue_intensity"]) for p in params.values()}) == 1
 
 
 def test_scanner_strength_one_makes_sites_differ(cohort: Path) -> None:
     params = json.loads((cohort.parent / "generation.json").read_text())["site_parameters"]
-    for key in ("gain", "offset", "gamma", "bias_amplitude", "noise_sd"):
+    for key in (
+        "gain", "offset", "gamma", "bias_amplitude", "noise_sd", "acquisition_factor",
+        "mask_margin_voxels", "residue", "rotation_deg", "jitter_shift_sd_mm",
+    ):  # fmt: skip
         assert len({p[key] for p in params.values()}) == 3, key
+    ratios = {p["tissue_intensity"]["wm"] / p["tissue_intensity"]["gm"] for p in params.values()}
+    assert len(ratios) == 3 and min(ratios) >= 1.25 - 1e-6 and max(ratios) <= 1.70 + 1e-6
     assert {p["slice_axis"] for p in params.values()} == {"x", "y", "z"}
 
 
@@ -213,3 +222,47 @@ def test_progress_false_prints_nothing(tmp_path: Path, capfd: pytest.CaptureFixt
     _simulate(tmp_path / "sim")
     captured = capfd.readouterr()
     assert captured.out == "" and captured.err == ""
+
+
+def test_a_wider_skull_strip_margin_keeps_more_voxels_around_the_brain(cohort: Path) -> None:
+    folder = cohort.parent
+    frame = pd.read_csv(cohort)
+    margins = {
+        site: p["mask_margin_voxels"]
+        for site, p in json.loads((folder / "generation.json").read_text())[
+            "site_parameters"
+        ].items()
+    }
+    kept = {
+        site: np.mean(
+            [
+                (_load(folder / r.image) != 0).sum() / (_load(folder / r.label) > 0).sum()
+                for r in rows.itertuples()
+            ]
+        )
+        for site, rows in frame.groupby("site")
+    }
+    widest, narrowest = max(margins, key=margins.get), min(margins, key=margins.get)
+    assert kept[widest] > kept[narrowest] * 1.1
+
+
+def test_the_segmentation_preset_keeps_neutral_geometry_and_contrast(tmp_path: Path) -> None:
+    out = _simulate(tmp_path / "sim", sites=None, subjects=6, preset="segmentation").parent
+    gen = json.loads((out / "generation.json").read_text())
+    for p in gen["site_parameters"].values():
+        assert p["acquisition_factor"] == 1.0 and p["mask_margin_voxels"] == 1.0
+        assert p["residue"] == 0.0 and p["rotation_deg"] == 0.0
+    assert all(s["registration"] is None for s in gen["subject_parameters"])
+
+
+def test_registration_jitter_moves_image_and_labels_together(tmp_path: Path) -> None:
+    still = _simulate(tmp_path / "still", scanner_strength=0.0).parent
+    moved = _simulate(tmp_path / "moved").parent
+    gen = json.loads((moved / "generation.json").read_text())
+    assert all(s["registration"] is not None for s in gen["subject_parameters"])
+    changed = 0
+    for r in pd.read_csv(moved / "manifest.csv").itertuples():
+        image, label = _load(moved / r.image), _load(moved / r.label)
+        assert (image[label > 0] != 0).all()  # every labelled voxel lies in the image's mask
+        changed += int((label != _load(still / r.label)).sum())
+    assert changed > 0  # and the labels are not those of the unmoved anatomy

@@ -509,6 +509,6 @@ def test_augmented_cached_volumes_change_images_on_every_read_but_not_labels(
     # workers draw their own changes: the augmenter is not pickled along
     assert pickle.loads(pickle.dumps(augmented))._augmenter is None
     with pytest.raises(
-        ValueError, match="unknown augment 'spatial'; choose one of: none, intensity"
+        ValueError, match="unknown augment 'elastic'; choose one of: none, intensity, spatial"
     ):
-        CachedVolumes(cache, rows, y, codes, augment="spatial")
+        CachedVolumes(cache, rows, y, codes, augment="elastic")

@@ -25,7 +25,8 @@ def check_choice(what: str, value: object, allowed: Iterable[str]) -> None:
 
 
 #: what ``data.augment`` can be
-Augmentation = Literal["none", "intensity"]
+#: (``auto`` resolves to one of the others when a run starts, see ``training.fit``)
+Augmentation = Literal["auto", "none", "intensity", "spatial", "intensity+spatial"]
 AUGMENTATIONS: tuple[str, ...] = get_args(Augmentation)
 
 #: Where confound heads can attach: an encoder level (``encoder0`` at the input's resolution,

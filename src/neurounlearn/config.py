@@ -146,11 +146,15 @@ class DataConfig(_Strict):
         "zscore", description="images: intensity normalisation (zscore over brain voxels)"
     )
     augment: Augmentation = Field(
-        "none",
-        description="images: intensity: every training volume, each time it is drawn, gets "
+        "auto",
+        description="images: auto: spatial for image regression and classification, "
+        "none for segmentation (its figures were measured without) and tables; "
+        "intensity: every training volume, each time it is drawn, gets "
         "random scanner-like changes of its intensities (a gamma in 0.5-2, a smooth bias "
-        "field, blur, noise; see neurounlearn.data.augment), an alternative or a companion to "
-        "unlearning the site; validation, test and predicted volumes are never changed",
+        "field, blur, noise), an alternative or a companion to unlearning the site; spatial: "
+        "a random left-right flip and a small rotation, shift and scale (the label map moves "
+        "along); intensity+spatial: both (see neurounlearn.data.augment); validation, test and "
+        "predicted volumes are never changed",
     )
     cache_dir: Path | None = Field(
         None,
@@ -466,7 +470,12 @@ class TrainConfig(_Strict):
     epochs: int = Field(100, ge=1)
     batch_size: int = Field(32, ge=2)
     lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(1e-4, ge=0)
+    weight_decay: float | Literal["auto"] = Field(
+        "auto",
+        description="AdamW weight decay of the encoder and task head. auto: 0.05 for image "
+        "regression and classification (a CNN on a few hundred volumes overfits), 1e-4 for "
+        "tables and segmentation (their benchmark figures were measured so)",
+    )
     patience: int = Field(
         50,
         ge=1,
@@ -503,6 +512,28 @@ class TrainConfig(_Strict):
         "segmentation, off otherwise (not yet measured there); no effect on a model without "
         "batch norm",
     )
+    restore: Literal["auto", "best", "last"] = Field(
+        "auto",
+        description="the weights a finished run keeps: best, those of the epoch with the lowest "
+        "validation task loss (counted from the first unlearning epoch, as early stopping "
+        "counts); last, the last epoch's. auto: best for image regression and classification "
+        "(a CNN on a few hundred volumes overfits and its validation loss swings from epoch to "
+        "epoch), last for tables and segmentation (their benchmark figures were measured so)",
+    )
+
+    @property
+    def decay(self) -> float:
+        """``weight_decay`` as a number, once a run has decided ``auto`` (``training.fit``)."""
+        if isinstance(self.weight_decay, str):
+            raise ValueError("train.weight_decay is still auto: a run decides it when it starts")
+        return float(self.weight_decay)
+
+    @field_validator("weight_decay")
+    @classmethod
+    def _non_negative_decay(cls, v: float | str) -> float | str:
+        if not isinstance(v, str) and v < 0:
+            raise ValueError(f"weight_decay must be 0 or more (or auto), got {v}")
+        return v
 
     @field_validator("accelerator")
     @classmethod

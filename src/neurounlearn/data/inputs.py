@@ -126,7 +126,7 @@ def volume_columns(cfg: RunConfig, *, labels: bool = True) -> VolumeColumns:
 
 def check_augment_config(cfg: RunConfig) -> None:
     """``data.augment`` changes images: refuse it for a feature table."""
-    if cfg.data.augment != "none" and cfg.data.input != "image":
+    if cfg.data.augment not in ("none", "auto") and cfg.data.input != "image":
         raise InputError(
             f"data.augment={cfg.data.augment} changes images, but the input is {cfg.data.input!r}",
             hint="leave data.augment at none, or train on images (data.input=image)",
@@ -370,7 +370,7 @@ class RowData:
 
     def subset(self, rows: np.ndarray, *, augment: Augmentation = "none") -> Dataset:
         """A dataset over ``rows`` (integer positions or a boolean mask); ``augment``
-        (images only): ``intensity`` changes each image at random every time it is read."""
+        (images only): see :class:`~neurounlearn.data.volumes.CachedVolumes`."""
         rows = np.asarray(rows)
         if rows.dtype == bool:
             rows = np.flatnonzero(rows)

@@ -3,12 +3,13 @@
 Every subject is the MNI152 2009 template's tissue maps (grey matter, white matter, brain mask;
 they ship inside nilearn's wheel, so nothing is downloaded) changed by age (cortical grey matter
 turned into CSF, ventricles enlarged), by sex (males' heads are larger) and by a smooth random
-deformation, then imaged by its site's "scanner": gamma contrast, a smooth bias field,
-anisotropic blur, Rician noise, intensity gain and offset. Each site draws ages from its own
-range, so site and age can be confounded (``ages="paper"``) or independent
-(``ages="independent"``). Everything that generated the cohort is written to
-``generation.json`` next to the manifest, so an audit of what a model learned can be checked
-against the truth.
+deformation, then imaged by its site's "scanner": registration error, the sequence's tissue
+contrast, gamma, a smooth bias field, the acquisition voxel size (partial volume), anisotropic
+blur, Rician noise, intensity gain and offset, and the skull stripping's mask (with non-brain
+tissue left in its rim). Each site draws ages from its own range, so site and age can be
+confounded (``ages="paper"``) or independent (``ages="independent"``). Everything that
+generated the cohort is written to ``generation.json`` next to the manifest, so an audit of what
+a model learned can be checked against the truth.
 
 Examples:
     >>> manifest = simulate_cohort("cohort", sites=3, subjects=300)  # doctest: +SKIP
@@ -22,7 +23,7 @@ import json
 import math
 import numbers
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
@@ -100,6 +101,32 @@ NOISE_SD_BASE = 0.02  # Rician noise sd of the neutral scanner (tissue intensity
 NOISE_SD_RANGE = (-0.015, 0.03)  # added to the base: 0.005 … 0.05
 #: Slice axis of sites A, B, C, … in turn: A is blurred along z (axial slices), B along x, C y.
 SLICE_AXES = (2, 0, 1)
+#: Tissue contrast of the site's T1-weighted sequence: white/grey and CSF/grey signal ratios. The
+#: spoiled gradient-echo signal equation with measured T1 at 1.5 T and 3 T (white matter 646 /
+#: 838 ms, grey matter 1197 / 1607 ms; Wright et al. 2008, MAGMA 21:121), CSF T1 about 4 s,
+#: proton densities 0.70 / 0.80 / 1.0 and flip angles 15-30 degrees gives white/grey 1.38-1.56
+#: and CSF/grey 0.40-0.52; the ranges are widened to cover inversion-prepared (MPRAGE-like)
+#: sequences, whose white/grey contrast is higher and CSF darker. The neutral scanner keeps
+#: :data:`TISSUE_INTENSITY` (1.55 and 0.36). Sites differ in what the age model reads: where
+#: grey matter turns into CSF, and how bright the partial-volume voxels at their border are.
+WM_GM_RATIO_RANGE = (1.25, 1.70)
+CSF_GM_RATIO_RANGE = (0.22, 0.55)
+#: Acquisition voxel size relative to the output grid (isotropic): the image is averaged onto the
+#: site's coarser grid (partial volume) and interpolated back, as a site scanning at 1.0, 1.2 or
+#: 1.5 mm and resampled to a common 1 mm grid would be. 1: acquired on the output grid.
+ACQUISITION_FACTOR_RANGE = (1.0, 1.7)
+#: Skull stripping: the mask keeps voxels within this distance (voxels) of the brain (brain
+#: fraction >= 0.5); the neutral pipeline keeps one voxel. Where the margin is wider, non-brain
+#: tissue the stripping left (dura, fat, marrow: bright on T1) fills the rim, at this clean
+#: intensity times the outside fraction; 0: a clean strip.
+MASK_MARGIN_RANGE = (0.0, 2.5)
+RESIDUE_RANGE = (0.0, 0.6)
+#: Registration to the template: a site-wide rotation (degrees, about a random axis; a
+#: pipeline's systematic misalignment) and per-subject random rigid jitter (standard deviations
+#: of the rotation per axis, degrees, and of the shift per axis, mm).
+SITE_ROTATION_RANGE_DEG = (0.0, 4.0)
+JITTER_ROTATION_SD_RANGE_DEG = (0.5, 2.0)
+JITTER_SHIFT_SD_RANGE_MM = (0.5, 2.0)
 #: Monomials of the bias field (exponents of x, y, z in [-1, 1]): every one up to degree 2.
 BIAS_MONOMIALS: tuple[tuple[int, int, int], ...] = (
     (1, 0, 0), (0, 1, 0), (0, 0, 1),
@@ -380,6 +407,20 @@ class _Site:
     blur_sigma: tuple[float, float, float]  # voxels, per axis
     slice_axis: str
     noise_sd: float
+    # what the neutral scanner does unless the site says otherwise (the presets do not)
+    tissue_intensity: dict[str, float] = field(default_factory=lambda: dict(TISSUE_INTENSITY))
+    acquisition_factor: float = 1.0
+    mask_margin: float = 1.0
+    residue: float = 0.0
+    rotation_deg: float = 0.0
+    rotation_axis: tuple[float, float, float] = (0.0, 0.0, 1.0)
+    jitter_rotation_sd_deg: float = 0.0
+    jitter_shift_sd_mm: float = 0.0
+
+    @property
+    def moves(self) -> bool:
+        """Whether registration moves this site's subjects off the template."""
+        return bool(self.rotation_deg or self.jitter_rotation_sd_deg or self.jitter_shift_sd_mm)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -392,6 +433,14 @@ class _Site:
             "blur_sigma_voxels": [round6(s) for s in self.blur_sigma],
             "slice_axis": self.slice_axis,
             "noise_sd": round6(self.noise_sd),
+            "tissue_intensity": {k: round6(v) for k, v in self.tissue_intensity.items()},
+            "acquisition_factor": round6(self.acquisition_factor),
+            "mask_margin_voxels": round6(self.mask_margin),
+            "residue": round6(self.residue),
+            "rotation_deg": round6(self.rotation_deg),
+            "rotation_axis": [round6(a) for a in self.rotation_axis],
+            "jitter_rotation_sd_deg": round6(self.jitter_rotation_sd_deg),
+            "jitter_shift_sd_mm": round6(self.jitter_shift_sd_mm),
         }
 
 
@@ -493,6 +542,36 @@ def _make_sites(seed: int, ranges: list[tuple[float, float]], strength: float) -
                 noise_sd=max(0.0, NOISE_SD_BASE + float(noise[j]) * strength),
             )
         )
+    # Drawn after the draws above, which therefore do not depend on them. At strength s each
+    # deviates from the neutral scanner by s times its deviation at strength 1.
+    wm_gm = _spread(rng, k, WM_GM_RATIO_RANGE)
+    csf_gm = _spread(rng, k, CSF_GM_RATIO_RANGE)
+    acquisition = _spread(rng, k, ACQUISITION_FACTOR_RANGE)
+    margin = _spread(rng, k, MASK_MARGIN_RANGE)
+    residue = _spread(rng, k, RESIDUE_RANGE)
+    rotation = _spread(rng, k, SITE_ROTATION_RANGE_DEG)
+    jitter_rotation = _spread(rng, k, JITTER_ROTATION_SD_RANGE_DEG)
+    jitter_shift = _spread(rng, k, JITTER_SHIFT_SD_RANGE_MM)
+    neutral = TISSUE_INTENSITY
+    for j, site in enumerate(sites):
+        direction = rng.normal(size=3)
+        wm = neutral["wm"]
+        gm = wm / math.exp(
+            math.log(wm / neutral["gm"]) * (1 - strength) + math.log(wm_gm[j]) * strength
+        )
+        csf = gm * math.exp(
+            math.log(neutral["csf"] / neutral["gm"]) * (1 - strength)
+            + math.log(csf_gm[j]) * strength
+        )
+        site.tissue_intensity = {"csf": csf, "gm": gm, "wm": wm}
+        site.acquisition_factor = 1.0 + (float(acquisition[j]) - 1.0) * strength
+        site.mask_margin = 1.0 + (float(margin[j]) - 1.0) * strength
+        site.residue = float(residue[j]) * strength
+        site.rotation_deg = float(rotation[j]) * strength
+        unit = direction / np.linalg.norm(direction)
+        site.rotation_axis = (float(unit[0]), float(unit[1]), float(unit[2]))
+        site.jitter_rotation_sd_deg = float(jitter_rotation[j]) * strength
+        site.jitter_shift_sd_mm = float(jitter_shift[j]) * strength
     return sites
 
 
@@ -509,6 +588,10 @@ class _Subject:
     deformation: NDArray[np.float64]  # 3 x G x G x G control displacements, mm
     texture: NDArray[np.float64]  # T x T x T control values
     rng: np.random.Generator  # goes on to draw this subject's scanner noise
+    # registration error: the site's rotation composed with this subject's jitter (a rotation
+    # vector, degrees) and its shift (mm); None where the site's registration is exact
+    rotation_deg: NDArray[np.float64] | None = None
+    shift_mm: NDArray[np.float64] | None = None
 
     @property
     def t(self) -> float:
@@ -535,6 +618,12 @@ class _Subject:
             "gm_thinning": round6(thinning),
             "deformation_rms_mm": round6(rms),
             "tissue_intensity": {k: round6(v) for k, v in self.tissue_intensity.items()},
+            "registration": None
+            if self.rotation_deg is None or self.shift_mm is None
+            else {
+                "rotation_vector_deg": [round6(v) for v in self.rotation_deg],
+                "shift_mm": [round6(v) for v in self.shift_mm],
+            },
             "rng": f"numpy.random.default_rng([seed, 1, {self.index}])",
         }
 
@@ -551,11 +640,30 @@ def _make_subject(seed: int, index: int, name: str, site: _Site) -> _Subject:
     head = (MALE_HEAD_SCALE if sex == "M" else 1.0) * math.exp(rng.normal(0.0, HEAD_SCALE_SD))
     jitter = rng.normal(0.0, TISSUE_JITTER_SD, size=3)
     intensity = {
-        k: v + float(j) for (k, v), j in zip(TISSUE_INTENSITY.items(), jitter, strict=True)
+        k: site.tissue_intensity[k] + float(j)
+        for k, j in zip(TISSUE_INTENSITY, jitter, strict=True)
     }
     deformation = rng.normal(0.0, DEFORMATION_SD_MM, size=(3,) + (DEFORMATION_GRID,) * 3)
     texture = rng.normal(0.0, 1.0, size=(TEXTURE_GRID,) * 3)
-    return _Subject(index, name, site, age, sex, gap, head, intensity, deformation, texture, rng)
+    person = _Subject(index, name, site, age, sex, gap, head, intensity, deformation, texture, rng)
+    if site.moves:  # a stream of its own: the draws above stay what they were without it
+        pose = np.random.default_rng([seed, 2, index]).normal(size=6)
+        person.rotation_deg = (
+            np.asarray(site.rotation_axis) * site.rotation_deg
+            + pose[:3] * site.jitter_rotation_sd_deg
+        )
+        person.shift_mm = pose[3:] * site.jitter_shift_sd_mm
+    return person
+
+
+def _rotation(vector_deg: NDArray[np.float64]) -> NDArray[np.float64]:
+    """The rotation matrix of a rotation vector in degrees (Rodrigues' formula)."""
+    theta = math.radians(float(np.linalg.norm(vector_deg)))
+    if theta == 0.0:
+        return np.eye(3)
+    k = np.asarray(vector_deg, dtype=np.float64) / np.linalg.norm(vector_deg)
+    cross = np.array([[0.0, -k[2], k[1]], [k[2], 0.0, -k[0]], [-k[1], k[0], 0.0]])
+    return np.eye(3) + math.sin(theta) * cross + (1.0 - math.cos(theta)) * cross @ cross
 
 
 # ----------------------------------------------------------------------------- images
@@ -582,7 +690,14 @@ def _anatomy(subject: _Subject, tpl: _Template, age_effect: float) -> tuple[Floa
     # Head size about the grid centre, plus a smooth random deformation (mm -> voxels).
     centre = (np.asarray(shape, dtype=np.float64)[:, None] - 1) / 2.0
     displacement = np.stack([_smooth_field(d, shape) for d in subject.deformation])
-    coords = centre + (grid - centre) / subject.head_scale
+    relative = grid - centre
+    if subject.rotation_deg is not None and subject.shift_mm is not None:
+        # Registration error: the subject lands rotated and shifted on the grid, so each output
+        # voxel samples the anatomy where the inverse motion (R^T, then minus the shift) takes it.
+        relative = _rotation(subject.rotation_deg).T @ (
+            relative - subject.shift_mm[:, None] / tpl.voxel_mm
+        )
+    coords = centre + relative / subject.head_scale
     coords += displacement.reshape(3, -1) / tpl.voxel_mm
     warped = [
         ndimage.map_coordinates(m, coords, order=1, cval=0.0).reshape(shape).astype(np.float32)
@@ -603,23 +718,61 @@ def _scan(subject: _Subject, csf: Float, gm: Float, wm: Float, shape: Shape) -> 
     site = subject.site
     ti = subject.tissue_intensity
     brain = csf + gm + wm
+    mask = _mask(brain, site.mask_margin)
     clean = ti["csf"] * csf + ti["gm"] * gm + ti["wm"] * wm
     texture = _smooth_field(subject.texture, shape)
     clean = np.clip(clean * (1.0 + TEXTURE_SD * texture), 0.0, None)
+    if site.residue > 0:  # non-brain tissue the skull stripping left inside the mask
+        clean = clean + np.where(mask, site.residue * np.clip(1.0 - brain, 0.0, 1.0), 0.0)
     # Scanner, in the order physics applies it: contrast of the sequence, coil sensitivity
-    # (bias field), point-spread function / slice thickness (blur), thermal noise in the real
-    # and imaginary channels (Rician magnitude), then the reconstruction's gain and offset.
+    # (bias field), the acquisition grid (partial volume), point-spread function / slice
+    # thickness (blur), thermal noise in the real and imaginary channels (Rician magnitude),
+    # then the reconstruction's gain and offset.
     image = clean**site.gamma
     image = image * _bias_field(tuple(site.bias_coefficients), shape)
+    if site.acquisition_factor > 1.0:
+        image = _acquire(image, site.acquisition_factor)
     if any(s > 0 for s in site.blur_sigma):
         image = ndimage.gaussian_filter(image, site.blur_sigma)
     if site.noise_sd > 0:
         n1, n2 = subject.rng.normal(0.0, site.noise_sd, size=(2, *shape))
         image = np.sqrt((image + n1) ** 2 + n2**2)
     image = image * site.gain + site.offset
-    # Skull-stripped, as most pipelines deliver T1s: zero outside the (slightly dilated) brain.
-    mask = ndimage.binary_dilation(brain >= 0.5, iterations=1)
+    # Skull-stripped, as most pipelines deliver T1s: zero outside the site's mask.
     return np.where(mask, image, 0.0).astype(np.float32)
+
+
+def _mask(brain: Float, margin: float) -> NDArray[np.bool_]:
+    """The skull-stripping mask: brain fraction >= 0.5 and every voxel within ``margin`` voxels
+    of it (1: one voxel, the neutral pipeline's dilation by the 6-neighbourhood)."""
+    inside = brain >= 0.5
+    if margin == 1.0:
+        return ndimage.binary_dilation(inside, iterations=1)
+    if margin <= 0.0:
+        return inside
+    return ndimage.distance_transform_edt(~inside) <= margin
+
+
+def _acquire(image: NDArray[Any], factor: float) -> NDArray[Any]:
+    """The image as a scanner with ``factor`` times larger voxels records it, interpolated back
+    onto the output grid: each coarse voxel averages what it covers (partial volume)."""
+    shape = image.shape
+    coarse = tuple(max(2, round(n / factor)) for n in shape)
+    smooth = ndimage.gaussian_filter(image, (factor - 1.0) / 2.0)  # anti-aliased, as in skimage
+    small = ndimage.zoom(
+        smooth,
+        [c / n for c, n in zip(coarse, shape, strict=True)],
+        order=1,
+        grid_mode=True,
+        mode="nearest",
+    )
+    return ndimage.zoom(
+        small,
+        [n / c for c, n in zip(coarse, shape, strict=True)],
+        order=1,
+        grid_mode=True,
+        mode="nearest",
+    )
 
 
 def _save_nifti(array: NDArray[Any], affine: NDArray[np.float64], path: Path) -> None:
@@ -730,7 +883,10 @@ def _generation_record(
                 "control grid of N(0, 1), cubic-spline upsampled"
             ),
             "labels": "0 where CSF + GM + WM < 0.5, else argmax of (CSF, GM, WM) + 1",
-            "image_mask": "zero outside the brain (fraction >= 0.5) dilated by one voxel",
+            "image_mask": (
+                "zero outside the site's skull-stripping mask: brain fraction >= 0.5 and every "
+                "voxel within mask_margin_voxels of it (the neutral pipeline: one voxel)"
+            ),
         },
         "age_effect_model": {
             "description": (
@@ -758,15 +914,25 @@ def _generation_record(
         },
         "site_effect_model": {
             "description": (
-                "In this order: I = clean ** gamma; I *= 1 + sum(bias_coefficients * "
-                "monomials(x)), x in [-1, 1]^3 over the field of view; I = "
-                "gaussian_filter(I, blur_sigma_voxels); I = sqrt((I + n1)^2 + n2^2) with n1, "
-                "n2 ~ N(0, noise_sd) (Rician); I = gain * I + offset; zero outside the brain "
-                "mask. At scanner_strength s every site's log gain, offset, log gamma, bias "
-                "amplitude and blur are s times its value at strength 1, and noise_sd = "
-                f"{NOISE_SD_BASE} + s * (its deviation at strength 1), so s = 0 gives "
-                "identical scanners. Values at strength 1 are spread evenly over the ranges "
-                "below, each parameter in its own seeded random order."
+                "Geometry first: each subject is rotated (the site's rotation_deg about its "
+                "rotation_axis plus N(0, jitter_rotation_sd_deg) per axis) and shifted "
+                "(N(0, jitter_shift_sd_mm) per axis) off the template, image and labels "
+                "alike (registration error). The clean image mixes the tissue fractions at "
+                "the site's tissue_intensity (its T1 contrast; each subject adds its jitter), "
+                "plus residue * (1 - brain fraction) inside the mask (non-brain tissue left by "
+                "the skull stripping). Then in this order: I = clean ** gamma; I *= 1 + "
+                "sum(bias_coefficients * monomials(x)), x in [-1, 1]^3 over the field of "
+                "view; I averaged onto a grid acquisition_factor times coarser and "
+                "interpolated back (partial volume); I = gaussian_filter(I, "
+                "blur_sigma_voxels); I = sqrt((I + n1)^2 + n2^2) with n1, n2 ~ N(0, noise_sd) "
+                "(Rician); I = gain * I + offset; zero outside the site's mask. At "
+                "scanner_strength s every site's log gain, offset, log gamma, bias amplitude, "
+                "blur, log white/grey and CSF/grey ratios, acquisition factor - 1, mask margin "
+                "- 1, residue and registration error are s times their deviation from the "
+                f"neutral scanner at strength 1, and noise_sd = {NOISE_SD_BASE} + s * (its "
+                "deviation at strength 1), so s = 0 gives identical scanners. Values at "
+                "strength 1 are spread evenly over the ranges below, each parameter in its own "
+                "seeded random order."
             ),
             "bias_monomials_xyz_exponents": [list(e) for e in BIAS_MONOMIALS],
             "ranges_at_strength_1": {
@@ -777,7 +943,23 @@ def _generation_record(
                 "slice_blur_sigma_voxels": list(SLICE_BLUR_RANGE),
                 "inplane_blur_sigma_voxels": INPLANE_BLUR,
                 "noise_sd": [round6(v) for v in noise_range],
+                "wm_gm_ratio": list(WM_GM_RATIO_RANGE),
+                "csf_gm_ratio": list(CSF_GM_RATIO_RANGE),
+                "acquisition_factor": list(ACQUISITION_FACTOR_RANGE),
+                "mask_margin_voxels": list(MASK_MARGIN_RANGE),
+                "residue": list(RESIDUE_RANGE),
+                "rotation_deg": list(SITE_ROTATION_RANGE_DEG),
+                "jitter_rotation_sd_deg": list(JITTER_ROTATION_SD_RANGE_DEG),
+                "jitter_shift_sd_mm": list(JITTER_SHIFT_SD_RANGE_MM),
             },
+            "tissue_contrast_source": (
+                "white/grey and CSF/grey ratios span what the spoiled gradient-echo signal "
+                "equation gives with measured T1 at 1.5 T and 3 T (white matter 646 / 838 ms, "
+                "grey matter 1197 / 1607 ms; Wright et al. 2008, MAGMA 21:121), CSF T1 about 4 "
+                "s, proton densities 0.70 / 0.80 / 1.0 and flip angles 15-30 degrees (white/"
+                "grey 1.38-1.56, CSF/grey 0.40-0.52), widened to cover inversion-prepared "
+                "(MPRAGE-like) sequences"
+            ),
             "slice_axes": "site A along z, B along x, C along y, then again",
             "scanner_strength": strength,
         },
@@ -786,7 +968,8 @@ def _generation_record(
         "rng": (
             "numpy.random.default_rng([seed, 0]) draws the sites; default_rng([seed, 1, index]) "
             "draws each subject's age, sex, brain age gap, head scale, tissue jitter, "
-            "deformation and texture, then its noise"
+            "deformation and texture, then its noise; default_rng([seed, 2, index]) its "
+            "registration jitter"
         ),
     }
 

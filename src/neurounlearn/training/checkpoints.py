@@ -137,3 +137,49 @@ class ExactResume(Callback):
             if name in self._pending:
                 obj.load_state_dict(self._pending[name])
         self._pending = None
+
+
+class BestWeights(Callback):
+    """Keeps the model's weights from the epoch with the lowest ``monitor`` (the validation task
+    loss once early stopping counts), so that training can end on them instead of the last
+    epoch's (``train.restore: best``).
+
+    The weights are held in memory and stored in every checkpoint, so a resumed run ends on the
+    same epoch's weights as an uninterrupted one. Epochs that do not log ``monitor`` (the
+    unlearning strategies' pretraining) are never chosen.
+
+    Args:
+        monitor: the logged value to minimise.
+    """
+
+    def __init__(self, monitor: str) -> None:
+        self.monitor = monitor
+        self.best: float | None = None
+        self.epoch: int | None = None
+        self.weights: dict[str, torch.Tensor] | None = None
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        value = trainer.callback_metrics.get(self.monitor)
+        if value is None or not bool(torch.isfinite(value)):
+            return
+        if self.best is None or float(value) < self.best:
+            self.best, self.epoch = float(value), int(trainer.current_epoch)
+            model = cast(Any, pl_module).model
+            self.weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "epoch": self.epoch, "weights": self.weights}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.best, self.epoch = state_dict["best"], state_dict["epoch"]
+        self.weights = state_dict["weights"]
+
+    def restore(self, model: torch.nn.Module) -> int | None:
+        """Load the best epoch's weights into ``model``; the epoch, or ``None`` if no epoch
+        logged ``monitor`` (the model keeps its last weights)."""
+        if self.weights is None:
+            return None
+        model.load_state_dict(self.weights)
+        return self.epoch

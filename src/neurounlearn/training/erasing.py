@@ -61,7 +61,7 @@ def erase_run(
         val,
         task=task,
         lr=cfg.train.lr,
-        weight_decay=cfg.train.weight_decay,
+        weight_decay=cfg.train.decay,
         seed=cfg.train.seed,
         class_weight=weight,
         task_loss=cfg.train.task_loss,

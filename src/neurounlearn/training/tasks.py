@@ -62,6 +62,9 @@ class Task:
     label_word: ClassVar[str] = "a target"
     #: recompute the batch-norm statistics after training when ``train.precise_bn: auto``
     precise_bn_default: ClassVar[bool] = False
+    #: whether an image run of this task takes the image defaults where its settings say auto
+    #: (``train.restore``, ``data.augment``, ``train.weight_decay``; see ``training.fit``)
+    image_defaults: ClassVar[bool] = True
 
     def memory(self, setting: str | int) -> tuple[int, int | None]:
         """Rows of the adversary memory and its byte cap (``None``: as many bytes as it takes)."""
@@ -142,6 +145,7 @@ class SegmentationTask(Task):
     name: ClassVar[str] = "segmentation"
     label_word: ClassVar[str] = "a label map"
     precise_bn_default: ClassVar[bool] = True
+    image_defaults: ClassVar[bool] = False  # the segmentation figures were measured without
 
     def memory(self, setting: str | int) -> tuple[int, int | None]:
         if setting == "auto":

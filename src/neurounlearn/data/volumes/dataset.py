@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import Dataset
 
 from neurounlearn.choices import check_choice
-from neurounlearn.data.augment import AUGMENTATIONS, Augmentation, IntensityAugment
+from neurounlearn.data.augment import AUGMENTATIONS, Augmentation, VolumeAugment
 from neurounlearn.data.datasets import confound_extras
 from neurounlearn.data.volumes.cache import VolumeCache, label_path_for
 
@@ -30,8 +30,10 @@ class CachedVolumes(Dataset):
         values: optional ``(n, C)`` standardised values of continuous confounds (``NaN``: none).
         conditions: optional ``(n, C)`` target bins of target-conditioned confounds (``-1``).
         augment: ``intensity``: each image, every time it is read, gets random scanner-like
-            intensity changes (:class:`~neurounlearn.data.augment.IntensityAugment`, seeded
-            per process from ``torch.initial_seed()``); ``none``: images as cached.
+            intensity changes; ``spatial``: a random flip and small move (its label map
+            along); ``intensity+spatial``: both (:class:`~neurounlearn.data.augment.
+            VolumeAugment`, seeded per process from ``torch.initial_seed()``); ``none``:
+            images as cached.
 
     Raises:
         ValueError: lengths differ, a row is outside the cache, labels are asked for but the
@@ -55,7 +57,7 @@ class CachedVolumes(Dataset):
         conditions: np.ndarray | None = None,
         augment: Augmentation = "none",
     ) -> None:
-        check_choice("augment", augment, AUGMENTATIONS)
+        check_choice("augment", augment, [a for a in AUGMENTATIONS if a != "auto"])
         self.augment = augment
         self._augmenter: Any = None
         self.extra = confound_extras(values, conditions)
@@ -103,8 +105,11 @@ class CachedVolumes(Dataset):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if "augment" in state:
-            self._augmenter = IntensityAugment(seed=torch.initial_seed())
+            self._augmenter = self._new_augmenter()
             self._augmenter.load_state_dict(state["augment"])
+
+    def _new_augmenter(self) -> VolumeAugment:
+        return VolumeAugment(self.augment, torch.initial_seed(), with_labels=self.with_labels)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         if self._images is None:
@@ -113,15 +118,16 @@ class CachedVolumes(Dataset):
                 self._labels = np.load(self.label_path, mmap_mode="r")
         row = self.rows[i]
         x = np.array(self._images[row], dtype=np.float32)
-        if self.augment == "intensity":
+        label = None if self._labels is None else np.array(self._labels[row], dtype=np.int64)
+        if self.augment != "none":
             if self._augmenter is None:
-                self._augmenter = IntensityAugment(seed=torch.initial_seed())
-            x = self._augmenter(x)
+                self._augmenter = self._new_augmenter()
+            x, label = self._augmenter(x, label)
         item = {
-            "x": torch.from_numpy(x).unsqueeze(0),
+            "x": torch.from_numpy(np.ascontiguousarray(x)).unsqueeze(0),
             "y": torch.tensor(self.y[i], dtype=torch.float32),
             "codes": torch.from_numpy(self.codes[i].copy()),
         }
-        if self._labels is not None:
-            item["label"] = torch.from_numpy(np.array(self._labels[row], dtype=np.int64))
+        if label is not None:
+            item["label"] = torch.from_numpy(np.ascontiguousarray(label))
         return item | {k: v[i] for k, v in self.extra.items()}
