@@ -1,18 +1,27 @@
 """Quality benchmark of the image path, on the default simulated cohort.
 
 Per seed: simulate 3 sites x 300 subjects at 48^3 with age independent of site (``--ages
-independent``), then train the compact 3D CNN to predict age as baseline, iterative (sequential
-and joint) and grl with site unlearned. On the test split: age MAE and site balanced accuracy of
-fresh linear and nonlinear probes on the held-out embeddings.
+independent``; the scanners differ in tissue contrast, acquisition voxel size, skull stripping
+and registration as well as intensities, see ``docs/simulated-cohort.md``), then train the
+compact 3D CNN to predict age as the baseline, and iterative and grl with site unlearned, each
+with and without ``--erase site``. On the test split: age MAE and the site balanced accuracy of
+fresh linear and nonlinear probes on the held-out embeddings. A voxel ridge (ridge on 8^3 block
+means of the same preprocessed volumes, fit on the training rows) is the honest floor.
 
-Targets: baseline linear-probe site BAcc >= 0.90 (the simulated scanner effect is
-real); each unlearned arm: site BAcc <= 0.43 (chance 0.33 + 0.10) for both probes and age MAE
-<= 1.15 x baseline.
+Targets: (1) baseline site BAcc >= 0.85 for both probes (the CNN reads the scanner, as real
+multi-site CNNs do); (2) baseline age MAE <= 0.9 x the voxel ridge's; (3) unlearned arms, at least
+those that erase: site BAcc <= 0.43 (chance 0.33 + 0.10) for both probes and MAE <= 1.10 x the
+baseline's.
 
 Writes ``benchmarks/results/image_sim.json`` and ``.md``.
 
     python benchmarks/image_sim.py [--seeds 0 1 2] [--epochs N] [--subjects 300] [--shape 48]
-    python benchmarks/image_sim.py --render   # re-render the markdown from the JSON
+    python benchmarks/image_sim.py --paper-size   # the paper's 128x160x128 and VGG-like encoder
+    python benchmarks/image_sim.py --render       # re-render the markdown from the JSON
+
+On a GPU the same command runs unchanged (``train.precision: auto`` picks bf16 there);
+``--paper-size`` is for a GPU (one epoch of the paper encoder at 128x160x128 is minutes on 2
+CPU cores).
 """
 
 from __future__ import annotations
@@ -26,9 +35,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from neurounlearn.config import apply_overrides
+from neurounlearn.config import RunConfig, apply_overrides
 from neurounlearn.data.simulate import simulate_cohort
-from neurounlearn.demo import ARMS, image_config
+from neurounlearn.demo import image_config
 from neurounlearn.evaluation.evaluate import evaluate
 from neurounlearn.formatting import fmt_mean_sd, markdown_table, mean_sd
 from neurounlearn.results import LeakageResult
@@ -36,11 +45,22 @@ from neurounlearn.training.fit import fit
 
 warnings.filterwarnings("ignore")
 RESULTS = Path(__file__).parent / "results"
+#: (label, strategy, erase site)
+ARMS: list[tuple[str, str, bool]] = [
+    ("baseline", "baseline", False),
+    ("iterative", "iterative", False),
+    ("grl", "grl", False),
+    ("iterative + erase site", "iterative", True),
+    ("grl + erase site", "grl", True),
+]
 UNLEARNED = [a[0] for a in ARMS[1:]]
-RAW = "raw voxels (8³ block means; ridge / probes)"
-TARGET_BASELINE_BACC = 0.90
+ERASED = [a[0] for a in ARMS if a[2]]
+RAW = "voxel ridge (8³ block means; ridge / probes)"
+PAPER_SHAPE = (128, 160, 128)
+TARGET_BASELINE_BACC = 0.85
+TARGET_RIDGE_RATIO = 0.9
 TARGET_BACC = 1 / 3 + 0.10
-TARGET_MAE_RATIO = 1.15
+TARGET_MAE_RATIO = 1.10
 BENCH_OVERRIDES = [
     "audit.n_permutations=20",
     "audit.n_permutations_nonlinear=10",
@@ -53,8 +73,21 @@ def probe(m: dict[str, Any], kind: str) -> float | None:
     return LeakageResult.from_dict(m["leakage"]["site"]).probe(kind).balanced_accuracy
 
 
+def arm_config(
+    manifest: Path, strategy: str, erase: bool, *, seed: int, epochs: int, paper: bool, work: Path
+) -> RunConfig:
+    """One arm's configuration: the image demo's, with the site erased when asked."""
+    cfg = image_config(
+        manifest, strategy=strategy, seed=seed, epochs=epochs, cache_dir=work / "cache", erase=erase
+    )
+    overrides = list(BENCH_OVERRIDES)
+    if paper:
+        overrides += ["model.encoder=paper", "model.embedding_dim=96"]
+    return apply_overrides(cfg, overrides)
+
+
 def run_seed(
-    seed: int, *, epochs: int, subjects: int, shape: int, work: Path
+    seed: int, *, epochs: int, subjects: int, shape: tuple[int, int, int], paper: bool, work: Path
 ) -> dict[str, dict[str, Any]]:
     cohort = work / f"cohort{seed}"
     shutil.rmtree(cohort, ignore_errors=True)
@@ -71,17 +104,11 @@ def run_seed(
     print(f"seed {seed}: cohort simulated in {time.perf_counter() - t0:.0f} s", flush=True)
     out: dict[str, dict[str, Any]] = {}
     run_dirs: list[Path] = []
-    for label, strategy, mode in ARMS:
-        cfg = image_config(
-            manifest,
-            strategy=strategy,
-            mode=mode,
-            seed=seed,
-            epochs=epochs,
-            cache_dir=work / "cache",
+    for label, strategy, erase in ARMS:
+        cfg = arm_config(
+            manifest, strategy, erase, seed=seed, epochs=epochs, paper=paper, work=work
         )
-        cfg = apply_overrides(cfg, BENCH_OVERRIDES)
-        run_dir = work / f"seed{seed}_{strategy}_{mode}"
+        run_dir = work / f"seed{seed}_{strategy}{'_erase' if erase else ''}"
         shutil.rmtree(run_dir, ignore_errors=True)
         fit(cfg, run_dir, echo=lambda _: None)
         run_dirs.append(run_dir)
@@ -92,11 +119,23 @@ def run_seed(
             "site_bacc_nonlinear": probe(m, "nonlinear"),
             "fit_seconds": m["timing"]["fit_seconds"],
             "epochs_run": m["timing"]["epochs_run"],
+            "restored_epoch": json.loads((run_dir / "run.json").read_text()).get("restored_epoch"),
+            # what the network's own site heads read on the training batches, last 10 epochs
+            "adversary_train_accuracy": adversary_accuracy(run_dir),
         }
         print(f"  {label}: {json.dumps(out[label])}", flush=True)
     out[RAW] = raw_voxel_reference(run_dirs[0], seed)
     print(f"  {RAW}: {json.dumps(out[RAW])}", flush=True)
     return out
+
+
+def adversary_accuracy(run_dir: Path) -> float | None:
+    """Mean accuracy of the site heads on the training batches over the last 10 epochs."""
+    import pandas as pd
+
+    history = pd.read_csv(run_dir / "history.csv")
+    column = "train_adv_acc_site"
+    return float(history[column].tail(10).mean()) if column in history else None
 
 
 def raw_voxel_reference(run_dir: Path, seed: int) -> dict[str, Any]:
@@ -112,12 +151,12 @@ def raw_voxel_reference(run_dir: Path, seed: int) -> dict[str, Any]:
 
     run = load_run(run_dir)
     volumes = np.load(run.info["cache"]["path"], mmap_mode="r")
-    n, d = volumes.shape[0], volumes.shape[1]
-    k = d // 8
+    n = volumes.shape[0]
+    kx, ky, kz = (d // 8 for d in volumes.shape[1:])  # an 8^3 grid of blocks on any shape
     pooled = np.stack(
         [
-            np.asarray(v[: 8 * k, : 8 * k, : 8 * k], dtype=np.float32)
-            .reshape(8, k, 8, k, 8, k)
+            np.asarray(v[: 8 * kx, : 8 * ky, : 8 * kz], dtype=np.float32)
+            .reshape(8, kx, 8, ky, 8, kz)
             .mean(axis=(1, 3, 5))
             .ravel()
             for v in volumes
@@ -163,16 +202,24 @@ def summarise(per_seed: dict[str, dict[str, dict[str, Any]]]) -> dict[str, dict[
 
 def verdicts(summary: dict[str, dict[str, Any]]) -> dict[str, Any]:
     base = summary["baseline"]
+    base_mae = base["mae"]["mean"]
+    ridge_ratio = base_mae / summary[RAW]["mae"]["mean"]
     out: dict[str, Any] = {
         "baseline": {
             "site_bacc_linear": base["site_bacc_linear"]["mean"],
-            "met": (base["site_bacc_linear"]["mean"] or 0) >= TARGET_BASELINE_BACC,
+            "site_bacc_nonlinear": base["site_bacc_nonlinear"]["mean"],
+            "reads_site_met": min(
+                base["site_bacc_linear"]["mean"], base["site_bacc_nonlinear"]["mean"]
+            )
+            >= TARGET_BASELINE_BACC,
+            "mae_over_ridge": ridge_ratio,
+            "beats_ridge_met": ridge_ratio <= TARGET_RIDGE_RATIO,
         }
     }
     for label in UNLEARNED:
         s = summary[label]
         lin, non = s["site_bacc_linear"]["mean"], s["site_bacc_nonlinear"]["mean"]
-        ratio = s["mae"]["mean"] / base["mae"]["mean"]
+        ratio = s["mae"]["mean"] / base_mae
         out[label] = {
             "linear_met": lin <= TARGET_BACC,
             "nonlinear_met": non <= TARGET_BACC,
@@ -182,22 +229,39 @@ def verdicts(summary: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _status(met: bool, value: float, target: float) -> str:
+    if met:
+        return "met"
+    return f"missed by {abs(value - target):.2f}"
+
+
 def render(payload: dict[str, Any]) -> str:
     summary, verdict, meta = payload["summary"], payload["verdicts"], payload["meta"]
     base_mae = summary["baseline"]["mae"]["mean"]
+    shape = "×".join(str(n) for n in meta["shape"])
     lines = [
         "# Image benchmark: simulated cohort",
         "",
-        f"{meta['sites']} sites, {meta['subjects']} subjects, {meta['shape']}³ voxels, age "
-        f"independent of site; compact 3D CNN, {meta['epochs']} epochs, batch 16; seeds "
-        f"{meta['seeds']} (each seed simulates its own cohort and split). Mean ± sd over seeds "
-        "on the test split. Chance site BAcc: 0.33.",
+        f"{meta['sites']} sites, {meta['subjects']} subjects, {shape} voxels, age independent "
+        f"of site; {meta['encoder']} 3D CNN, {meta['epochs']} epochs, batch 16, the weights of "
+        f"the best validation epoch; seeds {meta['seeds']} (each seed simulates its own cohort "
+        "and split). Mean ± sd over seeds on the test split. Chance site BAcc: 0.33.",
         "",
     ]
-    head = ["arm", "age MAE", "MAE / baseline", "site BAcc linear", "site BAcc nonlinear", "fit s"]
+    head = [
+        "arm",
+        "age MAE",
+        "MAE / baseline",
+        "site BAcc linear",
+        "site BAcc nonlinear",
+        "site heads' accuracy (training batches)",
+        "epoch kept",
+        "fit s",
+    ]
     rows = []
     for label in [RAW, *(a[0] for a in ARMS)]:
         s = summary[label]
+        per_arm = [payload["per_seed"][seed][label] for seed in payload["per_seed"]]
         rows.append(
             [
                 label,
@@ -205,6 +269,11 @@ def render(payload: dict[str, Any]) -> str:
                 f"{s['mae']['mean'] / base_mae:.2f}",
                 fmt_mean_sd(s["site_bacc_linear"]),
                 fmt_mean_sd(s["site_bacc_nonlinear"]),
+                fmt_mean_sd(mean_sd([r.get("adversary_train_accuracy") for r in per_arm])),
+                " / ".join(
+                    "—" if r.get("restored_epoch") is None else str(r["restored_epoch"])
+                    for r in per_arm
+                ),
                 fmt_mean_sd(s["fit_seconds"], 0),
             ]
         )
@@ -212,21 +281,31 @@ def render(payload: dict[str, Any]) -> str:
     lines += [
         markdown_table(head, rows),
         "",
-        f"Targets: baseline linear site BAcc ≥ {TARGET_BASELINE_BACC:.2f}; unlearned arms "
-        f"site BAcc ≤ {TARGET_BACC:.2f} for both probes and MAE ≤ {TARGET_MAE_RATIO} × baseline.",
+        f"Targets: (1) baseline site BAcc ≥ {TARGET_BASELINE_BACC:.2f} for both probes; (2) "
+        f"baseline MAE ≤ {TARGET_RIDGE_RATIO} × the voxel ridge's; (3) unlearned arms, at least "
+        f"those that erase: site BAcc ≤ {TARGET_BACC:.2f} for both probes and MAE ≤ "
+        f"{TARGET_MAE_RATIO} × baseline.",
         "",
-        f"- baseline: linear site BAcc {b['site_bacc_linear']:.3f} "
-        f"({'met' if b['met'] else 'missed'})",
     ]
+    low = min(b["site_bacc_linear"], b["site_bacc_nonlinear"])
+    lines.append(
+        f"- (1) baseline reads the site: linear {b['site_bacc_linear']:.2f}, nonlinear "
+        f"{b['site_bacc_nonlinear']:.2f} "
+        f"({_status(b['reads_site_met'], low, TARGET_BASELINE_BACC)})"
+    )
+    lines.append(
+        f"- (2) baseline MAE / voxel ridge MAE: {b['mae_over_ridge']:.2f} "
+        f"({_status(b['beats_ridge_met'], b['mae_over_ridge'], TARGET_RIDGE_RATIO)})"
+    )
     for label in UNLEARNED:
         v, s = verdict[label], summary[label]
         parts = []
         for kind in ("linear", "nonlinear"):
             val = s[f"site_bacc_{kind}"]["mean"]
-            status = "met" if v[f"{kind}_met"] else f"missed by {val - TARGET_BACC:.3f}"
-            parts.append(f"{kind} {val:.3f} ({status})")
-        parts.append(f"MAE ratio {v['mae_ratio']:.3f} ({'met' if v['mae_met'] else 'missed'})")
-        lines.append(f"- {label}: " + "; ".join(parts))
+            parts.append(f"{kind} {val:.2f} ({_status(v[f'{kind}_met'], val, TARGET_BACC)})")
+        ratio = v["mae_ratio"]
+        parts.append(f"MAE ratio {ratio:.2f} ({_status(v['mae_met'], ratio, TARGET_MAE_RATIO)})")
+        lines.append(f"- (3) {label}: " + "; ".join(parts))
     lines += ["", f"Total wall time {meta['wall_minutes']:.1f} min on this machine."]
     return "\n".join(lines) + "\n"
 
@@ -237,27 +316,40 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--subjects", type=int, default=300)
     parser.add_argument("--shape", type=int, default=48)
+    parser.add_argument(
+        "--paper-size",
+        action="store_true",
+        help="the paper's input size (128x160x128) and VGG-like encoder: for a GPU",
+    )
     parser.add_argument("--render", action="store_true", help="re-render the markdown only")
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
+    name = "image_sim_paper_size" if args.paper_size else "image_sim"
     if args.render:
-        payload = json.loads((RESULTS / "image_sim.json").read_text())
-        (RESULTS / "image_sim.md").write_text(render(payload))
+        payload = json.loads((RESULTS / f"{name}.json").read_text())
+        (RESULTS / f"{name}.md").write_text(render(payload))
         print(render(payload))
         return
+    shape = PAPER_SHAPE if args.paper_size else (args.shape,) * 3
     start = time.perf_counter()
     per_seed: dict[str, dict[str, dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
             per_seed[str(seed)] = run_seed(
-                seed, epochs=args.epochs, subjects=args.subjects, shape=args.shape, work=Path(tmp)
+                seed,
+                epochs=args.epochs,
+                subjects=args.subjects,
+                shape=shape,
+                paper=args.paper_size,
+                work=Path(tmp),
             )
     summary = summarise(per_seed)
     payload = {
         "meta": {
             "sites": 3,
             "subjects": args.subjects,
-            "shape": args.shape,
+            "shape": list(shape),
+            "encoder": "paper (VGG-like)" if args.paper_size else "compact",
             "epochs": args.epochs,
             "seeds": args.seeds,
             "wall_minutes": (time.perf_counter() - start) / 60,
@@ -266,9 +358,9 @@ def main() -> None:
         "summary": summary,
         "verdicts": verdicts(summary),
     }
-    (RESULTS / "image_sim.json").write_text(json.dumps(payload, indent=2))
+    (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2))
     text = render(payload)
-    (RESULTS / "image_sim.md").write_text(text)
+    (RESULTS / f"{name}.md").write_text(text)
     print(text)
 
 
