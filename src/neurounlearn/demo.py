@@ -170,7 +170,6 @@ def run_demo(
 
 # -- the image part ------------------------------------------------------------------------------
 
-#: (label, strategy, mode) of the image demo.
 #: The image demo's arms: (label, strategy, mode, erase site).
 IMAGE_ARMS: list[tuple[str, str, str, bool]] = [
     ("baseline", "baseline", "sequential", False),

@@ -186,7 +186,7 @@ class VolumeAugment:
     intensities (``intensity``).
 
     Args:
-        kind: an :data:`AUGMENTATIONS` value other than ``none``.
+        kind: ``intensity``, ``spatial`` or ``intensity+spatial``.
         seed: seeds both; the intensity changes draw from ``seed`` itself, so ``intensity``
             alone draws what :class:`IntensityAugment` does.
         with_labels: a label map goes along with the geometry.
