@@ -211,3 +211,42 @@ def test_a_table_run_records_the_table_defaults_in_its_config(manifest, tmp_path
 def test_a_negative_weight_decay_is_refused(manifest):
     with pytest.raises(InputError, match="weight_decay"):
         config(manifest, weight_decay=-0.1)
+
+
+@pytest.mark.parametrize(
+    ("input_kind", "task", "expected"),
+    [
+        ("image", "regression", ("best", "spatial", 0.05)),
+        ("image", "classification", ("best", "spatial", 0.05)),
+        ("image", "segmentation", ("last", "none", 1e-4)),
+        ("features", "regression", ("last", "none", 1e-4)),
+    ],
+)
+def test_auto_settings_resolve_by_input_and_task(tmp_path, input_kind, task, expected):
+    from neurounlearn.training.fit import resolve_auto
+    from neurounlearn.training.tasks import task_of
+
+    cfg = validate_config(
+        {"data": {"path": str(tmp_path / "m.csv"), "input": input_kind, "target": "age"}}
+    )
+    resolved = resolve_auto(cfg, task_of(task))
+    t = resolved.train
+    assert (t.restore, resolved.data.augment, t.weight_decay) == expected
+
+
+def test_settings_given_explicitly_are_kept(tmp_path):
+    from neurounlearn.training.fit import resolve_auto
+    from neurounlearn.training.tasks import task_of
+
+    cfg = validate_config(
+        {
+            "data": {"path": str(tmp_path / "m.csv"), "input": "image", "augment": "none"},
+            "train": {"restore": "last", "weight_decay": 0.3},
+        }
+    )
+    resolved = resolve_auto(cfg, task_of("regression"))
+    assert (resolved.train.restore, resolved.data.augment, resolved.train.weight_decay) == (
+        "last",
+        "none",
+        0.3,
+    )
