@@ -490,7 +490,7 @@ def _model_erase_arm(
     hidden = ctx.frame[ctx.site_column].astype(str).isin(ctx.cfg.data.unlabelled_sites)
     y[hidden.to_numpy()] = np.nan
     erased, pred, _ = erase_run(
-        ctx.cfg.model_copy(update={"train": run.config.train}),  # its auto settings decided
+        ctx.cfg,
         run.model,
         run.encoding,
         features.astype(np.float32),
@@ -910,6 +910,9 @@ def compare(
         # one 3D CNN uses every core (and the GPU); parallel fits would also race on the cache
         echo(f"images train one at a time: {n_jobs} parallel jobs ignored")
         n_jobs = 1
+    from neurounlearn.training.fit import resolve_auto
+    from neurounlearn.training.tasks import task_of
+
     # one progress bar per fit when fits run one at a time; parallel fits print a line each
     cfg = cfg.model_copy(
         update={
@@ -919,6 +922,7 @@ def compare(
             ),
         }
     )
+    cfg = resolve_auto(cfg, task_of(inputs.task))  # as fit decides them: every arm alike
     site = cfg.data.site_column
     fold_splits = kfold_splits(
         frame,
