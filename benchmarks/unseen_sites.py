@@ -58,6 +58,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from neurounlearn.data.bundled import OPENNEURO_FEATURES, openneuro_transfer
+from neurounlearn.evaluation.leakage import RIDGE_ALPHAS
 from neurounlearn.evaluation.metrics import paired_sites
 from neurounlearn.formatting import fmt_number, markdown_table, mean_sd
 from neurounlearn.results import LeakageResult
@@ -129,7 +130,7 @@ def _bacc(x: np.ndarray, y: np.ndarray, seed: int) -> float | None:
 
 
 def _age_r2(x: np.ndarray, age: np.ndarray, seed: int) -> float:
-    model = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-3, 3, 13)))
+    model = make_pipeline(StandardScaler(), RidgeCV(alphas=RIDGE_ALPHAS))
     folds = StratifiedKFold(5, shuffle=True, random_state=seed)
     bins = np.digitize(age, np.quantile(age, [0.2, 0.4, 0.6, 0.8]))
     pred = cross_val_predict(model, x, age, cv=folds.split(x, bins))

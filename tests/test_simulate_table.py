@@ -17,6 +17,7 @@ from sklearn.preprocessing import StandardScaler
 from neurounlearn.data.simulate import AGE_PRESETS
 from neurounlearn.data.simulate_table import GENERATOR, simulate_table
 from neurounlearn.errors import InputError
+from neurounlearn.evaluation.leakage import RIDGE_ALPHAS
 
 
 def _regions(table: pd.DataFrame) -> np.ndarray:
@@ -111,7 +112,7 @@ def test_age_is_predictable_from_regions() -> None:
     # Measured over seeds 0-29 at 300 subjects: MAE 3.8-6.3 years; predicting the mean age
     # gives about 16.
     table = simulate_table(subjects=300)
-    model = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-3, 3, 13)))
+    model = make_pipeline(StandardScaler(), RidgeCV(alphas=RIDGE_ALPHAS))
     cv = KFold(5, shuffle=True, random_state=0)
     predicted = cross_val_predict(model, _regions(table), table.age, cv=cv)
     assert mean_absolute_error(table.age, predicted) < 7.5

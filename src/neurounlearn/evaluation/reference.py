@@ -20,12 +20,8 @@ from sklearn.preprocessing import StandardScaler
 from neurounlearn.config import AuditConfig
 from neurounlearn.evaluation.audit import audit_features
 from neurounlearn.evaluation.combat import ComBatArm
+from neurounlearn.evaluation.leakage import RIDGE_ALPHAS
 from neurounlearn.evaluation.metrics import task_metrics
-
-#: The readout's ridge penalties (its own inner CV picks one). The leakage probes have theirs
-#: (:data:`neurounlearn.evaluation.leakage.RIDGE_ALPHAS`): a readout predicts the target from
-#: raw features, a probe reads a confound from an embedding.
-READOUT_ALPHAS = np.logspace(-2, 4, 13)
 
 
 def linear_readout(
@@ -55,7 +51,7 @@ def linear_readout(
         prob = np.zeros((len(x), len(classes)))
         prob[:, model.classes_.astype(int)] = model.predict_proba(x)
         return prob
-    reg = make_pipeline(StandardScaler(), RidgeCV(alphas=READOUT_ALPHAS)).fit(x[fit], y[fit])
+    reg = make_pipeline(StandardScaler(), RidgeCV(alphas=RIDGE_ALPHAS)).fit(x[fit], y[fit])
     return reg.predict(x)
 
 
