@@ -147,7 +147,7 @@ def raw_voxel_reference(run_dir: Path, seed: int) -> dict[str, Any]:
     from neurounlearn.evaluation.audit import audit_features
     from neurounlearn.evaluation.reference import linear_readout
     from neurounlearn.rundir import PREDICTIONS
-    from neurounlearn.training.run import load_run
+    from neurounlearn.training.predict import load_run
 
     run = load_run(run_dir)
     volumes = np.load(run.info["cache"]["path"], mmap_mode="r")

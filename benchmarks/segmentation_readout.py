@@ -77,8 +77,8 @@ def readout(run_dir: Path, test: pd.DataFrame, test_csv: Path) -> dict[str, np.n
     same rows as ``test_csv``) of a finished and evaluated run."""
     import torch
 
-    from neurounlearn.training.predict import _new_rows
-    from neurounlearn.training.run import load_run, segment
+    from neurounlearn.training.predict import _new_rows, load_run
+    from neurounlearn.training.run import segment
 
     run = load_run(run_dir)
     _, rows = _new_rows(run, test_csv, lambda _: None)

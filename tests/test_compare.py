@@ -250,6 +250,7 @@ def test_comparison_json_holds_no_nan(comparison: Path) -> None:
     assert "NaN" not in text
     result = json.loads(text)
     assert result["summaries"]["baseline"]["task"]["bias_corrected_mae"] is not None
+    assert result["summaries"]["baseline"]["task"]["offset_corrected_mae"] is not None
 
 
 def test_combat_with_the_target_as_covariate_is_flagged(comparison: Path) -> None:

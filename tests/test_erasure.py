@@ -297,7 +297,7 @@ def test_fit_erases_during_training_and_resumes_with_the_layer(
 ) -> None:
     from neurounlearn.config import validate_config
     from neurounlearn.training.fit import fit
-    from neurounlearn.training.run import load_run
+    from neurounlearn.training.predict import load_run
 
     data = tmp_path / "m.csv"
     manifest_factory(sites=3, per_site=10).to_csv(data, index=False)

@@ -10,7 +10,7 @@ from neurounlearn.config import ConfoundConfig, validate_config
 from neurounlearn.data.tabular import TableEncoding
 from neurounlearn.errors import InputError
 from neurounlearn.training.fit import fit
-from neurounlearn.training.run import load_run
+from neurounlearn.training.predict import load_run
 
 
 def config(path: Path, **train):
@@ -250,3 +250,36 @@ def test_settings_given_explicitly_are_kept(tmp_path):
         "none",
         0.3,
     )
+
+
+def test_a_loaded_run_predicts_and_transforms_a_dataframe_as_predict_writes_them(
+    manifest, tmp_path
+):
+    out = fit(config(manifest), tmp_path / "r")
+    run = load_run(out)
+    frame = pd.read_csv(manifest).sample(frac=1.0, random_state=0)  # any order, own index
+    preds, embeddings = run.predict(frame), run.transform(frame)
+    written = pd.read_csv(out / "predictions.csv").set_index("subject")
+    assert preds["subject"].tolist() == frame["subject"].tolist()
+    np.testing.assert_allclose(
+        preds["prediction"], written.loc[preds["subject"], "prediction"], rtol=1e-5
+    )
+    stored = pd.read_csv(out / "embeddings.csv").set_index("subject")
+    columns = [f"e{i}" for i in range(4)]
+    np.testing.assert_allclose(
+        embeddings[columns], stored.loc[embeddings["subject"], columns], rtol=1e-4, atol=1e-6
+    )
+    from_file, _ = run._apply(manifest)
+    np.testing.assert_allclose(
+        from_file.set_index("subject").loc[preds["subject"], "prediction"],
+        preds["prediction"],
+        rtol=1e-5,
+    )
+
+
+def test_a_loaded_run_names_the_dataframe_in_its_errors(manifest, tmp_path):
+    run = load_run(fit(config(manifest), tmp_path / "r"))
+    frame = pd.read_csv(manifest).drop(columns=["f2"])
+    with pytest.raises(InputError, match="f2") as err:
+        run.predict(frame)
+    assert err.value.problems[0].file == "(DataFrame)"

@@ -113,6 +113,19 @@ def test_fit_evaluate_predict_embed_on_images(cohort: Path, tmp_path: Path) -> N
     assert [c for c in emb.columns if c.startswith("e") and c[1:].isdigit()] == [
         f"e{i}" for i in range(8)
     ]
+    # and from Python, a manifest DataFrame in place of the file
+    from neurounlearn.training.predict import load_run
+
+    frame = pd.read_csv(cohort)
+    frame["image"] = [str(cohort.parent / p) for p in frame["image"]]
+    run = load_run(out)
+    np.testing.assert_allclose(
+        run.predict(frame)["prediction"], preds["prediction"], rtol=1e-4, atol=1e-4
+    )
+    np.testing.assert_allclose(
+        run.transform(frame)[[f"e{i}" for i in range(8)]], emb[[f"e{i}" for i in range(8)]],
+        rtol=1e-4, atol=1e-4,
+    )  # fmt: skip
 
 
 def test_sex_classification_on_images_with_age_and_site_unlearned(

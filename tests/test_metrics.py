@@ -78,6 +78,30 @@ def test_bias_correction_fit_on_validation_removes_the_slope_on_test() -> None:
     assert abs(brain_age_bias(test_age, test_pred)["slope"]) > 0.4
 
 
+def test_offset_correction_removes_the_slope_and_lowers_the_mae_where_cole_stretches() -> None:
+    rng = np.random.default_rng(5)
+    age = rng.uniform(20, 80, 400)
+    pred = 50 + 0.3 * (age - 50) + rng.normal(0, 6, 400)  # a shallow, noisy model
+    val, test = slice(0, 200), slice(200, 400)
+    a, b = fit_bias_correction(age[val], pred[val])
+    cole = apply_bias_correction(pred[test], a, b)
+    a, b = fit_bias_correction(age[val], pred[val], method="offset")
+    offset = apply_bias_correction(pred[test], a, b, method="offset", y_true=age[test])
+    raw = np.abs(pred[test] - age[test]).mean()
+    # dividing by the slope 0.3 triples the noise; subtracting the offset never touches it
+    assert np.abs(cole - age[test]).mean() > raw
+    assert np.abs(offset - age[test]).mean() < raw
+    # raw slope -0.7; what is left is the two halves' sampling difference (measured 0.13)
+    assert abs(brain_age_bias(age[test], offset)["slope"]) < 0.25
+
+
+def test_offset_correction_needs_the_true_ages_and_methods_are_checked() -> None:
+    with pytest.raises(InputError, match="true age"):
+        apply_bias_correction([30.0], 0.1, 2.0, method="offset")
+    with pytest.raises(ValueError, match="choose one of: cole, offset"):
+        fit_bias_correction([20.0, 40.0], [30.0, 40.0], method="beheshti")
+
+
 def test_bias_correction_on_constant_ages_raises() -> None:
     with pytest.raises(InputError, match="constant"):
         fit_bias_correction([40.0, 40.0, 40.0], [38.0, 41.0, 44.0])
@@ -92,6 +116,9 @@ def test_task_metrics_corrected_mae_only_with_validation_arrays() -> None:
     assert plain["kind"] == "regression"
     assert plain["bias_corrected_mae"] is None
     assert corrected["bias_corrected_mae"] < corrected["mae"]
+    assert plain["offset_corrected_mae"] is None
+    assert corrected["offset_corrected_mae"] < corrected["mae"]
+    assert corrected["offset_correction"]["method"] == "offset"
     assert set(corrected["per_site"]) == {"old_site", "young_site"}
     json.dumps(corrected, allow_nan=False)
 

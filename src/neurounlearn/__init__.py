@@ -48,7 +48,7 @@ _EXPORTS = {
     "InputError": "neurounlearn.errors",
     "fit": "neurounlearn.training.fit",
     "evaluate": "neurounlearn.evaluation.evaluate",
-    "load_run": "neurounlearn.training.run",
+    "load_run": "neurounlearn.training.predict",
     "compare": "neurounlearn.evaluation.compare",
     "render_comparison": "neurounlearn.reporting.compare",
     "LeakageResult": "neurounlearn.results",
@@ -124,7 +124,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from neurounlearn.reporting.compare import render_comparison
     from neurounlearn.results import LeakageResult, ProbeResult, TaskResult
     from neurounlearn.training.fit import fit
-    from neurounlearn.training.run import load_run
+    from neurounlearn.training.predict import load_run
     from neurounlearn.training.strategies import (
         BaselineStrategy,
         GRLStrategy,

@@ -38,7 +38,7 @@ from neurounlearn.rundir import (
 )
 
 if TYPE_CHECKING:
-    from neurounlearn.training.run import LoadedRun
+    from neurounlearn.training.predict import LoadedRun
 
 app = typer.Typer(
     help="Train deep models on brain MRI volumes and feature tables while unlearning site, "
@@ -718,7 +718,7 @@ def predict(
     ),
 ) -> None:
     """Predict the target for new data with a finished run (segmentation: label maps)."""
-    from neurounlearn.training.run import load_run
+    from neurounlearn.training.predict import load_run
 
     run = load_run(run_dir)
     if run.encoding.task == "segmentation":
@@ -746,7 +746,7 @@ def embed(
     """Write the harmonised embeddings (encoder features) of new data; for a segmentation run,
     each attach point's pooled feature map (POINT_e0, ...: channel means, then standard
     deviations)."""
-    from neurounlearn.training.run import load_run
+    from neurounlearn.training.predict import load_run
 
     n = _apply(load_run(run_dir), data, out, 1)
     typer.echo(f"{n} embeddings written to {out}")

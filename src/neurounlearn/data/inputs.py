@@ -290,19 +290,27 @@ def load_inputs(cfg: RunConfig, path: str | Path) -> Inputs:
 
 
 def load_new_images(
-    cfg: RunConfig, path: str | Path, *, classes: Sequence[str] | None = None
+    cfg: RunConfig,
+    path: str | Path,
+    *,
+    classes: Sequence[str] | None = None,
+    frame: pd.DataFrame | None = None,
 ) -> Inputs:
     """Read new image data for ``predict``/``embed``: only the volumes must be sound (no target,
     site or id needed).
 
     With a segmentation run's ``classes``, the label maps are read too (``evaluate --data``):
-    rows may lack one, but a map must hold only those classes.
+    rows may lack one, but a map must hold only those classes. ``frame``: the manifest's rows,
+    given in place of reading ``path`` (whose folder still anchors relative image paths).
     """
     from neurounlearn.data.volumes import find_volume_problems
 
     path = Path(path)
     id_names = (*ID_CANDIDATES, cfg.data.id_column) if cfg.data.id_column else ID_CANDIDATES
-    frame = read_table(path, text_columns=id_names)
+    if frame is None:
+        frame = read_table(path, text_columns=id_names)
+    else:
+        frame = frame.reset_index(drop=True)
     raise_if_errors(
         find_volume_problems(
             frame,

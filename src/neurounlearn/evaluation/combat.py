@@ -24,14 +24,15 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.exceptions import NotFittedError
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils.validation import check_is_fitted
 
 from neurounlearn.errors import InputError
 
 SITE_COLUMN = "SITE"
 
 
-class ComBatArm:
+class ComBatArm(TransformerMixin, BaseEstimator):
     """ComBat / ComBat-GAM harmonisation of tabular features or embeddings.
 
     Misuse that leaks:
@@ -86,15 +87,23 @@ class ComBatArm:
     def fit(
         self,
         X: np.ndarray | pd.DataFrame,
-        sites: Sequence[Any] | np.ndarray | pd.Series,
+        y: Sequence[Any] | np.ndarray | pd.Series | None = None,
         covars: pd.DataFrame | None = None,
+        *,
+        sites: Sequence[Any] | np.ndarray | pd.Series | None = None,
     ) -> ComBatArm:
         """Learn site effects on the training split.
 
+        The sites are scikit-learn's ``y`` (``fit(X, sites)``), so in a
+        :class:`~sklearn.pipeline.Pipeline` ``pipe.fit(X, sites)`` reaches them; with metadata
+        routing on, ``set_transform_request(sites=True, covars=True)`` lets
+        ``pipe.transform(X, sites=..., covars=...)`` reach :meth:`transform`.
+
         Args:
             X: training features, shape ``(n_subjects, n_features)``.
-            sites: site label per subject, shape ``(n_subjects,)``; compared as strings.
+            y: site label per subject, shape ``(n_subjects,)``; compared as strings.
             covars: covariates per subject (rows aligned with ``X``), or ``None``.
+            sites: the same as ``y``, by name (give one of them).
 
         Returns:
             ``self``.
@@ -106,7 +115,12 @@ class ComBatArm:
         from neuroHarmonize import harmonizationLearn
 
         data = _as_matrix(X)
-        site_labels = _as_sites(sites, len(data))
+        if y is not None and sites is not None:
+            raise InputError(
+                "ComBat's fit got the sites twice (as y and as sites=)",
+                hint="give them once: fit(X, sites) or fit(X, sites=sites)",
+            )
+        site_labels = _as_sites(_need_sites(y if sites is None else sites, "fit"), len(data))
         covariates = self._covariate_names(covars)
         frame = _covars_frame(site_labels, covars, covariates, len(data))
 
@@ -163,7 +177,7 @@ class ComBatArm:
     def transform(
         self,
         X: np.ndarray | pd.DataFrame,
-        sites: Sequence[Any] | np.ndarray | pd.Series,
+        sites: Sequence[Any] | np.ndarray | pd.Series | None = None,
         covars: pd.DataFrame | None = None,
     ) -> np.ndarray:
         """Harmonise features with the site effects learned by :meth:`fit`.
@@ -182,18 +196,19 @@ class ComBatArm:
         """
         from neuroHarmonize import harmonizationApply
 
-        if not hasattr(self, "model_"):
-            raise NotFittedError(
-                "This ComBatArm is not fitted yet. Call 'fit' with the training split before "
-                "'transform'."
-            )
+        check_is_fitted(
+            self,
+            "model_",
+            msg="This ComBatArm is not fitted yet. Call 'fit' with the training split before "
+            "'transform'.",
+        )
         data = _as_matrix(X)
         if data.shape[1] != self.n_features_in_:
             raise InputError(
                 f"ComBat was fit on {self.n_features_in_} features but got {data.shape[1]}",
                 hint="transform the same feature columns that were used for fit",
             )
-        site_labels = _as_sites(sites, len(data))
+        site_labels = _as_sites(_need_sites(sites, "transform"), len(data))
         unseen = sorted(set(site_labels.tolist()) - set(self.sites_))
         if unseen:
             raise _unseen_error(unseen)
@@ -234,14 +249,17 @@ class ComBatArm:
             )
         return harmonised
 
-    def fit_transform(
+    def fit_transform(  # type: ignore[override]
         self,
         X: np.ndarray | pd.DataFrame,
-        sites: Sequence[Any] | np.ndarray | pd.Series,
+        y: Sequence[Any] | np.ndarray | pd.Series | None = None,
         covars: pd.DataFrame | None = None,
+        *,
+        sites: Sequence[Any] | np.ndarray | pd.Series | None = None,
     ) -> np.ndarray:
         """:meth:`fit` then :meth:`transform` on the same (training) subjects."""
-        return self.fit(X, sites, covars).transform(X, sites, covars)
+        self.fit(X, y, covars, sites=sites)
+        return self.transform(X, y if sites is None else sites, covars)
 
     def _covariate_names(self, covars: pd.DataFrame | None) -> list[str]:
         if self.covariates is not None:
@@ -263,6 +281,16 @@ class ComBatArm:
                 hint="every smooth term must also be listed in covariates",
             )
         return names
+
+
+def _need_sites(sites: Any, method: str) -> Any:
+    if sites is None:
+        raise InputError(
+            f"ComBat's {method} needs each subject's site",
+            hint=f"call {method}(X, sites), or in a Pipeline pass the sites as y to fit and, "
+            "with metadata routing, as sites= to transform",
+        )
+    return sites
 
 
 def _unseen_error(sites: list[str]) -> InputError:

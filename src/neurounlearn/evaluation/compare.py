@@ -90,6 +90,7 @@ class ArmFold:
     test_rows: np.ndarray
     prediction: np.ndarray | None  # regression: (n_test,); classification: (n_test, K) probs
     corrected: np.ndarray | None = None  # regression: bias-corrected (fit on val rows)
+    offset_corrected: np.ndarray | None = None  # regression: age-dependent offset removed
     leakage: dict[str, Any] | None = None
     ridge_probe_mae: float | None = None
     error: str | None = None
@@ -291,16 +292,23 @@ def _readout(ctx: Context, x: np.ndarray, split: np.ndarray) -> np.ndarray:
 
 def _bias_corrected(
     y: np.ndarray, pred: np.ndarray, split: np.ndarray, test: np.ndarray
-) -> np.ndarray | None:
-    """Test predictions corrected for the age bias fit on the validation rows only."""
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Test predictions corrected for the age bias fit on the validation rows only: Cole's
+    rescaling and the age-dependent offset (see ``fit_bias_correction``)."""
     from neurounlearn.evaluation.metrics import apply_bias_correction, fit_bias_correction
 
     val = (split == "val") & np.isfinite(y)
     try:
         a, b = fit_bias_correction(y[val], pred[val])
+        cole = apply_bias_correction(pred[test], a, b)
     except InputError:
-        return None
-    return apply_bias_correction(pred[test], a, b)
+        cole = None
+    try:
+        a, b = fit_bias_correction(y[val], pred[val], method="offset")
+        offset = apply_bias_correction(pred[test], a, b, method="offset", y_true=y[test])
+    except InputError:
+        offset = None
+    return cole, offset
 
 
 def _arm_fold(
@@ -330,7 +338,7 @@ def _arm_fold(
         embeddings=features if job.keep_embeddings else None,
     )
     if ctx.task == "regression":
-        result.corrected = _bias_corrected(y, prediction, split, test)
+        result.corrected, result.offset_corrected = _bias_corrected(y, prediction, split, test)
     if job.view == "fold":
         from sklearn.preprocessing import StandardScaler
 
@@ -481,7 +489,8 @@ def _model_erase_arm(
     """The model arm's run, erased as ``fit --erase`` erases: the eraser fit on the training
     rows' embeddings, the task head refit on them."""
     from neurounlearn.training.erasing import erase_run
-    from neurounlearn.training.run import load_run, prediction_columns
+    from neurounlearn.training.predict import load_run
+    from neurounlearn.training.run import prediction_columns
 
     assert job.run_dir is not None
     t0 = time.perf_counter()
@@ -634,6 +643,7 @@ def summarise(ctx: Context, arm: str, results: list[ArmFold]) -> ArmSummary:
     classification = ctx.task == "classification"
     oof = np.full((n, len(ctx.classes)) if classification else n, np.nan)
     corrected = None if classification else np.full(n, np.nan)
+    offset_corrected = None if classification else np.full(n, np.nan)
     fold_scores: list[float | None] = []
     for r in folds:
         if r.prediction is None:
@@ -641,6 +651,8 @@ def summarise(ctx: Context, arm: str, results: list[ArmFold]) -> ArmSummary:
         oof[r.test_rows] = r.prediction
         if corrected is not None and r.corrected is not None:
             corrected[r.test_rows] = r.corrected
+        if offset_corrected is not None and r.offset_corrected is not None:
+            offset_corrected[r.test_rows] = r.offset_corrected
         fold_scores.append(
             _fold_score(ctx, y[r.test_rows], r.prediction)[headline(ctx.task).metric]
         )
@@ -661,12 +673,17 @@ def summarise(ctx: Context, arm: str, results: list[ArmFold]) -> ArmSummary:
                 "target": ctx.target,
                 **task_metrics(y[have], oof[have], sites[have]),
             }
-            assert corrected is not None
-            ok = have & np.isfinite(corrected)
-            task["bias_correction"] = "fit per fold on that fold's validation rows"
-            task["bias_corrected_mae"] = (
-                regression_metrics(y[ok], corrected[ok])["mae"] if ok.sum() == have.sum() else None
-            )
+            assert corrected is not None and offset_corrected is not None
+            task["bias_correction"] = "cole; fit per fold on that fold's validation rows"
+            task["offset_correction"] = "offset; fit per fold on that fold's validation rows"
+            for key, values in (
+                ("bias_corrected_mae", corrected),
+                ("offset_corrected_mae", offset_corrected),
+            ):
+                ok = have & np.isfinite(values)
+                task[key] = (
+                    regression_metrics(y[ok], values[ok])["mae"] if ok.sum() == have.sum() else None
+                )
         task["folds"] = len(folds)
         known = [s for s in fold_scores if s is not None]
         task["per_fold"] = fold_scores

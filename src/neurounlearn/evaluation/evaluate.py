@@ -29,8 +29,8 @@ from neurounlearn.rundir import (
     read_output,
     run_facts,
 )
-from neurounlearn.training.predict import predict_file
-from neurounlearn.training.run import LoadedRun, embedding_columns, load_run
+from neurounlearn.training.predict import LoadedRun, load_run, predict_file
+from neurounlearn.training.run import embedding_columns
 
 
 def _task_block(

@@ -19,10 +19,12 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from neurounlearn.choices import check_choice
 from neurounlearn.errors import InputError
 from neurounlearn.models.dice import dice_per_class
 
 __all__ = [
+    "BIAS_CORRECTIONS",
     "apply_bias_correction",
     "brain_age_bias",
     "classification_metrics",
@@ -246,28 +248,47 @@ def paired_sites(
     return result
 
 
-def fit_bias_correction(y_true_val: ArrayLike, y_pred_val: ArrayLike) -> tuple[float, float]:
-    """Fit the linear age-bias correction ``pred = a * true + b`` (Cole et al.; Beheshti et al.).
+#: The two published brain-age bias corrections (see :func:`fit_bias_correction`).
+BIAS_CORRECTIONS = ("cole", "offset")
+
+
+def fit_bias_correction(
+    y_true_val: ArrayLike, y_pred_val: ArrayLike, *, method: str = "cole"
+) -> tuple[float, float]:
+    """Fit a linear age-bias correction on validation rows.
+
+    * ``"cole"`` (Cole et al. 2018): ``pred = a * true + b``; :func:`apply_bias_correction`
+      gives ``(pred - b) / a``. It needs no true age at test time, but dividing by a shallow
+      slope ``a`` stretches the predictions, so the corrected MAE is often *higher* than the
+      raw one; what it removes is the age dependence of the brain-age delta.
+    * ``"offset"`` (Beheshti et al. 2019; de Lange & Cole 2020): ``pred - true = a * true + b``;
+      :func:`apply_bias_correction` subtracts ``a * true + b`` from each prediction, which needs
+      the subject's true age and lowers the MAE by construction.
 
     Fit it on the VALIDATION split only. Fitting on the test split uses the test subjects'
     true ages to adjust their own predictions: the corrected test MAE then leaks the target and
-    is optimistic. Apply it with :func:`apply_bias_correction`.
+    is optimistic.
 
     Args:
         y_true_val: true ages of the validation subjects, shape ``(n,)``; ``NaN`` rows ignored.
         y_pred_val: the model's predictions for them, shape ``(n,)``.
+        method: ``"cole"`` or ``"offset"``.
 
     Returns:
-        ``(a, b)``, the slope and intercept of predictions on true ages.
+        ``(a, b)``: the slope and intercept of the prediction (``cole``) or of the delta
+        (``offset``) on the true age.
 
     Raises:
-        InputError: fewer than 2 known rows, constant ages, or a zero slope (a model that
-            predicts the same value for everyone cannot be corrected).
+        InputError: fewer than 2 known rows, constant ages, or (``cole``) a zero slope: a model
+            that predicts the same value for everyone cannot be rescaled.
 
     Examples:
         >>> fit_bias_correction([20.0, 40.0, 60.0], [30.0, 40.0, 50.0])
         (0.5, 20.0)
+        >>> fit_bias_correction([20.0, 40.0, 60.0], [30.0, 40.0, 50.0], method="offset")
+        (-0.5, 20.0)
     """
+    check_choice("bias correction", method, BIAS_CORRECTIONS)
     true, pred, known = _paired(y_true_val, y_pred_val)
     t, p = true[known], pred[known]
     if t.size < 2 or np.ptp(t) == 0:
@@ -276,6 +297,9 @@ def fit_bias_correction(y_true_val: ArrayLike, y_pred_val: ArrayLike) -> tuple[f
             f"{'constant' if t.size else 'no'} ages",
             hint="the validation split needs at least 2 subjects of different ages",
         )
+    if method == "offset":
+        a, b = _line_fit(t, p - t)
+        return float(a), float(b)
     a, b = _line_fit(t, p)
     if not np.isfinite(a) or abs(a) < 1e-12:
         raise InputError(
@@ -285,13 +309,23 @@ def fit_bias_correction(y_true_val: ArrayLike, y_pred_val: ArrayLike) -> tuple[f
     return float(a), float(b)
 
 
-def apply_bias_correction(y_pred: ArrayLike, a: float, b: float) -> np.ndarray:
-    """Undo a fitted age bias: ``(y_pred - b) / a``.
+def apply_bias_correction(
+    y_pred: ArrayLike,
+    a: float,
+    b: float,
+    *,
+    method: str = "cole",
+    y_true: ArrayLike | None = None,
+) -> np.ndarray:
+    """Apply a correction fit by :func:`fit_bias_correction` with the same ``method``:
+    ``(y_pred - b) / a`` (``cole``) or ``y_pred - (a * y_true + b)`` (``offset``).
 
     Args:
         y_pred: predictions, shape ``(n,)``.
         a: slope from :func:`fit_bias_correction` (fit on validation data, never test).
         b: intercept from :func:`fit_bias_correction`.
+        method: ``"cole"`` or ``"offset"``.
+        y_true: the subjects' true ages (``offset`` only).
 
     Returns:
         Corrected predictions, shape ``(n,)``.
@@ -299,13 +333,25 @@ def apply_bias_correction(y_pred: ArrayLike, a: float, b: float) -> np.ndarray:
     Examples:
         >>> apply_bias_correction([30.0, 50.0], 0.5, 20.0).tolist()
         [20.0, 60.0]
+        >>> offset = apply_bias_correction([30, 50], -0.5, 20, method="offset", y_true=[20, 60])
+        >>> offset.tolist()
+        [20.0, 60.0]
     """
-    if a == 0 or not math.isfinite(a) or not math.isfinite(b):
+    check_choice("bias correction", method, BIAS_CORRECTIONS)
+    if not math.isfinite(a) or not math.isfinite(b) or (method == "cole" and a == 0):
         raise InputError(
             f"invalid age-bias correction (a={a}, b={b})",
             hint="fit it with fit_bias_correction on the validation split",
         )
-    return (np.asarray(y_pred, dtype=float) - b) / a
+    pred = np.asarray(y_pred, dtype=float)
+    if method == "offset":
+        if y_true is None:
+            raise InputError(
+                "the offset bias correction needs each subject's true age",
+                hint="pass y_true, or use method='cole', which needs none",
+            )
+        return pred - (a * np.asarray(y_true, dtype=float) + b)
+    return (pred - b) / a
 
 
 def task_metrics(
@@ -318,8 +364,9 @@ def task_metrics(
 ) -> dict[str, Any]:
     """All regression task metrics for ``metrics.json``.
 
-    The bias correction is fit on the validation arrays only and applied to the test
-    predictions; without validation arrays ``bias_corrected_mae`` is ``None``.
+    Both bias corrections (Cole's rescaling, ``bias_corrected_mae``, the one the tables show; the
+    age-dependent offset, ``offset_corrected_mae``) are fit on the validation arrays only and
+    applied to the test predictions; without validation arrays both are ``None``.
 
     Args:
         y_true: test-split true values, shape ``(n,)``.
@@ -330,7 +377,8 @@ def task_metrics(
 
     Returns:
         ``{"kind": "regression", "mae", "rmse", "pearson_r", "r2", "n", "per_site"?, "bias",
-        "bias_correction": {"a", "b"} | None, "bias_corrected_mae"}``.
+        "bias_correction": {"method", "a", "b"} | None, "bias_corrected_mae",
+        "offset_correction": {"method", "a", "b"} | None, "offset_corrected_mae"}``.
     """
     if (y_true_val is None) != (y_pred_val is None):
         raise InputError(
@@ -341,11 +389,17 @@ def task_metrics(
     result["bias"] = brain_age_bias(y_true, y_pred)
     result["bias_correction"] = None
     result["bias_corrected_mae"] = None
+    result["offset_correction"] = None
+    result["offset_corrected_mae"] = None
     if y_true_val is not None and y_pred_val is not None:
         a, b = fit_bias_correction(y_true_val, y_pred_val)
         corrected = apply_bias_correction(y_pred, a, b)
-        result["bias_correction"] = {"a": a, "b": b}
+        result["bias_correction"] = {"method": "cole", "a": a, "b": b}
         result["bias_corrected_mae"] = regression_metrics(y_true, corrected)["mae"]
+        a, b = fit_bias_correction(y_true_val, y_pred_val, method="offset")
+        corrected = apply_bias_correction(y_pred, a, b, method="offset", y_true=y_true)
+        result["offset_correction"] = {"method": "offset", "a": a, "b": b}
+        result["offset_corrected_mae"] = regression_metrics(y_true, corrected)["mae"]
     return result
 
 

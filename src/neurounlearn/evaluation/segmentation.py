@@ -16,7 +16,8 @@ from neurounlearn.errors import InputError
 from neurounlearn.evaluation.audit import audit_features
 from neurounlearn.evaluation.metrics import segmentation_metrics
 from neurounlearn.rundir import EMBEDDINGS, METRICS, PREDICTIONS, run_facts
-from neurounlearn.training.run import LoadedRun, dice_columns, point_columns
+from neurounlearn.training.predict import LoadedRun
+from neurounlearn.training.run import dice_columns, point_columns
 
 
 def segmentation_task_block(

@@ -244,8 +244,12 @@ def comparison_notes(
     if not classification:
         notes.append(
             "Bias slope: slope of (prediction − target) on the target; ρ: Spearman of the delta "
-            "with the target (PAC-2019); corrected MAE: the linear bias correction fit on each "
-            "fold's validation rows only, applied to its test rows."
+            "with the target (PAC-2019); corrected MAE: Cole's correction (prediction − b) / a, "
+            "a and b fit on each fold's validation rows only and applied to its test rows; it "
+            "stretches the predictions, so it can raise the MAE while it removes the delta's "
+            "dependence on the target. The age-dependent offset correction (Beheshti et al. "
+            "2019), which needs each subject's true target, is `offset_corrected_mae` in "
+            "comparison.json."
         )
     notes.append(
         "Leakage: balanced accuracy (R² for a continuous confound) of fresh probes trained by "

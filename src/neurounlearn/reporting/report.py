@@ -367,8 +367,10 @@ def comparison_table(arms: Sequence[ReportArm]) -> pd.DataFrame:
 
     Returns:
         Columns ``arm``, the main task metric (MAE or balanced accuracy), for regression
-        ``bias slope`` and ``bias-corrected MAE``, then per confound and probe the score with
-        its CI as text (``"0.64 [0.56, 0.73]"``), within-band probes too when audited.
+        ``bias slope``, ``bias-corrected MAE`` (Cole's rescaling) and ``offset-corrected MAE``
+        (the age-dependent offset; see ``evaluation.metrics.fit_bias_correction``), then per
+        confound and probe the score with its CI as text (``"0.64 [0.56, 0.73]"``), within-band
+        probes too when audited.
     """
     kind = figures.task_kind(arms)
     key, label = _main_metric(kind)
@@ -388,6 +390,7 @@ def comparison_table(arms: Sequence[ReportArm]) -> pd.DataFrame:
         if kind == "regression":
             record["bias slope"] = (task.get("bias") or {}).get("slope")
             record["bias-corrected MAE"] = task.get("bias_corrected_mae")
+            record["offset-corrected MAE"] = task.get("offset_corrected_mae")
         audits = leakage_results(arm.leakage)
         for confound, scope, probe in probe_columns:
             audit = audits.get(confound) or LeakageResult.from_dict(None)

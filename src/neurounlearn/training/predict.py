@@ -1,22 +1,38 @@
-"""``predict`` and ``embed``: apply a finished run to new data (no site column needed)."""
+"""A finished run, loaded (:func:`load_run`), and what it does to new data: ``predict`` and
+``embed`` (no site column needed).
+
+Examples:
+    >>> import neurounlearn as nu  # doctest: +SKIP
+    >>> run = nu.load_run("run")  # doctest: +SKIP
+    >>> run.predict(new_table)  # doctest: +SKIP
+    >>> run.transform(new_table)  # doctest: +SKIP
+"""
 
 from __future__ import annotations
 
 import gzip
+import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 import numpy as np
 import pandas as pd
 
 from neurounlearn.atomic import atomic_path
+from neurounlearn.config import RunConfig, validate_config
 from neurounlearn.data.manifest import check_new_data, read_table
+from neurounlearn.data.tabular import TableEncoding
 from neurounlearn.errors import InputError
+from neurounlearn.models.unlearning import UnlearningModel
+from neurounlearn.registry import build_model
+from neurounlearn.rundir import MODEL_FILE, RUN_INFO, read_info
+from neurounlearn.training.checkpoints import read_weights
 from neurounlearn.training.run import (
-    LoadedRun,
     embedding_frame,
     infer,
+    is_finished,
     point_frame,
     prediction_columns,
     segment,
@@ -25,6 +41,96 @@ from neurounlearn.training.run import (
 if TYPE_CHECKING:
     from neurounlearn.data.inputs import Inputs, RowData
     from neurounlearn.models.segmentation import SegmentationModel
+
+#: the file name shown in messages about rows of a DataFrame given in place of a file
+FRAME_NAME = "(DataFrame)"
+
+Data: TypeAlias = pd.DataFrame | str | Path
+
+
+@dataclass
+class LoadedRun:
+    """A finished run, ready for inference: :meth:`predict` and :meth:`transform` take a
+    DataFrame (a feature table, or an image manifest whose relative paths are read from the
+    working directory) or the path of a manifest, and return DataFrames.
+
+    Attributes:
+        run_dir: the run directory.
+        config: the run's configuration.
+        encoding: feature columns, scaling and classes, as fit on the training split.
+        model: the trained model (eval mode).
+        info: ``run.json``.
+    """
+
+    run_dir: Path
+    config: RunConfig
+    encoding: TableEncoding
+    model: UnlearningModel | SegmentationModel
+    info: dict[str, Any]
+
+    def predict(self, data: Data) -> pd.DataFrame:
+        """The model's output for every row of ``data``: ``predictions.csv``'s columns (the id
+        and site columns carried over when present; ``prediction``, or ``predicted`` and one
+        ``prob_CLASS`` per class; for a segmentation run, voxels per class)."""
+        return self._apply(data)[0]
+
+    def transform(self, data: Data) -> pd.DataFrame:
+        """The embeddings of every row of ``data`` (``embeddings.csv``'s columns; erased where
+        the run erases; a segmentation run's pooled features)."""
+        return self._apply(data)[1]
+
+    def _apply(self, data: Data) -> tuple[pd.DataFrame, pd.DataFrame]:
+        if isinstance(data, pd.DataFrame):
+            return apply_frame(self, data, echo=lambda _: None)
+        return predict_file(self, data, echo=lambda _: None)
+
+
+def load_run(run_dir: str | Path) -> LoadedRun:
+    """Load a finished run; a clear :class:`InputError` when the directory holds none."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise InputError(
+            "run directory not found",
+            file=run_dir,
+            hint="give the directory of a finished run (what fit wrote)",
+        )
+    if not is_finished(run_dir):
+        raise InputError(
+            f"holds no finished run (no {MODEL_FILE} and {RUN_INFO})",
+            file=run_dir,
+            hint="let fit run to the end first, or finish an interrupted run by resuming it "
+            "(fit with resume=True, or --resume)",
+        )
+    model_file = run_dir / MODEL_FILE
+    refit = "the file is damaged, incomplete or not one this package wrote; refit"
+    blob = read_weights(model_file, what="model", hint=refit)
+    missing = [
+        k
+        for k in ("state_dict", "config", "encoding")
+        if not isinstance(blob, dict) or k not in blob
+    ]
+    if missing:
+        raise InputError(
+            f"is not a neurounlearn model (no {', '.join(missing)})", file=model_file, hint=refit
+        )
+    try:
+        cfg = validate_config(json.loads(blob["config"]), str(model_file))
+        encoding = TableEncoding.from_dict(json.loads(blob["encoding"]))
+        model = build_model(cfg, encoding, input_shape=blob.get("input_shape"))
+        state = blob["state_dict"]
+        if "eraser.proj_left" in state and isinstance(model, UnlearningModel):
+            from neurounlearn.erasure import EraserLayer
+
+            dim, rank = state["eraser.proj_left"].shape
+            model.eraser = EraserLayer(int(dim), int(rank))
+        model.load_state_dict(state)
+    except InputError:
+        raise
+    except Exception as err:  # json, KeyError, TypeError, shape mismatch, ...
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise InputError(f"cannot read the model: {first}", file=model_file, hint=refit) from None
+    model.eval()
+    return LoadedRun(run_dir, cfg, encoding, model, read_info(run_dir))
 
 
 def predict_table(
@@ -71,13 +177,14 @@ def _frames(
 
 
 def _new_rows(
-    run: LoadedRun, data: str | Path, echo: Callable[[str], Any]
+    run: LoadedRun, data: str | Path, echo: Callable[[str], Any], frame: pd.DataFrame | None = None
 ) -> tuple[Inputs, RowData]:
     """New volumes checked and preprocessed with the run's own settings (through the same cache
-    as training, so volumes seen before are not decoded again)."""
+    as training, so volumes seen before are not decoded again); ``frame``: the manifest's rows,
+    given in place of reading ``data``."""
     from neurounlearn.data.inputs import load_new_images, row_data
 
-    inputs = load_new_images(run.config, data)
+    inputs = load_new_images(run.config, data, frame=frame)
     rows = row_data(
         run.config, inputs, run.encoding, progress=False, echo=echo, labels=False, confounds=False
     )
@@ -94,10 +201,15 @@ def _new_rows(
 
 
 def predict_images(
-    run: LoadedRun, data: str | Path, *, echo: Callable[[str], Any] = print
+    run: LoadedRun,
+    data: str | Path,
+    *,
+    echo: Callable[[str], Any] = print,
+    frame: pd.DataFrame | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Predictions and embeddings for every volume listed in the manifest ``data``."""
-    inputs, rows = _new_rows(run, data, echo)
+    """Predictions and embeddings for every volume listed in the manifest ``data`` (or in
+    ``frame``, its rows given directly)."""
+    inputs, rows = _new_rows(run, data, echo, frame)
     feats, pred = infer(run.model, rows.all(), batch_size=run.config.train.batch_size)  # type: ignore[arg-type]
     return _frames(run, inputs.frame, feats, pred)
 
@@ -125,6 +237,7 @@ def segment_images(
     *,
     out_dir: str | Path | None = None,
     echo: Callable[[str], Any] = print,
+    frame: pd.DataFrame | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Segment every volume of the manifest ``data`` with a segmentation run.
 
@@ -146,7 +259,7 @@ def segment_images(
 
     cfg, enc = run.config, run.encoding
     model = cast("SegmentationModel", run.model)
-    inputs, rows = _new_rows(run, data, echo)
+    inputs, rows = _new_rows(run, data, echo, frame)
     columns = volume_columns(cfg, labels=False)
     resolved = resolve_paths(inputs.frame, data, columns)
     images = [str(p) for p in resolved[columns.image]]
@@ -192,3 +305,17 @@ def predict_file(
     if run.config.data.input == "image":
         return predict_images(run, data, echo=echo)
     return predict_table(run, read_table(data), data)
+
+
+def apply_frame(
+    run: LoadedRun, frame: pd.DataFrame, *, echo: Callable[[str], Any] = print
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """:func:`predict_file` for rows given as a DataFrame: a feature table, or an image manifest
+    whose relative paths are read from the working directory. Messages name the file
+    ``(DataFrame)``."""
+    path = Path.cwd() / FRAME_NAME
+    if run.encoding.task == "segmentation":
+        return segment_images(run, path, echo=echo, frame=frame)
+    if run.config.data.input == "image":
+        return predict_images(run, path, echo=echo, frame=frame)
+    return predict_table(run, frame.reset_index(drop=True), FRAME_NAME)

@@ -10,9 +10,8 @@ from __future__ import annotations
 import json
 import platform
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -20,14 +19,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from neurounlearn.atomic import write_torch
-from neurounlearn.config import RunConfig, validate_config
+from neurounlearn.config import RunConfig
 from neurounlearn.data.tabular import TableEncoding
-from neurounlearn.errors import InputError
 from neurounlearn.models.unlearning import UnlearningModel
 from neurounlearn.registry import build_model as build_model
 from neurounlearn.registry import build_segmentation_model as build_segmentation_model
-from neurounlearn.rundir import MODEL_FILE, RUN_INFO, RunFiles, read_info
-from neurounlearn.training.checkpoints import read_weights
+from neurounlearn.rundir import RunFiles
 
 if TYPE_CHECKING:
     from neurounlearn.models.segmentation import SegmentationModel
@@ -52,67 +49,8 @@ def versions() -> dict[str, str]:
     }
 
 
-@dataclass
-class LoadedRun:
-    """A finished run, ready for inference."""
-
-    run_dir: Path
-    config: RunConfig
-    encoding: TableEncoding
-    model: UnlearningModel | SegmentationModel
-    info: dict[str, Any]
-
-
 def is_finished(run_dir: Path) -> bool:
     return RunFiles(run_dir).is_finished()
-
-
-def load_run(run_dir: str | Path) -> LoadedRun:
-    """Load a finished run; a clear :class:`InputError` when the directory holds none."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise InputError(
-            "run directory not found",
-            file=run_dir,
-            hint="give the directory of a finished run (what fit wrote)",
-        )
-    if not is_finished(run_dir):
-        raise InputError(
-            f"holds no finished run (no {MODEL_FILE} and {RUN_INFO})",
-            file=run_dir,
-            hint="let fit run to the end first, or finish an interrupted run by resuming it "
-            "(fit with resume=True, or --resume)",
-        )
-    model_file = run_dir / MODEL_FILE
-    refit = "the file is damaged, incomplete or not one this package wrote; refit"
-    blob = read_weights(model_file, what="model", hint=refit)
-    missing = [
-        k
-        for k in ("state_dict", "config", "encoding")
-        if not isinstance(blob, dict) or k not in blob
-    ]
-    if missing:
-        raise InputError(
-            f"is not a neurounlearn model (no {', '.join(missing)})", file=model_file, hint=refit
-        )
-    try:
-        cfg = validate_config(json.loads(blob["config"]), str(model_file))
-        encoding = TableEncoding.from_dict(json.loads(blob["encoding"]))
-        model = build_model(cfg, encoding, input_shape=blob.get("input_shape"))
-        state = blob["state_dict"]
-        if "eraser.proj_left" in state and isinstance(model, UnlearningModel):
-            from neurounlearn.erasure import EraserLayer
-
-            dim, rank = state["eraser.proj_left"].shape
-            model.eraser = EraserLayer(int(dim), int(rank))
-        model.load_state_dict(state)
-    except InputError:
-        raise
-    except Exception as err:  # json, KeyError, TypeError, shape mismatch, ...
-        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-        raise InputError(f"cannot read the model: {first}", file=model_file, hint=refit) from None
-    model.eval()
-    return LoadedRun(run_dir, cfg, encoding, model, read_info(run_dir))
 
 
 def save_model(
