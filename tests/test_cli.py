@@ -287,6 +287,31 @@ def test_fit_invalid_setting(tmp_path: Path, write_manifest: Callable[..., Path]
     assert not out.exists()
 
 
+@pytest.mark.parametrize(
+    ("setting", "suggested"),
+    [
+        ("train.epoch=3", "train.epochs"),
+        ("strategy.adversary_step=3", "strategy.adversary_steps"),
+        ("confounds.0.nmae=sex", "confounds.0.name"),
+    ],
+)
+def test_fit_unknown_setting_suggests_the_closest_name(
+    tmp_path: Path, write_manifest: Callable[..., Path], setting: str, suggested: str
+) -> None:
+    data, out = write_manifest(), tmp_path / "run"
+    result = invoke(fit_args(data, out, "--set", setting))
+    assert_input_error(result, "error: --set: ", f"did you mean '{suggested}'?")
+    assert not out.exists()
+
+
+def test_fit_unknown_setting_far_from_any_name_suggests_none(
+    tmp_path: Path, write_manifest: Callable[..., Path]
+) -> None:
+    result = invoke(fit_args(write_manifest(), tmp_path / "run", "--set", "train.zzz=1"))
+    assert_input_error(result, "error: --set: ", "'train.zzz'")
+    assert "did you mean" not in result.output
+
+
 def test_fit_invalid_adversary_memory(tmp_path: Path, write_manifest: Callable[..., Path]) -> None:
     data, out = write_manifest(), tmp_path / "run"
     result = invoke(fit_args(data, out, "--set", "strategy.adversary_memory=-3"))

@@ -13,9 +13,11 @@ Examples:
 
 from __future__ import annotations
 
+import difflib
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -671,10 +673,51 @@ def _setting(error: ErrorDetails) -> tuple[str, Any]:
     return ".".join(parts), error.get("input")
 
 
+def _model_at(loc: Sequence[Any]) -> type[BaseModel] | None:
+    """The settings section (a model class) that holds the last part of ``loc``."""
+    parts = [str(p) for p in loc[:-1] if not str(p).isdigit()]  # list entries: the list's model
+    model: type[BaseModel] = RunConfig
+    i = 0
+    while i < len(parts):
+        if model is RunConfig and parts[i] == "strategy":  # pydantic adds the strategy's name
+            strategies = (BaselineStrategyConfig, IterativeStrategyConfig, GRLStrategyConfig)
+            named = {c.model_fields["name"].default: c for c in strategies}
+            chosen = named.get(parts[i + 1]) if i + 1 < len(parts) else None
+            if chosen is None:
+                return None
+            model, i = chosen, i + 2
+            continue
+        field = model.model_fields.get(parts[i])
+        if field is None:
+            return None
+        inner = [a for a in (field.annotation, *get_args(field.annotation)) if _is_model(a)]
+        if not inner:
+            return None
+        model, i = inner[0], i + 1
+    return model
+
+
+def _is_model(value: Any) -> bool:
+    return isinstance(value, type) and issubclass(value, BaseModel)
+
+
+def _did_you_mean(error: ErrorDetails, key: str) -> str:
+    """`` — did you mean 'train.epochs'?`` for an unknown setting close to a known one."""
+    if error["type"] != "extra_forbidden":
+        return ""
+    model = _model_at(error["loc"])
+    if model is None:
+        return ""
+    close = difflib.get_close_matches(str(error["loc"][-1]), list(model.model_fields), n=1)
+    prefix = key.rpartition(".")[0]
+    return f" — did you mean '{prefix + '.' if prefix else ''}{close[0]}'?" if close else ""
+
+
 def _validation_error(err: ValidationError, source: str) -> InputError:
     first = err.errors()[0]
     key, given = _setting(first)
     message = (first.get("ctx") or {}).get("message") or _message(first, given)
+    message += _did_you_mean(first, key)
     own_hint = " — " in message  # a validator's message that already says how to fix it
     return InputError(
         f"invalid setting '{key}': {message}",

@@ -102,10 +102,10 @@ def infer_task(values: pd.Series) -> tuple[str, str]:
     known = values.dropna()
     n = int(known.nunique())
     if n and _non_numeric(known).mean() > 0.5:
-        return "classification", f"its values are not numbers ({n} distinct)"
+        return "classification", f"is mostly not numbers ({n} distinct values)"
     if n <= MAX_AUTO_CLASSES:
-        return "classification", f"it has {n} distinct values"
-    return "regression", f"it is numeric with {n} distinct values"
+        return "classification", f"has {n} distinct values"
+    return "regression", f"is numeric with {n} distinct values"
 
 
 # ----------------------------------------------------------------------------- small helpers
