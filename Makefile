@@ -40,6 +40,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/tabular_knobs.py
 	$(BIN)/python benchmarks/image_speed.py
 	$(BIN)/python benchmarks/image_sim.py
+	$(BIN)/python benchmarks/adversary_view.py
 	$(BIN)/python benchmarks/paper.py
 	$(BIN)/python benchmarks/compare_openneuro.py
 	$(BIN)/python benchmarks/erasure.py

@@ -18,6 +18,7 @@ Writes ``benchmarks/results/image_sim.json`` and ``.md``.
     python benchmarks/image_sim.py [--seeds 0 1 2] [--epochs N] [--subjects 300] [--shape 48]
     python benchmarks/image_sim.py --paper-size   # the paper's 128x160x128 and VGG-like encoder
     python benchmarks/image_sim.py --render       # re-render the markdown from the JSON
+    python benchmarks/image_sim.py --update --arms grl "grl + erase site"   # rerun some arms
 
 On a GPU the same command runs unchanged (``train.precision: auto`` picks bf16 there);
 ``--paper-size`` is for a GPU (one epoch of the paper encoder at 128x160x128 is minutes on 2
@@ -87,8 +88,17 @@ def arm_config(
 
 
 def run_seed(
-    seed: int, *, epochs: int, subjects: int, shape: tuple[int, int, int], paper: bool, work: Path
+    seed: int,
+    *,
+    epochs: int,
+    subjects: int,
+    shape: tuple[int, int, int],
+    paper: bool,
+    work: Path,
+    arms: list[str] | None = None,
 ) -> dict[str, dict[str, Any]]:
+    """Every arm (or those labelled in ``arms``; the voxel ridge runs with the first arm run)
+    on seed ``seed``'s cohort."""
     cohort = work / f"cohort{seed}"
     shutil.rmtree(cohort, ignore_errors=True)
     t0 = time.perf_counter()
@@ -105,6 +115,8 @@ def run_seed(
     out: dict[str, dict[str, Any]] = {}
     run_dirs: list[Path] = []
     for label, strategy, erase in ARMS:
+        if arms is not None and label not in arms:
+            continue
         cfg = arm_config(
             manifest, strategy, erase, seed=seed, epochs=epochs, paper=paper, work=work
         )
@@ -124,8 +136,9 @@ def run_seed(
             "adversary_train_accuracy": adversary_accuracy(run_dir),
         }
         print(f"  {label}: {json.dumps(out[label])}", flush=True)
-    out[RAW] = raw_voxel_reference(run_dirs[0], seed)
-    print(f"  {RAW}: {json.dumps(out[RAW])}", flush=True)
+    if arms is None or RAW in arms:
+        out[RAW] = raw_voxel_reference(run_dirs[0], seed)
+        print(f"  {RAW}: {json.dumps(out[RAW])}", flush=True)
     return out
 
 
@@ -307,6 +320,11 @@ def render(payload: dict[str, Any]) -> str:
         parts.append(f"MAE ratio {ratio:.2f} ({_status(v['mae_met'], ratio, TARGET_MAE_RATIO)})")
         lines.append(f"- (3) {label}: " + "; ".join(parts))
     lines += ["", f"Total wall time {meta['wall_minutes']:.1f} min on this machine."]
+    for update in meta.get("updates", []):
+        lines.append(
+            f"Rerun later with `--update --arms`: {', '.join(update['arms'])} "
+            f"({update['wall_minutes']:.1f} min)."
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -322,7 +340,20 @@ def main() -> None:
         help="the paper's input size (128x160x128) and VGG-like encoder: for a GPU",
     )
     parser.add_argument("--render", action="store_true", help="re-render the markdown only")
+    parser.add_argument(
+        "--arms",
+        nargs="+",
+        choices=[a[0] for a in ARMS] + [RAW],
+        help="run only these arms (with --update: merged into the stored results)",
+    )
+    parser.add_argument(
+        "--update",
+        action="store_true",
+        help="keep the stored results of the arms not run (same seeds and settings)",
+    )
     args = parser.parse_args()
+    if args.arms and not args.update:
+        parser.error("--arms reruns some arms into the stored results: give --update too")
     RESULTS.mkdir(parents=True, exist_ok=True)
     name = "image_sim_paper_size" if args.paper_size else "image_sim"
     if args.render:
@@ -342,7 +373,20 @@ def main() -> None:
                 shape=shape,
                 paper=args.paper_size,
                 work=Path(tmp),
+                arms=args.arms,
             )
+    wall = (time.perf_counter() - start) / 60
+    runs: dict[str, Any] = {"wall_minutes": wall, "arms": args.arms or "all"}
+    if args.update:
+        stored = json.loads((RESULTS / f"{name}.json").read_text())
+        if stored["meta"]["seeds"] != args.seeds:
+            parser.error(f"--update needs the stored seeds {stored['meta']['seeds']}")
+        for seed, arms_run in per_seed.items():
+            stored["per_seed"][seed] |= arms_run
+        per_seed = stored["per_seed"]
+        runs = {"wall_minutes": stored["meta"]["wall_minutes"], "updates": [
+            *stored["meta"].get("updates", []), runs
+        ]}  # fmt: skip
     summary = summarise(per_seed)
     payload = {
         "meta": {
@@ -352,7 +396,7 @@ def main() -> None:
             "encoder": "paper (VGG-like)" if args.paper_size else "compact",
             "epochs": args.epochs,
             "seeds": args.seeds,
-            "wall_minutes": (time.perf_counter() - start) / 60,
+            **runs,
         },
         "per_seed": per_seed,
         "summary": summary,

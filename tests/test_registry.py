@@ -67,6 +67,11 @@ def test_model_arms_name_known_strategies_and_modes() -> None:
             GRLStrategy,
             {"lambda_max": 0.5},
         ),
+        (
+            {"name": "grl", "adversary_view": "eval"},
+            GRLStrategy,
+            {"adversary_view": "eval"},
+        ),
     ],
 )
 def test_build_strategy_passes_the_strategy_settings(

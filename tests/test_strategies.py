@@ -14,6 +14,7 @@ from neurounlearn.training.strategies import (
     FeatureMemory,
     GRLStrategy,
     IterativeStrategy,
+    as_at_inference,
     frozen,
 )
 
@@ -257,3 +258,61 @@ def test_heads_standardise_over_the_batch_and_the_memory():
     torch.testing.assert_close(out, strategy.confound_outputs(model, joined, targets)["site"][:4])
     alone = strategy.confound_outputs(model, f, small)["site"]
     assert not torch.allclose(out, alone)
+
+
+def test_as_at_inference_uses_running_statistics_and_restores_the_modes():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Dropout(0.5))
+    x = torch.randn(8, 3) * 5 + 2
+    net.train()
+    with as_at_inference(net):
+        inside = net(x)
+        assert not any(m.training for m in net.modules())
+    net.eval()
+    np_eval = net(x)
+    net.train()
+    assert torch.allclose(inside, np_eval)
+    assert all(m.training for m in net.modules())
+    inside.sum().backward()  # gradients still flow through the encoder
+    assert net[0].weight.grad is not None
+
+
+def _bn_model():
+    torch.manual_seed(0)
+    encoder = nn.Sequential(nn.Linear(5, 4), nn.BatchNorm1d(4))
+    encoder.out_features = 4  # what UnlearningModel reads of an encoder
+    return UnlearningModel(encoder, nn.Linear(4, 1), {"site": 3})
+
+
+@pytest.mark.parametrize("cls", [BaselineStrategy, IterativeStrategy, GRLStrategy])
+def test_eval_view_shows_the_heads_the_encoder_as_at_inference(cls):
+    model = _bn_model()
+    strategy = cls(confounds=[ConfoundConfig(name="site")], adversary_view="eval")
+    b = batch()
+    model.train()
+    f = model.encode(b["x"])
+    seen = strategy.adversary_input(model, b["x"], f, grad=False)
+    model.eval()
+    expected = model.encode(b["x"])
+    assert torch.allclose(seen, expected)
+    assert not torch.allclose(f, expected)  # batch statistics differ from the running ones
+    model.train()
+    plain = cls(confounds=[ConfoundConfig(name="site")])
+    assert plain.adversary_input(model, b["x"], f, grad=False) is f
+
+
+@pytest.mark.parametrize("cls", [BaselineStrategy, IterativeStrategy, GRLStrategy])
+def test_eval_view_steps_are_finite_and_leave_the_modes_as_they_were(cls):
+    model = _bn_model()
+    kw = {"pretrain_epochs": 0} if cls is IterativeStrategy else {}
+    strategy = cls(confounds=[ConfoundConfig(name="site")], adversary_view="eval", **kw)
+    host = Host(model, strategy, epoch=1)
+    model.train()
+    logs = strategy.training_step(host, batch())
+    assert all(math.isfinite(float(v)) for v in logs.values())
+    assert all(m.training for m in model.modules())
+
+
+def test_unknown_adversary_view_is_refused():
+    with pytest.raises(ValueError, match="adversary view"):
+        BaselineStrategy(confounds=[ConfoundConfig(name="site")], adversary_view="test")

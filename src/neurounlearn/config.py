@@ -40,6 +40,7 @@ from pydantic_core import ErrorDetails, PydanticCustomError
 from neurounlearn.choices import (
     ATTACH_POINTS,
     STRATEGY_NAMES,
+    AdversaryView,
     Augmentation,
     EncoderChoice,
     IterativeMode,
@@ -311,6 +312,17 @@ class _StrategySettings(_Strict):
         "for the heads to learn from, or to standardise over: in benchmarks/segmentation.py "
         "grl's bottleneck still told the scanner apart without it. auto: 8 for "
         "segmentation (at most 512 MiB of feature maps), 0 otherwise (not yet measured there)",
+    )
+
+    adversary_view: AdversaryView = Field(
+        "train",
+        description="the features the confound heads, the confusion loss and the gradient "
+        "reversal see: train, those of the task step's pass (batch-norm batch statistics, "
+        "dropout); eval, those of a pass with the encoder as at inference (running "
+        "statistics, no dropout), which is what the audit reads. On simulated images a "
+        "baseline CNN's eval features told the site apart at 0.86, the train-mode features of "
+        "augmented batches at 0.48; but grl with eval trained worse on 2 of 3 selection "
+        "cohorts, so train stays the default (docs/guide/images.md)",
     )
 
     @field_validator("adversary_memory")

@@ -81,6 +81,7 @@ def build_strategy(
         "memory": memory,
         "memory_points": memory_points,
         "memory_bytes": memory_bytes,
+        "adversary_view": s.adversary_view,
     }
     if isinstance(s, IterativeStrategyConfig):
         return IterativeStrategy(mode=s.mode, pretrain_epochs=s.pretrain_epochs, **shared)

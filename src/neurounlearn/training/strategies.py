@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from neurounlearn.choices import ITERATIVE_MODES, StrategyName
+from neurounlearn.choices import ADVERSARY_VIEWS, ITERATIVE_MODES, StrategyName, check_choice
 from neurounlearn.config import ConfoundConfig
 from neurounlearn.losses import (
     IGNORE,
@@ -90,6 +90,22 @@ def frozen(module: nn.Module) -> Iterator[None]:
     finally:
         for p, flag in zip(module.parameters(), flags, strict=True):
             p.requires_grad_(flag)
+
+
+@contextmanager
+def as_at_inference(module: nn.Module | None) -> Iterator[None]:
+    """Run ``module`` as the audit and ``predict`` run it (batch norm on its running
+    statistics, dropout off) while gradients still flow through it; its modes are restored."""
+    if module is None:
+        yield
+        return
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, mode in modes:
+            m.train(mode)
 
 
 def _ensemble_correlation(pred: Tensor, values: Tensor) -> Tensor:
@@ -261,6 +277,11 @@ class Strategy(ABC):
             (0: the batch only); see :class:`FeatureMemory`.
         memory_points: U-Net: the attach points whose maps the memory keeps (default: all).
         memory_bytes: keep fewer rows where ``memory`` of them would take more than this.
+        adversary_view: ``"train"``: the confound heads, the confusion loss and the gradient
+            reversal see the features of the task step's pass (batch statistics, dropout);
+            ``"eval"``: of a pass with the encoder as at inference (running batch-norm
+            statistics, no dropout), what the audit reads; it costs one more encoder pass per
+            batch where the task step's features cannot be reused.
     """
 
     name: ClassVar[StrategyName]
@@ -278,13 +299,16 @@ class Strategy(ABC):
         memory: int = 0,
         memory_points: Sequence[str] | None = None,
         memory_bytes: int | None = None,
+        adversary_view: str = "train",
     ) -> None:
         if task_kind not in ("regression", "classification", "segmentation"):
             raise ValueError(
                 f"task_kind must be regression, classification or segmentation, got {task_kind!r}"
             )
+        check_choice("adversary view", adversary_view, ADVERSARY_VIEWS)
         self.confounds = list(confounds)
         self.adversary_steps = adversary_steps
+        self.adversary_view = adversary_view
         self.memory = FeatureMemory(memory, points=memory_points, max_bytes=memory_bytes)
         self.task_loss_kind = task_loss
         self.task_kind = task_kind
@@ -314,6 +338,18 @@ class Strategy(ABC):
         """One batch of updates; returns detached values to log."""
 
     # -- shared pieces ------------------------------------------------------------------------
+    def adversary_input(
+        self, model: Model, x: Tensor, features: Features | None, *, grad: bool
+    ) -> Features:
+        """The features the confound heads see: the task pass's ``features`` (view ``train``,
+        or recomputed when ``None``), or a pass with the encoder as at inference (view
+        ``eval``); ``grad=False`` where only the heads learn from them."""
+        if self.adversary_view == "train" and features is not None:
+            return features
+        encoder = getattr(model, "encoder", None) if self.adversary_view == "eval" else None
+        with as_at_inference(encoder), torch.set_grad_enabled(grad and torch.is_grad_enabled()):
+            return model.encode(x)
+
     def task_loss(self, model: Model, features: Features, batch: Batch) -> Tensor:
         """The task loss over the rows with a target (segmentation: with a label map)."""
         out = model.predict_task(features)  # type: ignore[arg-type]
@@ -525,8 +561,9 @@ class BaselineStrategy(Strategy):
         opt_task.step()
         logs = {"task_loss": loss.detach()}
         if len(opts) > 1:
-            logs |= self.adversary_step(host, opts[1], f, batch)
-            self.memory.push(f, batch)
+            seen = self.adversary_input(model, batch["x"], f, grad=False)
+            logs |= self.adversary_step(host, opts[1], seen, batch)
+            self.memory.push(seen, batch)
         return logs
 
 
@@ -568,6 +605,7 @@ class IterativeStrategy(Strategy):
         memory: int = 0,
         memory_points: Sequence[str] | None = None,
         memory_bytes: int | None = None,
+        adversary_view: str = "train",
     ) -> None:
         super().__init__(
             confounds=confounds,
@@ -580,6 +618,7 @@ class IterativeStrategy(Strategy):
             memory=memory,
             memory_points=memory_points,
             memory_bytes=memory_bytes,
+            adversary_view=adversary_view,
         )
         if mode not in ITERATIVE_MODES:
             raise ValueError(f"iterative mode must be 'sequential' or 'joint', got {mode!r}")
@@ -613,11 +652,12 @@ class IterativeStrategy(Strategy):
             opt_task.step()
             logs = {"task_loss": task.detach()}
             if self.phase(host.current_epoch) == "pretrain":
-                logs |= self.adversary_step(host, opt_adv, f, batch)
-                self.memory.push(f, batch)
+                seen = self.adversary_input(model, x, f, grad=False)
+                logs |= self.adversary_step(host, opt_adv, seen, batch)
+                self.memory.push(seen, batch)
                 return logs
             # steps 2 and 3 share features recomputed after step 1 (step 2 leaves E unchanged)
-            f = model.encode(x)
+            f = self.adversary_input(model, x, None, grad=True)
             logs |= self.adversary_step(host, opt_adv, f, batch)
             conf, conf_logs = self.weighted_confusion(model, f, batch)
             opt_conf = opts[2]
@@ -630,13 +670,14 @@ class IterativeStrategy(Strategy):
 
         # joint: step 2 first, then one backward on task + confusion
         f = model.encode(x)
-        logs = self.adversary_step(host, opt_adv, f, batch)
+        seen = self.adversary_input(model, x, f, grad=True)
+        logs = self.adversary_step(host, opt_adv, seen, batch)
         task = self.task_loss(model, f, batch)
-        conf, conf_logs = self.weighted_confusion(model, f, batch)
+        conf, conf_logs = self.weighted_confusion(model, seen, batch)
         opt_task.zero_grad()
         host.manual_backward(task + conf)
         opt_task.step()
-        self.memory.push(f, batch)
+        self.memory.push(seen, batch)
         return logs | conf_logs | {"task_loss": task.detach()}
 
 
@@ -678,6 +719,7 @@ class GRLStrategy(Strategy):
         memory: int = 0,
         memory_points: Sequence[str] | None = None,
         memory_bytes: int | None = None,
+        adversary_view: str = "train",
     ) -> None:
         super().__init__(
             confounds=confounds,
@@ -690,6 +732,7 @@ class GRLStrategy(Strategy):
             memory=memory,
             memory_points=memory_points,
             memory_bytes=memory_bytes,
+            adversary_view=adversary_view,
         )
         self.lambda_max = lambda_max
 
@@ -714,16 +757,17 @@ class GRLStrategy(Strategy):
             scaled = lam * c.beta / c.alpha if c.alpha > 0 else 0.0
             reversal.set_weight(0.0 if c.head == "regress" else scaled)
         f = model.encode(batch["x"])
+        seen = self.adversary_input(model, batch["x"], f, grad=True)
         # extra head-only updates first; the joint step below is the adversary's last one
-        self.adversary_step(host, opt, f, batch, steps=self.adversary_steps - 1)
+        self.adversary_step(host, opt, seen, batch, steps=self.adversary_steps - 1)
         task = self.task_loss(model, f, batch)
-        logits = self.heads_on(model, f, batch, reverse=True)
+        logits = self.heads_on(model, seen, batch, reverse=True)
         adv = self.adversary_losses(logits, batch)
         total = task + sum((c.alpha * adv[c.name] for c in self.confounds), torch.zeros(()))
         logs: dict[str, Tensor] = {"task_loss": task.detach(), "lambda": torch.tensor(lam)}
         if any(c.head == "regress" for c in self.confounds):
             with frozen(model.confound_heads):
-                plain = self.heads_on(model, f, batch)
+                plain = self.heads_on(model, seen, batch)
             corr = self.confusion_losses(plain, batch)
             total = total + sum(
                 (lam * c.beta * corr[c.name] for c in self.confounds if c.head == "regress"),
@@ -732,7 +776,7 @@ class GRLStrategy(Strategy):
         opt.zero_grad()
         host.manual_backward(total)
         opt.step()
-        self.memory.push(f, batch)
+        self.memory.push(seen, batch)
         detached = {k: v.detach() for k, v in logits.items()}
         logs |= {f"adv_loss/{k}": v.detach() for k, v in adv.items()}
         logs |= self.adversary_metrics(detached, batch)
