@@ -413,7 +413,18 @@ def test_check_good_manifest(write_manifest: Callable[..., Path]) -> None:
     result = invoke(["check", "--data", data, "--features", FEATURE_REGEX, "--unlearn", "site"])
     assert_ok(result)
     assert "error:" not in result.output and "warning:" not in result.output, describe(result)
-    assert result.output.strip() == "ok: 18 rows, no errors", describe(result)
+    assert result.output.strip() == "ok: 18 rows, 18 subjects, 3 sites, no errors", describe(result)
+
+
+def test_check_counts_subjects_not_rows(
+    write_manifest: Callable[..., Path], manifest_frame: pd.DataFrame
+) -> None:
+    # a second session of two subjects: other rows, the same ids (and no other difference)
+    again = manifest_frame.iloc[:2].assign(f0=manifest_frame["f0"].iloc[:2] + 1.0)
+    data = write_manifest(pd.concat([manifest_frame, again], ignore_index=True))
+    result = invoke(["check", "--data", data, "--features", FEATURE_REGEX, "--unlearn", "site"])
+    assert_ok(result)
+    assert "ok: 20 rows, 18 subjects, 3 sites" in result.stdout, describe(result)
 
 
 # ----------------------------------------------------------------------------- no finished run
@@ -562,6 +573,39 @@ def test_predict_without_site_and_target(
     assert predictions["subject"].tolist() == manifest_frame["subject"].tolist()
     assert np.isfinite(predictions["prediction"].to_numpy(dtype=float)).all()
     assert f"{len(manifest_frame)} predictions written" in result.output
+
+
+def test_predict_writes_the_format_its_suffix_names_and_to_standard_output(
+    trained: TrainedRun, tmp_path: Path, manifest_frame: pd.DataFrame
+) -> None:
+    data = tmp_path / "new.csv"
+    manifest_frame.to_csv(data, index=False)
+    assert_ok(invoke(["predict", trained.run_dir, "--data", data, "--out", tmp_path / "p.csv"]))
+    assert_ok(invoke(["predict", trained.run_dir, "--data", data, "--out", tmp_path / "p.tsv"]))
+    as_csv = pd.read_csv(tmp_path / "p.csv")
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "p.tsv", sep="\t"), as_csv)
+    piped = invoke(["predict", trained.run_dir, "--data", data, "--out", "-"])
+    assert piped.exit_code == 0, piped.output
+    from io import StringIO
+
+    pd.testing.assert_frame_equal(pd.read_csv(StringIO(piped.stdout)), as_csv)
+    assert "written to standard output" in piped.stderr
+
+
+def test_predict_to_parquet_without_pyarrow_says_what_to_install(
+    trained: TrainedRun,
+    tmp_path: Path,
+    manifest_frame: pd.DataFrame,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # importing it now fails
+    data, out = tmp_path / "new.csv", tmp_path / "p.parquet"
+    manifest_frame.to_csv(data, index=False)
+    result = invoke(["predict", trained.run_dir, "--data", data, "--out", out])
+    assert_input_error(result, f"error: {out}: ", "pyarrow")
+    assert not out.exists()
 
 
 # ----------------------------------------------------------------------------- more new-data checks

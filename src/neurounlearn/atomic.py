@@ -199,6 +199,36 @@ def write_csv(frame: pd.DataFrame, path: str | Path) -> None:
         frame.to_csv(tmp, index=False)
 
 
+def check_table_path(path: str | Path) -> None:
+    """A table can be written in the format ``path``'s suffix names (see :func:`write_table`):
+    raised before any work starts.
+
+    Raises:
+        InputError: ``.parquet`` without pyarrow installed.
+    """
+    if Path(path).suffix.lower() == ".parquet":
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise InputError(
+                "writing Parquet needs the pyarrow package",
+                file=path,
+                hint="install it (pip install pyarrow), or write a .csv or .tsv file",
+            ) from None
+
+
+def write_table(frame: pd.DataFrame, path: str | Path) -> None:
+    """Write ``frame`` atomically in the format its suffix names: ``.tsv``/``.tab``
+    tab-separated, ``.parquet`` Parquet (needs pyarrow), anything else CSV."""
+    check_table_path(path)
+    suffix = Path(path).suffix.lower()
+    with atomic_path(path) as tmp:
+        if suffix == ".parquet":
+            frame.to_parquet(tmp, index=False)
+        else:
+            frame.to_csv(tmp, index=False, sep="\t" if suffix in (".tsv", ".tab") else ",")
+
+
 def write_torch(obj: Any, path: str | Path) -> None:
     """``torch.save`` atomically. torch reports a failed write (a full disk, a file-size limit)
     as a ``RuntimeError`` from its zip writer; the operating system's error is raised instead,

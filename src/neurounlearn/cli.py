@@ -12,6 +12,7 @@ import functools
 import inspect
 import json
 import re
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -694,15 +695,35 @@ def report(
     typer.echo(f"report written to {path}")
 
 
+#: ``--out -``: the table goes to standard output (and the messages to standard error)
+STDOUT = "-"
+
+
 def _apply(run: LoadedRun, data: Path, out: Path, which: int) -> int:
-    from neurounlearn.atomic import check_out, write_csv
+    from neurounlearn.atomic import check_out, check_table_path, write_table
     from neurounlearn.training.predict import predict_file
 
-    check_out(out, folder=False, flag="--out")
-    frame = predict_file(run, data, echo=say)[which]
+    to_stdout = str(out) == STDOUT
+    if not to_stdout:
+        check_out(out, folder=False, flag="--out")
+        check_table_path(out)
+    frame = predict_file(run, data, echo=_say_err if to_stdout else say)[which]
+    if to_stdout:
+        frame.to_csv(sys.stdout, index=False)
+        return len(frame)
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_csv(frame, out)
+    write_table(frame, out)
     return len(frame)
+
+
+def _say_err(message: str) -> None:
+    typer.echo(cli_hint(message), err=True)
+
+
+def _written(n: int, what: str, out: Path) -> None:
+    """The closing line; on standard error when the table itself went to standard output."""
+    to_stdout = str(out) == STDOUT
+    typer.echo(f"{n} {what} written to {'standard output' if to_stdout else out}", err=to_stdout)
 
 
 @app.command()
@@ -713,8 +734,9 @@ def predict(
     out: Path = typer.Option(
         ...,
         "--out",
-        help="CSV to write; for a segmentation run, a folder: one label map per subject "
-        "(ID_seg.nii.gz, on the input's grid with its affine) and segmentations.csv",
+        help="table to write: .csv, .tsv, .parquet (needs pyarrow), or - for standard "
+        "output; for a segmentation run, a folder: one label map per subject (ID_seg.nii.gz, "
+        "on the input's grid with its affine) and segmentations.csv",
     ),
 ) -> None:
     """Predict the target for new data with a finished run (segmentation: label maps)."""
@@ -731,7 +753,7 @@ def predict(
         typer.echo(f"{len(frame)} label maps written to {out} (list: {out / SEGMENTATIONS})")
         return
     n = _apply(run, data, out, 0)
-    typer.echo(f"{n} predictions written to {out}")
+    _written(n, "predictions", out)
 
 
 @app.command()
@@ -741,7 +763,11 @@ def embed(
     data: Path = typer.Option(
         ..., "--data", help="manifest of data to embed (no site column needed)"
     ),
-    out: Path = typer.Option(..., "--out", help="CSV to write"),
+    out: Path = typer.Option(
+        ...,
+        "--out",
+        help="table to write: .csv, .tsv, .parquet (needs pyarrow), or - for standard output",
+    ),
 ) -> None:
     """Write the harmonised embeddings (encoder features) of new data; for a segmentation run,
     each attach point's pooled feature map (POINT_e0, ...: channel means, then standard
@@ -749,7 +775,7 @@ def embed(
     from neurounlearn.training.predict import load_run
 
     n = _apply(load_run(run_dir), data, out, 1)
-    typer.echo(f"{n} embeddings written to {out}")
+    _written(n, "embeddings", out)
 
 
 @app.command()
@@ -779,7 +805,7 @@ def check(
         typer.echo(f"{len(found.errors)} error(s): fix them before training", err=True)
         raise typer.Exit(EXIT_INPUT_ERROR)
     warned = f", {len(found.problems)} warning(s)" if found.problems else ""
-    typer.echo(f"ok: {found.rows} rows, no errors{warned}")
+    typer.echo(f"ok: {found.summary()}, no errors{warned}")
 
 
 def _parse_ages(text: str) -> str | list[tuple[float, float]]:
