@@ -640,3 +640,11 @@ def test_version_prints_the_package_version_and_exits_0():
     result = invoke(["--version"])
     assert result.exit_code == 0
     assert result.stdout.strip() == f"neurounlearn {__version__}"
+
+
+@pytest.mark.parametrize(("command", "flag"), [("fit", "--resume"), ("demo", "--images")])
+def test_help_shows_no_type_beside_an_on_off_flag(command: str, flag: str) -> None:
+    result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    line = next(line for line in result.output.splitlines() if flag in line)
+    assert "<bool>" not in line, line

@@ -283,3 +283,14 @@ def test_a_loaded_run_names_the_dataframe_in_its_errors(manifest, tmp_path):
     with pytest.raises(InputError, match="f2") as err:
         run.predict(frame)
     assert err.value.problems[0].file == "(DataFrame)"
+
+
+def test_the_progress_bar_counts_epochs_from_one():
+    from types import SimpleNamespace
+
+    from neurounlearn.training.system import EpochBar
+
+    bar = EpochBar()
+    bar._trainer = SimpleNamespace(max_epochs=40)  # what the bar reads of its trainer
+    assert bar._get_train_description(0).strip() == "Epoch 1/40"
+    assert bar._get_train_description(39).strip() == "Epoch 40/40"

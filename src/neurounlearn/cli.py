@@ -41,6 +41,9 @@ from neurounlearn.rundir import (
 if TYPE_CHECKING:
     from neurounlearn.training.predict import LoadedRun
 
+#: the metavar of an on/off flag: none (typer would print ``<bool>`` beside it)
+FLAG = " "
+
 app = typer.Typer(
     help="Train deep models on brain MRI volumes and feature tables while unlearning site, "
     "scanner and other "
@@ -67,6 +70,7 @@ def _options(
         callback=_print_version,
         is_eager=True,
         help="print the version and exit",
+        metavar=FLAG,
     ),
 ) -> None:
     """Train deep models on brain MRI volumes and feature tables while unlearning site, scanner
@@ -528,7 +532,9 @@ def fit(
     band: tuple[float, float] | None = typer.Option(
         None, "--band", help="audit also within this target band, e.g. --band 18 35"
     ),
-    resume: bool = typer.Option(False, "--resume", help="continue the interrupted run in --out"),
+    resume: bool = typer.Option(
+        False, "--resume", help="continue the interrupted run in --out", metavar=FLAG
+    ),
     attach: str | None = AttachOpt,
     classes: str | None = ClassesOpt,
     seed: int | None = SeedOpt,
@@ -861,6 +867,7 @@ def simulate(
         "--table",
         help="write a feature table of regional volumes (FreeSurfer-like; features regex "
         "'^region_') instead of images: fast unlearning experiments on a CPU",
+        metavar=FLAG,
     ),
     features: int = typer.Option(60, "--features", help="--table: number of regions"),
     sex_ratio: str = typer.Option(
@@ -946,7 +953,10 @@ def demo(
     ),
     seed: int = typer.Option(0, "--seed", help="seed of the split and the models"),
     images: bool = typer.Option(
-        True, "--images/--no-images", help="also run the image part on a simulated cohort"
+        True,
+        "--images/--no-images",
+        help="also run the image part on a simulated cohort",
+        metavar=FLAG,
     ),
 ) -> None:
     """Baseline, iterative and gradient-reversal models on the bundled OpenNeuroTransfer table,

@@ -45,6 +45,7 @@ from neurounlearn.training.erasing import EraserRefresh, training_eraser
 from neurounlearn.training.run import save_model, versions
 from neurounlearn.training.system import (
     STOP_METRIC,
+    EpochBar,
     HistoryWriter,
     UnlearningSystem,
     set_memory_format,
@@ -663,7 +664,7 @@ def make_trainer(
             # some CUDA kernels (3D max-pool backward) have no deterministic version: warn there
             deterministic=True if not uses_gpu(t.accelerator) else "warn",
             logger=False,
-            callbacks=list(callbacks),
+            callbacks=[*callbacks, *([EpochBar()] if t.progress_bar else [])],
             plugins=[AtomicCheckpointIO()],
             enable_model_summary=False,
             enable_progress_bar=t.progress_bar,

@@ -70,7 +70,7 @@ class LoadedRun:
 
     def predict(self, data: Data) -> pd.DataFrame:
         """The model's output for every row of ``data``: ``predictions.csv``'s columns (the id
-        and site columns carried over when present; ``prediction``, or ``predicted`` and one
+        and site columns carried over when present; ``prediction``, and for classification one
         ``prob_CLASS`` per class; for a segmentation run, voxels per class)."""
         return self._apply(data)[0]
 

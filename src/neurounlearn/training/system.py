@@ -9,7 +9,7 @@ from typing import Any, cast
 import lightning as L
 import pandas as pd
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, RichProgressBar
 from torch import Tensor
 
 from neurounlearn.atomic import write_csv
@@ -150,3 +150,16 @@ class HistoryWriter(Callback):
             row[key.replace("/", "_")] = float(value)
         self.rows.append(row)
         write_csv(pd.DataFrame(self.rows), self.path)
+
+
+class EpochBar(RichProgressBar):
+    """Lightning's rich progress bar, counting epochs from 1 (``Epoch 1/40`` ... ``Epoch
+    40/40``) as ``--epochs`` does, where Lightning's own shows ``Epoch 0/39``."""
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        text = f"Epoch {current_epoch + 1}"
+        if self.trainer.max_epochs is not None and self.trainer.max_epochs > 0:
+            text += f"/{self.trainer.max_epochs}"
+        if len(self.validation_description) > len(text):  # as Lightning pads: no flicker
+            text = f"{text:{len(self.validation_description)}}"
+        return text
