@@ -160,3 +160,15 @@ def test_sites_by_name_are_the_same_as_y_and_twice_is_an_error() -> None:
         ComBatArm().fit(X, sites, sites=sites)
     with pytest.raises(InputError, match="needs each subject's site"):
         ComBatArm().fit(X)
+
+
+def test_without_neuroharmonize_says_which_extra_installs_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "neuroHarmonize", None)  # importing it now fails
+    X, sites, _ = _shifted()
+    with pytest.raises(InputError, match=r"neuroHarmonize package") as err:
+        ComBatArm().fit(X, sites)
+    assert "neurounlearn[combat]" in (err.value.problems[0].hint or "")

@@ -266,3 +266,22 @@ def test_registration_jitter_moves_image_and_labels_together(tmp_path: Path) -> 
         assert (image[label > 0] != 0).all()  # every labelled voxel lies in the image's mask
         changed += int((label != _load(still / r.label)).sum())
     assert changed > 0  # and the labels are not those of the unmoved anatomy
+
+
+def test_without_nilearn_says_which_extra_installs_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    from neurounlearn.data import simulate
+
+    simulate._mni_maps.cache_clear()  # the templates would otherwise come from the cache
+    monkeypatch.setitem(sys.modules, "nilearn", None)
+    monkeypatch.setitem(sys.modules, "nilearn.datasets", None)
+    try:
+        with pytest.raises(InputError, match="nilearn package") as err:
+            simulate_cohort(tmp_path / "sim", sites=2, subjects=6, shape=16, progress=False)
+    finally:
+        simulate._mni_maps.cache_clear()
+    assert "neurounlearn[sim]" in (err.value.problems[0].hint or "")
+    assert not (tmp_path / "sim" / "manifest.csv").exists()

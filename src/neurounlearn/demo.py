@@ -18,6 +18,7 @@ from typing import Any
 
 from neurounlearn.atomic import write_text
 from neurounlearn.config import RunConfig, validate_config
+from neurounlearn.errors import require
 from neurounlearn.formatting import fmt_number, markdown_table
 from neurounlearn.results import LeakageResult
 
@@ -304,6 +305,10 @@ def run_all(
 ) -> str:
     """The whole demo: the feature table part, then (unless ``images`` is False) the image part;
     writes ``OUT/demo.md``."""
+    # the reference arms and the simulated cohort need the optional extras: say so up front
+    require("neuroHarmonize", "combat", "the demo's ComBat arm")
+    if images:
+        require("nilearn", "sim", "the demo's simulated cohort")
     start = time.perf_counter()
     parts = [
         "## OpenNeuroTransfer (FreeSurfer features)\n\n"

@@ -6,9 +6,11 @@ Every problem with user input is an :class:`InputError`. The CLI prints ``str(er
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 EXIT_INPUT_ERROR = 2
 
@@ -94,3 +96,28 @@ def raise_if_errors(problems: Iterable[Problem]) -> None:
     errors = [p for p in problems if p.severity == "error"]
     if errors:
         raise InputErrors(errors)
+
+
+def require(module: str, extra: str, what: str, *, package: str | None = None) -> ModuleType:
+    """Import ``module`` (an optional dependency), or raise an :class:`InputError` saying which
+    extra installs it.
+
+    Args:
+        module: the module to import, e.g. ``"neuroHarmonize"``.
+        extra: the ``neurounlearn[...]`` extra that declares it.
+        what: what needs it, for the message (``"the ComBat arms"``).
+        package: the name pip installs it by, when not the module's.
+
+    Examples:
+        >>> require("math", "none", "arithmetic").sqrt(4.0)
+        2.0
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        name = package or module.split(".")[0]
+        raise InputError(
+            f"{what} need{'' if what.endswith('s') else 's'} the {name} package, which is not "
+            "installed",
+            hint=f"pip install 'neurounlearn[{extra}]' (or pip install {name})",
+        ) from None

@@ -33,7 +33,7 @@ from numpy.typing import NDArray
 from scipy import ndimage
 
 from neurounlearn.atomic import atomic_path, check_out, outputs_or_nothing, write_csv, write_json
-from neurounlearn.errors import InputError
+from neurounlearn.errors import InputError, require
 
 #: Age ranges (years) that sites draw from, used in turn for sites A, B, C, … (cycled when there
 #: are more sites than ranges). "paper" mimics the mix in Dinsdale et al. (2021): a UK
@@ -288,7 +288,8 @@ def _mni_maps() -> tuple[Float, Float, Float, NDArray[np.float64]]:
 
     Loaded from nilearn's wheel (never downloaded) once per process.
     """
-    from nilearn import datasets  # slow import: only when a cohort is simulated
+    # slow import: only when a cohort is simulated
+    datasets = require("nilearn.datasets", "sim", "simulating a cohort", package="nilearn")
 
     gm = datasets.load_mni152_gm_template(resolution=2)
     wm = datasets.load_mni152_wm_template(resolution=2)
@@ -829,9 +830,9 @@ def _generation_record(
     people: list[_Subject],
 ) -> dict[str, Any]:
     """Everything that generated the cohort, for ``generation.json`` (no clock: reproducible)."""
-    import nilearn
-
     from neurounlearn.version import __version__
+
+    nilearn = require("nilearn", "sim", "simulating a cohort")
 
     noise_range = [NOISE_SD_BASE + NOISE_SD_RANGE[0], NOISE_SD_BASE + NOISE_SD_RANGE[1]]
     return {

@@ -27,7 +27,10 @@ import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from neurounlearn.errors import InputError
+from neurounlearn.errors import InputError, require
+
+#: what needs neuroHarmonize, in the message when it is missing
+COMBAT = "the ComBat arms"
 
 SITE_COLUMN = "SITE"
 
@@ -112,7 +115,7 @@ class ComBatArm(TransformerMixin, BaseEstimator):
             InputError: non-finite or constant features, fewer than 2 sites, a site with a
                 single subject, or missing/non-numeric covariates.
         """
-        from neuroHarmonize import harmonizationLearn
+        harmonizationLearn = require("neuroHarmonize", "combat", COMBAT).harmonizationLearn
 
         data = _as_matrix(X)
         if y is not None and sites is not None:
@@ -194,7 +197,7 @@ class ComBatArm(TransformerMixin, BaseEstimator):
             NotFittedError: :meth:`fit` was not called.
             InputError: an unseen site, a feature-count mismatch, or missing covariates.
         """
-        from neuroHarmonize import harmonizationApply
+        harmonizationApply = require("neuroHarmonize", "combat", COMBAT).harmonizationApply
 
         check_is_fitted(
             self,

@@ -42,7 +42,7 @@ from neurounlearn.atomic import atomic_path, check_out, write_csv, write_json, w
 from neurounlearn.choices import MODEL_ARMS
 from neurounlearn.config import RunConfig, switch_strategy
 from neurounlearn.data.overlap import entanglement_problem, unlearns_site_everywhere
-from neurounlearn.errors import InputError
+from neurounlearn.errors import InputError, require
 from neurounlearn.evaluation.metrics import headline
 from neurounlearn.evaluation.reference import ReferenceComBat, linear_readout
 from neurounlearn.formatting import fmt_number
@@ -883,6 +883,10 @@ def compare(
     start = time.perf_counter()
     out = Path(out)
     arms = parse_arms(arms, erase_during=cfg.erasure.when == "during")
+    if any("combat" in a for a in arms):  # before any arm trains
+        from neurounlearn.evaluation.combat import COMBAT
+
+        require("neuroHarmonize", "combat", COMBAT)
     check_out(out, folder=True)
     if out.exists() and any(out.iterdir()):
         raise InputError(
