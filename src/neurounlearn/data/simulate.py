@@ -466,8 +466,9 @@ def _bias_field(coefficients: tuple[float, ...], shape: Shape) -> Float:
     """A site's multiplicative bias over the field of view (computed once per site and shape)."""
     axes = [np.linspace(-1.0, 1.0, n) for n in shape]
     points = np.stack(np.meshgrid(*axes, indexing="ij")).reshape(3, -1)
-    field = (1.0 + np.asarray(coefficients) @ _bias_basis(points)).reshape(shape)
-    field = field.astype(np.float32)
+    field: Float = (
+        (1.0 + np.asarray(coefficients) @ _bias_basis(points)).reshape(shape).astype(np.float32)
+    )
     field.setflags(write=False)
     return field
 

@@ -221,7 +221,7 @@ def _draw_anatomy(rng: np.random.Generator, features: int) -> dict[str, Array]:
     e = rng.normal(TIV_LOADING[0], TIV_LOADING[1], features)
     loadings = rng.normal(0.0, FACTOR_SD, (features, FACTORS))
     low, high = np.log(VOLUME_RANGE_MM3)
-    v = np.round(np.exp(rng.uniform(low, high, features)), 1)
+    v = np.round(np.exp(rng.uniform(low, high, features)), 1).astype(np.float64)
     return {"b": b, "c": c, "d": d, "e": e, "L": loadings, "v": v}
 
 
