@@ -65,6 +65,22 @@ def write_manifest(tmp_path: Path) -> Callable[..., Path]:
     return write
 
 
+@pytest.fixture(scope="session")
+def estimator_check_failure() -> Callable[[str, object], str | None]:
+    """``estimator_check_failure(check, estimator)`` -> what scikit-learn's ``check`` (a name
+    in ``sklearn.utils.estimator_checks``) found wrong, or ``None`` when it passes."""
+    from sklearn.utils import estimator_checks
+
+    def failure(check: str, estimator: object) -> str | None:
+        try:
+            getattr(estimator_checks, check)(type(estimator).__name__, estimator)
+        except Exception as err:  # each check reports what it found by raising
+            return f"{type(err).__name__}: {err}"
+        return None
+
+    return failure
+
+
 @pytest.fixture(autouse=True)
 def _cache_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Image caches go to the test's own folder, never to the user's ~/.cache."""
