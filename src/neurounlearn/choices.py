@@ -49,7 +49,7 @@ ITERATIVE_MODES: tuple[IterativeMode, ...] = get_args(IterativeMode)
 #: what ``strategy.adversary_view`` can be: the features the confound heads see, from the task
 #: step's pass (``train``) or from a pass with the encoder as at inference (``eval``)
 AdversaryView = Literal["train", "eval"]
-ADVERSARY_VIEWS: tuple[str, ...] = ("train", "eval")
+ADVERSARY_VIEWS: tuple[AdversaryView, ...] = get_args(AdversaryView)
 
 #: the encoders the registry builds (``model.encoder`` also takes ``auto``): ``mlp`` for
 #: feature tables, the 3D CNNs ``compact``, ``paper``, ``sfcn``, and ``unet`` (segmentation)

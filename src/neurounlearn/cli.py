@@ -73,8 +73,7 @@ def _options(
         metavar=FLAG,
     ),
 ) -> None:
-    """Train deep models on brain MRI volumes and feature tables while unlearning site, scanner
-    and other confounds, and audit how much of them is left."""
+    pass  # the options of the program itself; the help is the app's
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -145,9 +144,10 @@ def cli_hint(hint: str) -> str:
     return _SETTING.sub(flag, hint)
 
 
-def say(message: str) -> None:
-    """A library's progress message or warning on the terminal, in the CLI's words."""
-    typer.echo(cli_hint(message))
+def say(message: str, *, err: bool = False) -> None:
+    """A library's progress message or warning on the terminal, in the CLI's words (on
+    standard error with ``err``)."""
+    typer.echo(cli_hint(message), err=err)
 
 
 def cli_problem(problem: Problem) -> Problem:
@@ -713,17 +713,13 @@ def _apply(run: LoadedRun, data: Path, out: Path, which: int) -> int:
     if not to_stdout:
         check_out(out, folder=False, flag="--out")
         check_table_path(out)
-    frame = predict_file(run, data, echo=_say_err if to_stdout else say)[which]
+    frame = predict_file(run, data, echo=functools.partial(say, err=to_stdout))[which]
     if to_stdout:
         frame.to_csv(sys.stdout, index=False)
         return len(frame)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_table(frame, out)
     return len(frame)
-
-
-def _say_err(message: str) -> None:
-    typer.echo(cli_hint(message), err=True)
 
 
 def _written(n: int, what: str, out: Path) -> None:

@@ -295,20 +295,22 @@ def _bias_corrected(
 ) -> tuple[np.ndarray | None, np.ndarray | None]:
     """Test predictions corrected for the age bias fit on the validation rows only: Cole's
     rescaling and the age-dependent offset (see ``fit_bias_correction``)."""
-    from neurounlearn.evaluation.metrics import apply_bias_correction, fit_bias_correction
+    from neurounlearn.evaluation.metrics import (
+        BIAS_CORRECTIONS,
+        apply_bias_correction,
+        fit_bias_correction,
+    )
 
     val = (split == "val") & np.isfinite(y)
-    try:
-        a, b = fit_bias_correction(y[val], pred[val])
-        cole = apply_bias_correction(pred[test], a, b)
-    except InputError:
-        cole = None
-    try:
-        a, b = fit_bias_correction(y[val], pred[val], method="offset")
-        offset = apply_bias_correction(pred[test], a, b, method="offset", y_true=y[test])
-    except InputError:
-        offset = None
-    return cole, offset
+    corrected: list[np.ndarray | None] = []
+    for method in BIAS_CORRECTIONS:  # cole, offset
+        try:
+            a, b = fit_bias_correction(y[val], pred[val], method=method)
+        except InputError:
+            corrected.append(None)
+            continue
+        corrected.append(apply_bias_correction(pred[test], a, b, method=method, y_true=y[test]))
+    return corrected[0], corrected[1]
 
 
 def _arm_fold(

@@ -392,14 +392,11 @@ def task_metrics(
     result["offset_correction"] = None
     result["offset_corrected_mae"] = None
     if y_true_val is not None and y_pred_val is not None:
-        a, b = fit_bias_correction(y_true_val, y_pred_val)
-        corrected = apply_bias_correction(y_pred, a, b)
-        result["bias_correction"] = {"method": "cole", "a": a, "b": b}
-        result["bias_corrected_mae"] = regression_metrics(y_true, corrected)["mae"]
-        a, b = fit_bias_correction(y_true_val, y_pred_val, method="offset")
-        corrected = apply_bias_correction(y_pred, a, b, method="offset", y_true=y_true)
-        result["offset_correction"] = {"method": "offset", "a": a, "b": b}
-        result["offset_corrected_mae"] = regression_metrics(y_true, corrected)["mae"]
+        for method, key in (("cole", "bias"), ("offset", "offset")):
+            a, b = fit_bias_correction(y_true_val, y_pred_val, method=method)
+            corrected = apply_bias_correction(y_pred, a, b, method=method, y_true=y_true)
+            result[f"{key}_correction"] = {"method": method, "a": a, "b": b}
+            result[f"{key}_corrected_mae"] = regression_metrics(y_true, corrected)["mae"]
     return result
 
 
