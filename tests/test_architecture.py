@@ -35,6 +35,7 @@ TOP_LEVEL = {
     "neurounlearn.erasure": "models",
     "neurounlearn.registry": "training",
     "neurounlearn.cli": "entry",
+    "neurounlearn.__main__": "entry",
     "neurounlearn.demo": "entry",
     "neurounlearn": "entry",
 }

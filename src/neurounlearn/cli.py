@@ -546,12 +546,15 @@ def fit(
 ) -> None:
     """Train a model that predicts --target while unlearning each --unlearn confound."""
     from neurounlearn.evaluation.evaluate import evaluate
+    from neurounlearn.training.distributed import is_follower
     from neurounlearn.training.fit import fit as run_fit
 
     if resume and config is None and RunFiles(out).config.is_file():
         config = RunFiles(out).config  # resume what was started; flags given still override
     cfg = config_from_options(locals())
     run_dir = run_fit(cfg, out, resume=resume, echo=say)
+    if is_follower():  # one of several training processes: the first evaluates and reports
+        return
     metrics = evaluate(run_dir)
     typer.echo(f"run written to {run_dir}")
     for line in summary_lines(metrics):

@@ -509,7 +509,22 @@ class TrainConfig(_Strict):
     val_fraction: float = Field(0.15, gt=0, lt=0.5)
     test_fraction: float = Field(0.2, gt=0, lt=0.5)
     accelerator: str = "auto"
-    devices: int | str = 1
+    devices: int | str = Field(
+        1,
+        description="devices per node (processes, for the CPU): more than one trains with "
+        "Lightning's DDP, one process per device, and only the first writes the run",
+    )
+    num_nodes: int = Field(1, ge=1, description="machines the run spans (torchrun, SLURM)")
+    strategy: Literal["auto", "ddp", "ddp_find_unused_parameters_true"] = Field(
+        "auto",
+        description="Lightning's distributed strategy (not the unlearning strategy): auto is "
+        "DDP when devices or num_nodes ask for more than one process",
+    )
+    sync_batchnorm: Literal["auto"] | bool = Field(
+        "auto",
+        description="batch statistics over every process's share of a batch (PyTorch's "
+        "SyncBatchNorm). auto: on for image runs on several GPUs, off otherwise",
+    )
     precision: str = Field(
         "auto",
         description="Lightning precision, e.g. 32-true or bf16-mixed; auto: bf16-mixed for 3D "

@@ -909,6 +909,15 @@ def compare(
             "each run's metrics.json (Dice per class per site, leakage per attach point); "
             "benchmarks/segmentation.py compares them on fixed splits",
         )
+    from neurounlearn.training.distributed import process_count
+
+    if process_count(cfg.train.devices, cfg.train.accelerator) > 1 or cfg.train.num_nodes > 1:
+        raise InputError(
+            f"compare trains each arm on one device (train.devices={cfg.train.devices!r}, "
+            f"train.num_nodes={cfg.train.num_nodes} asked for more)",
+            hint="give train.devices=1 (compare runs folds side by side in worker processes "
+            "instead, see its jobs setting); fit trains one run over several devices",
+        )
     combat = combat or CombatSettings(covariates=(cfg.data.target,))
     check_arms(cfg, arms, external=external)
     inputs = load_inputs(cfg, cfg.data.path)

@@ -8,6 +8,7 @@ temporary name and renamed, so none is ever half-written.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import time
 import warnings
@@ -20,6 +21,7 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
 from neurounlearn.atomic import atomic_path, check_out, write_csv, write_json, write_text
@@ -41,6 +43,12 @@ from neurounlearn.training.checkpoints import (
     read_weights,
 )
 from neurounlearn.training.datamodule import SplitDataModule
+from neurounlearn.training.distributed import (
+    in_cluster,
+    is_follower,
+    lightning_strategy,
+    process_count,
+)
 from neurounlearn.training.erasing import EraserRefresh, training_eraser
 from neurounlearn.training.run import save_model, versions
 from neurounlearn.training.system import (
@@ -237,6 +245,10 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer`.*")
 
 
+def _silent(text: str) -> None:
+    """Where a follower's messages go: the first process says them once."""
+
+
 def fit(
     cfg: RunConfig,
     out: str | Path,
@@ -263,6 +275,10 @@ def fit(
         split: ``"train"``/``"val"``/``"test"`` per manifest row, to use instead of the split
             the configuration's seed gives (``compare`` passes its cross-fitting folds).
     """
+    if is_follower():  # one of several processes: trains its share, the first one writes the run
+        run = prepare(cfg, out, resume=resume, echo=_silent, callbacks=callbacks, split=split)
+        train(run)
+        return run.out
     run = prepare(cfg, out, resume=resume, echo=echo, callbacks=callbacks, split=split)
     # -- the run directory: nothing is written before everything above has passed --------------
     out = run.out
@@ -342,7 +358,7 @@ def prepare(
                 hint="start the run afresh (without resuming)",
             )
         checkpoint = read_checkpoint(ckpt_path)
-    elif out.exists() and any(out.iterdir()):
+    elif out.exists() and any(out.iterdir()) and not is_follower():  # the first process made it
         raise InputError(
             "the run directory already exists and is not empty",
             file=out,
@@ -585,6 +601,8 @@ def train(run: Prepared) -> Trained:
     fit_seconds = time.perf_counter() - start
     if run.trainer.interrupted:  # Lightning caught Ctrl-C: the run is not finished
         raise KeyboardInterrupt
+    if is_follower():  # the first process restores, recomputes and writes
+        return Trained(fit_seconds, run.trainer.current_epoch, 0, 0)
     callbacks = getattr(run.trainer, "callbacks", [])  # Lightning sets it at run time
     best = next((c for c in callbacks if isinstance(c, BestWeights)), None)
     restored_epoch = best.restore(run.model) if best is not None else None
@@ -655,11 +673,16 @@ def make_trainer(
     """The Lightning trainer of a run; a bad accelerator, device count or precision is an
     :class:`InputError` (raised before the run directory is written)."""
     t = cfg.train
+    processes = process_count(t.devices, t.accelerator)
+    _check_processes(cfg, processes)
     try:
         return L.Trainer(
             max_epochs=t.epochs,
             accelerator=t.accelerator,
             devices=t.devices,
+            num_nodes=t.num_nodes,
+            strategy=lightning_strategy(t.strategy, processes, t.num_nodes),
+            sync_batchnorm=sync_batchnorm(cfg, processes),
             precision=cast(Any, precision),  # validated by Lightning itself
             # some CUDA kernels (3D max-pool backward) have no deterministic version: warn there
             deterministic=True if not uses_gpu(t.accelerator) else "warn",
@@ -671,7 +694,7 @@ def make_trainer(
             num_sanity_val_steps=0,
             default_root_dir=default_root_dir,
         )
-    except (ValueError, TypeError, RuntimeError) as err:
+    except (ValueError, TypeError, RuntimeError, MisconfigurationException) as err:
         message = " ".join(str(err).split())
         raise InputError(
             f"Lightning refuses train.accelerator={t.accelerator!r}, train.devices={t.devices!r}, "
@@ -679,6 +702,39 @@ def make_trainer(
             hint="e.g. train.accelerator=cpu (or gpu, auto), train.devices=1, "
             "train.precision=32-true (or bf16-mixed, 16-mixed, auto)",
         ) from None
+
+
+def sync_batchnorm(cfg: RunConfig, processes: int) -> bool:
+    """``train.sync_batchnorm``, decided: ``auto`` is on for an image run on several GPUs (a 3D
+    CNN's batch per GPU is a few volumes, too few for batch statistics of their own), off
+    otherwise (PyTorch's synchronised batch norm needs a GPU)."""
+    t = cfg.train
+    if t.sync_batchnorm != "auto":
+        return bool(t.sync_batchnorm)
+    several = processes > 1 or t.num_nodes > 1
+    gpu = t.accelerator in ("gpu", "cuda") or uses_gpu(t.accelerator)
+    return several and cfg.data.input == "image" and gpu
+
+
+def _check_processes(cfg: RunConfig, processes: int) -> None:
+    """More CPU processes than cores, or several machines without a launcher to join them, stop
+    the run before anything starts (Lightning itself would start them and wait for ever)."""
+    t = cfg.train
+    cores = os.cpu_count() or 1
+    if t.accelerator == "cpu" and processes > cores:
+        raise InputError(
+            f"train.devices={t.devices!r} asks for {processes} training processes but this "
+            f"machine has {cores} CPU cores",
+            hint=f"give train.devices={cores} or fewer (each CPU process is one device)",
+        )
+    if t.num_nodes > 1 and not in_cluster():
+        raise InputError(
+            f"train.num_nodes={t.num_nodes} needs a launcher that starts the run on every "
+            "machine and tells each where the first one is",
+            hint="run it under torchrun (--nnodes, --rdzv-endpoint) or SLURM's srun, or set "
+            "MASTER_ADDR, MASTER_PORT and NODE_RANK on each machine; on one machine give "
+            "train.num_nodes=1",
+        )
 
 
 def write_outputs(run: Prepared, trained: Trained) -> Path:

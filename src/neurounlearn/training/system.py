@@ -86,6 +86,7 @@ class UnlearningSystem(L.LightningModule):
             on_step=False,
             on_epoch=True,
             batch_size=len(batch["y"]),
+            sync_dist=True,  # the mean over every process's rows (a no-op in one process)
         )
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
@@ -99,7 +100,8 @@ class UnlearningSystem(L.LightningModule):
         logs |= {f"val/conf_loss/{k}": v for k, v in s.confusion_losses(logits, batch).items()}
         if s.stopping_active(self.current_epoch):
             logs[STOP_METRIC] = task
-        self.log_dict(logs, on_step=False, on_epoch=True, batch_size=n)
+        # synced: every process stops, and keeps its best epoch, on the same figures
+        self.log_dict(logs, on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         return self.strategy.configure_optimizers(
@@ -149,7 +151,8 @@ class HistoryWriter(Callback):
                 continue
             row[key.replace("/", "_")] = float(value)
         self.rows.append(row)
-        write_csv(pd.DataFrame(self.rows), self.path)
+        if trainer.is_global_zero:  # one writer when several processes train
+            write_csv(pd.DataFrame(self.rows), self.path)
 
 
 class EpochBar(RichProgressBar):
