@@ -30,3 +30,13 @@ def test_written_files_get_the_usual_permissions_not_private_ones(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o644
+
+
+def test_an_os_error_without_a_file_name_is_raised_naming_the_file_written(tmp_path):
+    import errno
+
+    target = tmp_path / "out.csv"
+    with pytest.raises(OSError) as err, atomic_path(target):
+        raise OSError(errno.ENOSPC, "No space left on device")  # as write() on a full disk
+    assert err.value.errno == errno.ENOSPC and err.value.filename == str(target)
+    assert list(tmp_path.iterdir()) == []

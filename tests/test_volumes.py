@@ -434,7 +434,8 @@ def test_interrupted_build_leaves_no_cache(cohort, tmp_path: Path, monkeypatch) 
     monkeypatch.setattr(volumes.cache, "preprocess", fail_on_third)
     with pytest.raises(KeyboardInterrupt):
         cache_of(frame, manifest, tmp_path)
-    assert list((tmp_path / "cache").iterdir()) == []
+    # no part of the cache is left; the input hashes it had read are kept for the next build
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [volumes.cache.HASH_INDEX]
 
 
 def test_unreadable_image_stops_the_build_with_its_row(cohort, tmp_path: Path) -> None:
@@ -443,6 +444,60 @@ def test_unreadable_image_stops_the_build_with_its_row(cohort, tmp_path: Path) -
     with pytest.raises(InputError) as err:
         cache_of(frame, manifest, tmp_path)
     assert err.value.problem.row == 3 and "sub2.nii.gz" in str(err.value)
+
+
+def test_reuse_reads_no_unchanged_input_file_and_no_array(
+    cohort, tmp_path: Path, monkeypatch
+) -> None:
+    frame, manifest = cohort()
+    first, _ = cache_of(frame, manifest, tmp_path)
+
+    def no_reading(path: object) -> str:
+        raise AssertionError(f"read {path} although nothing changed")
+
+    monkeypatch.setattr(volumes.cache, "_file_hash", no_reading)
+    monkeypatch.setattr(volumes.cache, "_checksum", no_reading)
+    second, _ = cache_of(frame, manifest, tmp_path)
+    assert second.reused and second.path == first.path
+
+
+def test_a_touched_input_file_is_hashed_again_and_the_cache_still_reused(
+    cohort, tmp_path: Path, monkeypatch
+) -> None:
+    import os
+
+    frame, manifest = cohort()
+    first, _ = cache_of(frame, manifest, tmp_path)
+    touched = tmp_path / "sub1.nii.gz"
+    os.utime(touched, ns=(1_000_000_000, 1_000_000_000))  # same bytes, another stat
+    real, read = volumes.cache._file_hash, []
+
+    def counting(path: str | None) -> str | None:
+        read.append(path)
+        return real(path)
+
+    monkeypatch.setattr(volumes.cache, "_file_hash", counting)
+    second, _ = cache_of(frame, manifest, tmp_path)
+    assert second.reused and second.path == first.path
+    assert read == [str(touched)]
+
+
+def test_an_array_rewritten_with_the_same_bytes_is_checksummed_once_then_trusted(
+    cohort, tmp_path: Path, monkeypatch
+) -> None:
+    frame, manifest = cohort()
+    first, _ = cache_of(frame, manifest, tmp_path)
+    first.path.write_bytes(first.path.read_bytes())  # a new modification time
+    real, summed = volumes.cache._checksum, []
+
+    def counting(path: Path) -> str:
+        summed.append(path)
+        return real(path)
+
+    monkeypatch.setattr(volumes.cache, "_checksum", counting)
+    assert cache_of(frame, manifest, tmp_path)[0].reused
+    assert cache_of(frame, manifest, tmp_path)[0].reused
+    assert summed == [first.path]  # the second reuse trusts the stat the first one noted
 
 
 def test_worker_processes_build_the_same_cache(cohort, tmp_path: Path) -> None:

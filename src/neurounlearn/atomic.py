@@ -66,9 +66,11 @@ def check_out(out: str | Path, *, folder: bool, flag: str = "the output path") -
 def atomic_path(path: str | Path, *, owned: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
 
-    On any error the temporary file is removed and ``path`` is left as it was. ``owned``
-    puts this host and process id in the temporary name (``.NAME.HOST.PID.XXXX.tmp``), so that
-    :func:`remove_orphans` can later remove it if a kill left it behind.
+    On any error the temporary file is removed and ``path`` is left as it was; an
+    operating-system error that names no file (a write on a full disk) is raised again naming
+    ``path``. ``owned`` puts this host and process id in the temporary name
+    (``.NAME.HOST.PID.XXXX.tmp``), so that :func:`remove_orphans` can later remove it if a kill
+    left it behind.
     """
     path = Path(path)
     prefix = f".{path.name}.{_owner()}." if owned else f".{path.name}."
@@ -81,8 +83,10 @@ def atomic_path(path: str | Path, *, owned: bool = False) -> Iterator[Path]:
         os.chmod(tmp, 0o666 & ~_umask())
         _fsync(tmp)  # on disk before the rename, so a crash never leaves a truncated file
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError) and not err.filename:
+            raise OSError(err.errno, err.strerror, str(path)) from None
         raise
 
 

@@ -4,15 +4,22 @@
 :func:`~neurounlearn.data.volumes.preprocessing.preprocess` and stores the result as one
 memory-mapped ``.npy`` array of shape ``(N, D, H, W)``. The cache is named after the
 preprocessing settings and the content of the input files, and is checked (settings, input
-hashes, array header, checksum) every time it is opened, so a stale or corrupt cache is rebuilt,
-never silently reused.
+hashes, array header and size, checksum) every time it is opened, so a stale or corrupt cache is
+rebuilt, never silently reused.
+
+Reuse reads no data it need not: an input file's hash is kept under its stat (size, times,
+inode) in the cache folder's :data:`HASH_INDEX` and read again only when the stat changes, and
+the array's checksum is recomputed only when the array file's stat differs from the one its
+build recorded. Reusing a cache of N subjects costs N ``stat`` calls and one JSON read.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
+import os
 import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
@@ -64,6 +71,80 @@ def _checksum(path: Path) -> str:
     value = _file_hash(str(path))
     assert value is not None
     return value
+
+
+#: The file in a cache folder that remembers each input file's content hash under its stat, so an
+#: unchanged file is never read again to find its cache (at 40k subjects a reuse would otherwise
+#: hash 100+ GB of NIfTI).
+HASH_INDEX = "input-hashes.json"
+#: Version of the hash index's layout (another version is ignored and rebuilt).
+HASH_INDEX_FORMAT = 1
+
+
+def file_stat(path: str | Path) -> list[int]:
+    """What says a file is unchanged without reading it: size, modification and status-change
+    times (ns), inode and device. An edit, a copy over it, a restore from backup or a move to
+    another disk changes at least one of them."""
+    st = os.stat(path)
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
+
+
+def _read_index(path: Path) -> dict[str, list[Any]]:
+    try:
+        index = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(index, dict) or index.get("format") != HASH_INDEX_FORMAT:
+        return {}
+    files = index.get("files")
+    return files if isinstance(files, dict) else {}
+
+
+def input_hashes(
+    paths: Sequence[str],
+    cache_dir: Path,
+    *,
+    threads: int = 0,
+    progress: bool = True,
+) -> tuple[dict[str, str | None], int]:
+    """The content hash of each input file, and how many were read to get them.
+
+    A file whose stat (:func:`file_stat`) matches the one recorded in the cache folder's
+    :data:`HASH_INDEX` keeps its recorded hash; only new or changed files are read, and the
+    index is rewritten (atomically; with several writers the last one's wins and the others'
+    files are read again next time). ``None``: the file cannot be read.
+    """
+    index_path = cache_dir / HASH_INDEX
+    index = _read_index(index_path)
+    hashes: dict[str, str | None] = {}
+    stats: dict[str, list[int]] = {}
+    todo: list[str] = []
+    for path in paths:
+        try:
+            stats[path] = file_stat(path)
+        except OSError:
+            todo.append(path)  # reading it reports it
+            continue
+        known = index.get(os.path.abspath(path))
+        if isinstance(known, list) and len(known) == 2 and known[0] == stats[path]:
+            hashes[path] = str(known[1])
+        else:
+            todo.append(path)
+    with progress_bar(len(todo), "hashing images", enabled=progress) as advance:
+        for path, digest in zip(todo, pool_map(_file_hash_or_none, todo, threads), strict=True):
+            hashes[path] = digest
+            advance()
+    fresh = {
+        os.path.abspath(p): [stats[p], hashes[p]]
+        for p in todo
+        if hashes[p] is not None and p in stats
+    }
+    if fresh:
+        try:
+            write_json({"format": HASH_INDEX_FORMAT, "files": {**index, **fresh}}, index_path)
+        except OSError:
+            pass  # a read-only cache folder: the files are read again next time, nothing lost
+    return hashes, len(todo)
 
 
 def _npy_data_size(path: Path, shape: Sequence[int], dtype: str) -> int | None:
@@ -213,10 +294,18 @@ def _why_stale(
             )
         if expected != path.stat().st_size:
             return f"is corrupt ({what} file size is wrong)", None
-    checksums = meta.get("checksums", {})
+    checksums, stats = meta.get("checksums", {}), meta.get("stats") or {}
+    restamped = False
     for what, path, _, _ in files:
+        if stats.get(what) == file_stat(path):
+            continue  # not written since the build checksummed it: no need to read it all
         if _checksum(path) != checksums.get(what):
             return f"is corrupt ({what} checksum mismatch)", None
+        stats[what], restamped = file_stat(path), True  # touched, same bytes: note its stat
+    if restamped:
+        meta["stats"] = stats
+        with contextlib.suppress(OSError):  # a read-only cache is checksummed every time
+            write_json(meta, sidecar)
     return None, meta
 
 
@@ -285,7 +374,9 @@ def build_cache(
     interrupted build never leaves a cache that looks complete.
 
     An existing cache is reused only when its sidecar, settings, input hashes, array headers,
-    sizes and checksums all match; otherwise ``echo`` says why and it is rebuilt.
+    sizes and checksums all match; otherwise ``echo`` says why and it is rebuilt. Input files
+    are hashed again only when their stat has changed (:func:`input_hashes`), and the arrays
+    checksummed again only when theirs has.
 
     Run :func:`find_volume_problems` first for a report of every bad file; here the first
     unreadable row stops the build.
@@ -339,21 +430,16 @@ def build_cache(
 
     threads = num_workers if num_workers > 0 else 0
     unique_paths = list(dict.fromkeys(p for job in jobs for p in job if p is not None))
-    hashes: dict[str, str | None] = {}
-    with progress_bar(len(unique_paths), "hashing images", enabled=progress) as advance:
-        for path, digest in zip(
-            unique_paths, pool_map(_file_hash_or_none, unique_paths, threads), strict=True
-        ):
-            if digest is None:
-                row = next(i + 1 for i, job in enumerate(jobs) if path in job)
-                raise InputError(
-                    f"{path} cannot be read",
-                    file=manifest,
-                    row=row,
-                    hint=_CHECK_HINT,
-                )
-            hashes[path] = digest
-            advance()
+    cache_dir = Path(cache_dir).expanduser()
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise _cache_error(cache_dir, err) from None
+    hashes, _ = input_hashes(unique_paths, cache_dir, threads=threads, progress=progress)
+    unreadable = next((p for p in unique_paths if hashes.get(p) is None), None)
+    if unreadable is not None:
+        row = next(i + 1 for i, job in enumerate(jobs) if unreadable in job)
+        raise InputError(f"{unreadable} cannot be read", file=manifest, row=row, hint=_CHECK_HINT)
     rows = [
         {"image": hashes[image], "mask": hashes.get(mask or ""), "label": hashes.get(label or "")}
         for image, mask, label in jobs
@@ -362,11 +448,6 @@ def build_cache(
     name = hashlib.blake2b(
         json.dumps({"settings": key, "rows": rows}, sort_keys=True).encode(), digest_size=10
     ).hexdigest()
-    cache_dir = Path(cache_dir).expanduser()
-    try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise _cache_error(cache_dir, err) from None
     array, labels_file, sidecar = _cache_paths(cache_dir, f"volumes-{name}")
     labels = labels_file if columns.label else None
 
@@ -556,6 +637,9 @@ def _fill(
             del label_maps
             checksums["labels"] = _checksum(tmp_labels)
         # Leaving the ExitStack renames the temporary files onto their final names.
+    stats = {"images": file_stat(plan.array)}
+    if plan.labels is not None:
+        stats["labels"] = file_stat(plan.labels)
     seconds = time.perf_counter() - start
     shape = (n, *first_shape)
     meta = {
@@ -571,6 +655,8 @@ def _fill(
         "label_shape": list(shape) if plan.labels is not None else None,
         "checksums": checksums,
         "checksum_algorithm": "blake2b-128 of the whole .npy file",
+        # read again on reuse only when a file's stat (size, times, inode) has changed
+        "stats": stats,
         "build_seconds": round(seconds, 3),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "complete": True,
