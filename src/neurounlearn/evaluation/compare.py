@@ -43,8 +43,8 @@ from neurounlearn.choices import MODEL_ARMS
 from neurounlearn.config import RunConfig, switch_strategy
 from neurounlearn.data.overlap import entanglement_problem, unlearns_site_everywhere
 from neurounlearn.errors import InputError, require
-from neurounlearn.evaluation.metrics import headline
 from neurounlearn.evaluation.reference import ReferenceComBat, linear_readout
+from neurounlearn.evaluation.scoring import Scoring, scoring_of
 from neurounlearn.formatting import fmt_number
 from neurounlearn.results import probe_cells
 from neurounlearn.rundir import (
@@ -127,6 +127,11 @@ class Context:
     site_column: str
     cfg: RunConfig
     threads: int = 1
+
+    @property
+    def scoring(self) -> Scoring:
+        """How this task's predictions are read and scored."""
+        return scoring_of(self.task)
 
 
 # -- checks --------------------------------------------------------------------------------------
@@ -273,44 +278,14 @@ def _init_worker(context: Context) -> None:
 
 
 def _target_number(ctx: Context, rows: np.ndarray) -> np.ndarray:
-    values = ctx.frame[ctx.target].to_numpy()[rows]
-    if ctx.task == "classification":
-        lookup = {c: float(i) for i, c in enumerate(ctx.classes)}
-        return np.array(
-            [lookup.get(str(v), np.nan) if pd.notna(v) else np.nan for v in values], dtype=float
-        )
-    return pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(dtype=float)
+    return ctx.scoring.numbers(ctx.frame[ctx.target].to_numpy()[rows], ctx.classes)
 
 
 def _readout(ctx: Context, x: np.ndarray, split: np.ndarray) -> np.ndarray:
     """The reference readout fit on the training rows: predictions for every row
     (classification: probabilities in ``ctx.classes`` order)."""
     y = _target_number(ctx, np.arange(len(split)))
-    classes = ctx.classes if ctx.task == "classification" else None
-    return linear_readout(x, y, split == "train", classes=classes)
-
-
-def _bias_corrected(
-    y: np.ndarray, pred: np.ndarray, split: np.ndarray, test: np.ndarray
-) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """Test predictions corrected for the age bias fit on the validation rows only: Cole's
-    rescaling and the age-dependent offset (see ``fit_bias_correction``)."""
-    from neurounlearn.evaluation.metrics import (
-        BIAS_CORRECTIONS,
-        apply_bias_correction,
-        fit_bias_correction,
-    )
-
-    val = (split == "val") & np.isfinite(y)
-    corrected: list[np.ndarray | None] = []
-    for method in BIAS_CORRECTIONS:  # cole, offset
-        try:
-            a, b = fit_bias_correction(y[val], pred[val], method=method)
-        except InputError:
-            corrected.append(None)
-            continue
-        corrected.append(apply_bias_correction(pred[test], a, b, method=method, y_true=y[test]))
-    return corrected[0], corrected[1]
+    return linear_readout(x, y, split == "train", classes=ctx.scoring.readout_classes(ctx.classes))
 
 
 def _arm_fold(
@@ -339,8 +314,7 @@ def _arm_fold(
         run_dir=run_dir,
         embeddings=features if job.keep_embeddings else None,
     )
-    if ctx.task == "regression":
-        result.corrected, result.offset_corrected = _bias_corrected(y, prediction, split, test)
+    result.corrected, result.offset_corrected = ctx.scoring.corrected(y, prediction, split, test)
     if job.view == "fold":
         from sklearn.preprocessing import StandardScaler
 
@@ -355,7 +329,7 @@ def _arm_fold(
             seed=ctx.cfg.train.seed,
             kinds=ctx.kinds,
         )
-        if ctx.task == "regression":
+        if ctx.scoring.numeric:
             result.ridge_probe_mae = ridge_probe_mae(feats, y[test], seed=ctx.cfg.train.seed)
     return result
 
@@ -445,13 +419,7 @@ def _model_job(ctx: Context, job: Job) -> list[ArmFold]:
 def _prediction_array(ctx: Context, preds: pd.DataFrame) -> np.ndarray:
     """A run's predictions as numbers: the prediction, or the class probabilities in
     ``ctx.classes`` order."""
-    if ctx.task == "classification":
-        prediction = np.zeros((len(preds), len(ctx.classes)))
-        for k, name in enumerate(ctx.classes):
-            if f"prob_{name}" in preds:
-                prediction[:, k] = preds[f"prob_{name}"].to_numpy(dtype=float)
-        return prediction
-    return preds["prediction"].to_numpy(dtype=float)
+    return ctx.scoring.prediction_array(preds, ctx.classes)
 
 
 def _erase_kinds(ctx: Context) -> dict[str, str]:
@@ -617,35 +585,18 @@ class ArmSummary:
         }
 
 
-def _fold_score(ctx: Context, y_true: np.ndarray, pred: np.ndarray) -> dict[str, Any]:
-    from neurounlearn.evaluation.metrics import classification_metrics, regression_metrics
-
-    if ctx.task == "classification":
-        labels = np.array(
-            [ctx.classes[int(v)] if np.isfinite(v) else None for v in y_true], dtype=object
-        )
-        m = classification_metrics(labels, pred, ctx.classes)
-        return {"balanced_accuracy": m["balanced_accuracy"], "n": m["n"]}
-    m = regression_metrics(y_true, pred)
-    return {"mae": m["mae"], "n": m["n"]}
-
-
 def summarise(ctx: Context, arm: str, results: list[ArmFold]) -> ArmSummary:
     """Pool one arm's fold results into its summary."""
-    from neurounlearn.evaluation.metrics import (
-        classification_metrics,
-        regression_metrics,
-        task_metrics,
-    )
+    from neurounlearn.evaluation.metrics import regression_metrics
 
+    sc = ctx.scoring
     n = len(ctx.frame)
     folds = sorted((r for r in results if r.view == "fold"), key=lambda r: int(r.key))
     y = _target_number(ctx, np.arange(n))
     sites = ctx.frame[ctx.site_column].astype(str).to_numpy()
-    classification = ctx.task == "classification"
-    oof = np.full((n, len(ctx.classes)) if classification else n, np.nan)
-    corrected = None if classification else np.full(n, np.nan)
-    offset_corrected = None if classification else np.full(n, np.nan)
+    oof = sc.empty(n, ctx.classes)
+    corrected = np.full(n, np.nan) if sc.numeric else None
+    offset_corrected = np.full(n, np.nan) if sc.numeric else None
     fold_scores: list[float | None] = []
     for r in folds:
         if r.prediction is None:
@@ -656,26 +607,13 @@ def summarise(ctx: Context, arm: str, results: list[ArmFold]) -> ArmSummary:
         if offset_corrected is not None and r.offset_corrected is not None:
             offset_corrected[r.test_rows] = r.offset_corrected
         fold_scores.append(
-            _fold_score(ctx, y[r.test_rows], r.prediction)[headline(ctx.task).metric]
+            sc.fold_score(y[r.test_rows], r.prediction, ctx.classes)[sc.headline.metric]
         )
-    have = ~np.isnan(oof).any(axis=1) if classification else np.isfinite(oof)
+    have = sc.predicted(oof)
     task: dict[str, Any] | None = None
     if have.any():
-        if classification:
-            labels = np.array(
-                [ctx.classes[int(v)] if np.isfinite(v) else None for v in y], dtype=object
-            )
-            task = {
-                "kind": "classification",
-                "target": ctx.target,
-                **classification_metrics(labels[have], oof[have], ctx.classes, sites[have]),
-            }
-        else:
-            task = {
-                "target": ctx.target,
-                **task_metrics(y[have], oof[have], sites[have]),
-            }
-            assert corrected is not None and offset_corrected is not None
+        task = sc.pooled(y[have], oof[have], sites[have], ctx.classes, target=ctx.target)
+        if corrected is not None and offset_corrected is not None:
             task["bias_correction"] = "cole; fit per fold on that fold's validation rows"
             task["offset_correction"] = "offset; fit per fold on that fold's validation rows"
             for key, values in (
@@ -699,17 +637,13 @@ def summarise(ctx: Context, arm: str, results: list[ArmFold]) -> ArmSummary:
             external[r.key] = {"error": r.error or "not available", "n": len(r.test_rows)}
             continue
         external_oof[r.test_rows] = r.prediction
-        if classification:
-            external[r.key] = _fold_score(ctx, y[r.test_rows], r.prediction)
-        else:  # where the unseen site's error comes from: offset, slope, spread
-            from neurounlearn.evaluation.metrics import error_split
-
-            external[r.key] = error_split(y[r.test_rows], r.prediction)
-    metric = "balanced_accuracy" if classification else "mae"
+        # regression: where the unseen site's error comes from (offset, slope, spread)
+        external[r.key] = sc.external(y[r.test_rows], r.prediction, ctx.classes)
+    metric = sc.headline.metric
     ext_values = [e[metric] for e in external.values() if e.get(metric) is not None]
     external_mae = (
         float(np.mean(ext_values))
-        if not classification and ext_values and len(ext_values) == len(external)
+        if sc.numeric and ext_values and len(ext_values) == len(external)
         else None
     )
     site_bacc = probe_cells(leakage.get(ctx.site_column), "linear")[0]
@@ -747,7 +681,7 @@ def external_paired(ctx: Context, summaries: list[ArmSummary]) -> dict[str, dict
     reference = next((s for s in summaries if s.arm == "baseline"), None)
     if reference is None or not reference.external:
         return {}
-    head = headline(ctx.task)
+    head = ctx.scoring.headline
 
     def figures(s: ArmSummary) -> dict[str, float | None]:
         return {site: e.get(head.metric) for site, e in s.external.items()}
@@ -779,9 +713,7 @@ def external_frame(ctx: Context, summaries: list[ArmSummary], id_column: str) ->
 def _prediction_column(ctx: Context, predictions: np.ndarray) -> Any:
     """A prediction file's column: the numbers for regression; for classification each row's
     most probable class (None where the row has no prediction)."""
-    if ctx.task != "classification":
-        return predictions
-    return [None if np.isnan(p).any() else ctx.classes[int(p.argmax())] for p in predictions]
+    return ctx.scoring.column(predictions, ctx.classes)
 
 
 # -- the comparison table (comparison.csv) ---------------------------------------------------
@@ -792,24 +724,7 @@ def comparison_frame(ctx: Context, summaries: list[ArmSummary]) -> pd.DataFrame:
     rows = []
     for s in summaries:
         t = s.task or {}
-        row: dict[str, Any] = {"arm": s.arm}
-        if ctx.task == "classification":
-            row |= {
-                "balanced_accuracy": t.get("balanced_accuracy"),
-                "sd_over_folds": t.get("sd_over_folds"),
-                "auc": t.get("auc"),
-                "chance": t.get("chance"),
-            }
-        else:
-            bias = t.get("bias") or {}
-            row |= {
-                "mae": t.get("mae"),
-                "sd_over_folds": t.get("sd_over_folds"),
-                "r2": t.get("r2"),
-                "bias_slope": bias.get("slope"),
-                "spearman_delta_target": bias.get("spearman_delta_age"),
-                "bias_corrected_mae": t.get("bias_corrected_mae"),
-            }
+        row: dict[str, Any] = {"arm": s.arm, **ctx.scoring.table_columns(t)}
         for name, block in s.leakage.items():
             for probe in ("linear", "nonlinear"):
                 value, low, high = probe_cells(block, probe)
@@ -819,14 +734,14 @@ def comparison_frame(ctx: Context, summaries: list[ArmSummary]) -> pd.DataFrame:
                 if block.get("conditional"):
                     value, low, high = probe_cells(block["conditional"], probe)
                     row[f"{name}_{probe}_band"] = value
-        if ctx.task == "regression":
+        if ctx.scoring.numeric:
             row["ridge_probe_mae"] = s.ridge_probe_mae
         if s.external:
             row["external_mae"] = s.external_mae
-            if ctx.task == "regression":
+            if ctx.scoring.numeric:
                 row["openbhb_score"] = s.openbhb_score
             for site, e in s.external.items():
-                row[f"external_{site}"] = e.get("error") or e.get(headline(ctx.task).metric)
+                row[f"external_{site}"] = e.get("error") or e.get(ctx.scoring.headline.metric)
         row["seconds"] = s.seconds
         row["note"] = "; ".join(s.notes) or None
         rows.append(row)
@@ -984,11 +899,7 @@ def compare(
 
         kinds = {**erase_kinds(cfg.erase, frame, kinds), **kinds}
         confounds += [e.name for e in cfg.erase if e.name not in confounds]
-    classes = (
-        sorted(frame[cfg.data.target].dropna().astype(str).unique())
-        if inputs.task == "classification"
-        else []
-    )
+    classes = scoring_of(inputs.task).classes(frame[cfg.data.target])
     ctx = Context(
         frame=frame,
         feature_columns=inputs.feature_columns,
@@ -1187,7 +1098,7 @@ def compare_warnings(ctx: Context, arms: Sequence[str]) -> list[str]:
             "test subjects without it, as at inference."
         )
     unlearning = [a for a in arms if a.removesuffix("+erase") in MODEL_ARMS and a != "baseline"]
-    if ctx.task == "regression" and unlearning and unlearns_site_everywhere(ctx.cfg):
+    if ctx.scoring.numeric and unlearning and unlearns_site_everywhere(ctx.cfg):
         entangled = entanglement_problem(ctx.frame, ctx.target, ctx.site_column)
         if entangled is not None:
             out.append(f"{entangled.message} (arms {', '.join(unlearning)}); {entangled.hint}")
@@ -1209,8 +1120,8 @@ def _describe(ctx: Context, r: ArmFold) -> str:
     if r.error:
         return f"{where} · {r.arm}: {r.error}"
     assert r.prediction is not None
-    score = _fold_score(ctx, _target_number(ctx, r.test_rows), r.prediction)
-    head = headline(ctx.task)
+    score = ctx.scoring.fold_score(_target_number(ctx, r.test_rows), r.prediction, ctx.classes)
+    head = ctx.scoring.headline
     text = f"{head.label} {fmt_number(score[head.metric])}"
     site = (r.leakage or {}).get(ctx.site_column)
     if site:

@@ -18,7 +18,7 @@ from neurounlearn.data.tabular import TableEncoding
 from neurounlearn.erasure import erase_kinds
 from neurounlearn.errors import InputError
 from neurounlearn.evaluation.audit import audit_features, ridge_probe_mae
-from neurounlearn.evaluation.metrics import classification_metrics, task_metrics
+from neurounlearn.evaluation.scoring import scoring_of
 from neurounlearn.evaluation.segmentation import evaluate_segmentation
 from neurounlearn.results import LeakageResult
 from neurounlearn.rundir import (
@@ -48,35 +48,14 @@ def _task_block(
     assert target is not None
     true = preds[target] if truth is None else truth
     sites = preds.loc[rows, site].astype(str).to_numpy() if site in preds else None
-    if encoding.task == "classification":
-        prob = preds[[f"prob_{c}" for c in encoding.target_classes]].to_numpy(dtype=float)
-        block = classification_metrics(
-            true[rows].to_numpy(dtype=object), prob[rows], encoding.target_classes, sites
-        )
-        return {"kind": "classification", "target": target, **block}
-    y = pd.to_numeric(true, errors="coerce").to_numpy(dtype=float)
-    yhat = preds["prediction"].to_numpy(dtype=float)
-    if val is not None and not np.isfinite(y[val]).any():
-        val = None  # no labelled validation rows: no bias correction
-    block = task_metrics(
-        y[rows],
-        yhat[rows],
-        sites,
-        y_true_val=None if val is None else y[val],
-        y_pred_val=None if val is None else yhat[val],
+    return scoring_of(encoding.task).run_metrics(
+        true, preds, rows, sites, encoding.target_classes, target=target, val=val
     )
-    return {
-        "kind": "regression",
-        "target": target,
-        **{k: v for k, v in block.items() if k != "kind"},
-    }
 
 
 def _target_as_number(encoding: TableEncoding, values: pd.Series) -> np.ndarray:
     """The target as numbers for the audit's conditional block (class index for classes)."""
-    if encoding.task == "classification":
-        return encoding.class_index(values)
-    return pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
+    return scoring_of(encoding.task).numbers(values.to_numpy(), encoding.target_classes)
 
 
 def _read_labels(
@@ -144,7 +123,7 @@ def _unlabelled_block(
         return block
     id_column = run.info.get("id_column") or "subject"
     truth_by_id = _read_labels(
-        labels, id_column, cfg.data.target, numeric=run.encoding.task == "regression"
+        labels, id_column, cfg.data.target, numeric=scoring_of(run.encoding.task).numeric
     )
     ids = preds[id_column].astype(str)
     truth_by_id.index = truth_by_id.index.astype(str)
@@ -213,7 +192,7 @@ def evaluate(
     target, site = cfg.data.target, cfg.data.site_column
     id_column = run.info.get("id_column") or "subject"
     preds = read_output(run_dir, PREDICTIONS, dtype={target: object, id_column: str})
-    if encoding.task != "classification":
+    if scoring_of(encoding.task).numeric:
         preds[target] = pd.to_numeric(preds[target], errors="coerce")
     emb = read_output(run_dir, EMBEDDINGS)
     if len(emb) != len(preds):
@@ -276,7 +255,7 @@ def evaluate(
         leakage_train = None
     ridge_mae = (
         ridge_probe_mae(feats, y_num[test_mask], seed=cfg.train.seed)
-        if y_num is not None and encoding.task == "regression"
+        if y_num is not None and scoring_of(encoding.task).numeric
         else None
     )
     site_bacc = LeakageResult.from_dict(leakage.get(site)).probe("linear").balanced_accuracy
