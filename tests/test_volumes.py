@@ -567,3 +567,24 @@ def test_augmented_cached_volumes_change_images_on_every_read_but_not_labels(
         ValueError, match="unknown augment 'elastic'; choose one of: none, intensity, spatial"
     ):
         CachedVolumes(cache, rows, y, codes, augment="elastic")
+
+
+def test_row_reader_reads_the_rows_a_memory_map_holds(tmp_path: Path) -> None:
+    from neurounlearn.data.volumes.dataset import RowReader
+
+    array = np.arange(5 * 3 * 4 * 2, dtype=np.float16).reshape(5, 3, 4, 2)
+    np.save(tmp_path / "a.npy", array)
+    reader = RowReader(tmp_path / "a.npy")
+    assert reader.shape == (5, 3, 4, 2)
+    for i in range(5):
+        np.testing.assert_array_equal(reader.row(i), array[i])
+
+
+def test_row_reader_says_when_the_file_is_cut_short(tmp_path: Path) -> None:
+    from neurounlearn.data.volumes.dataset import RowReader
+
+    np.save(tmp_path / "a.npy", np.zeros((4, 8, 8), dtype=np.float16))
+    raw = (tmp_path / "a.npy").read_bytes()
+    (tmp_path / "a.npy").write_bytes(raw[: len(raw) - 64])
+    with pytest.raises(OSError, match="row 3 is cut short"):
+        RowReader(tmp_path / "a.npy").row(3)

@@ -1,7 +1,8 @@
-"""The volume cache as a ``Dataset``: rows of the memory map as training samples."""
+"""The volume cache as a ``Dataset``: rows of the cached array as training samples."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +16,58 @@ from neurounlearn.data.datasets import confound_extras
 from neurounlearn.data.volumes.cache import VolumeCache, label_path_for
 
 
-class CachedVolumes(Dataset):
-    """Rows of a volume cache as training samples, read from the memory map.
+class RowReader:
+    """Reads whole rows of a C-ordered ``.npy`` file with one ``pread`` each.
 
-    The memory map is opened lazily, once per process, on the first ``__getitem__``: only
-    paths are pickled, so the dataset can be sent to ``DataLoader`` worker processes.
+    Unlike a memory map, the pages read are not mapped into this process: they stay in the
+    kernel's page cache and out of its resident memory, which therefore stays flat however many
+    rows an epoch reads (a memory map's touched pages count as resident until the map closes).
+
+    Examples:
+        >>> reader = RowReader("cache.npy")  # doctest: +SKIP
+        >>> reader.row(3).shape  # doctest: +SKIP
+        (48, 48, 48)
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        with open(self.path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            read = {
+                (1, 0): np.lib.format.read_array_header_1_0,
+                (2, 0): np.lib.format.read_array_header_2_0,
+            }.get(version)
+            if read is None:
+                raise ValueError(f"{self.path}: .npy format {version} is not one this reads")
+            shape, fortran, dtype = read(fh)
+            self.offset = fh.tell()
+        if fortran:
+            raise ValueError(f"{self.path} is stored in Fortran order; rows are not contiguous")
+        self.shape: tuple[int, ...] = tuple(shape)
+        self.dtype = np.dtype(dtype)
+        self.row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+        self._fd = os.open(self.path, os.O_RDONLY)
+
+    def row(self, i: int) -> np.ndarray:
+        """Row ``i`` as a new array (read from the page cache or the disk)."""
+        data = os.pread(self._fd, self.row_bytes, self.offset + int(i) * self.row_bytes)
+        if len(data) != self.row_bytes:
+            raise OSError(f"{self.path}: row {i} is cut short (the file is truncated)")
+        return np.frombuffer(data, dtype=self.dtype).reshape(self.shape[1:])
+
+    def __del__(self) -> None:
+        fd = getattr(self, "_fd", None)
+        if fd is not None:
+            os.close(fd)
+
+
+class CachedVolumes(Dataset):
+    """Rows of a volume cache as training samples.
+
+    The cache file is opened lazily, once per process, on the first ``__getitem__``, and each
+    row is read with one ``pread`` (:class:`RowReader`), so resident memory stays flat over an
+    epoch however large the cache; only paths are pickled, so the dataset can be sent to
+    ``DataLoader`` worker processes.
 
     Args:
         cache: a :class:`VolumeCache` or the path of its images ``.npy``.
@@ -83,14 +131,14 @@ class CachedVolumes(Dataset):
         self.label_path = label_path if with_labels else None
         if with_labels and (label_path is None or not label_path.exists()):
             raise ValueError(f"cache {self.path} has no label maps (built without a label column)")
-        self._images: np.ndarray | None = None
-        self._labels: np.ndarray | None = None
+        self._images: RowReader | None = None
+        self._labels: RowReader | None = None
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getstate__(self) -> dict[str, Any]:
-        # A memory map must not travel to workers: each opens its own on first access.
+        # An open file must not travel to workers: each opens its own on first access.
         state = self.__dict__.copy()
         state["_images"] = None
         state["_labels"] = None
@@ -113,12 +161,12 @@ class CachedVolumes(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         if self._images is None:
-            self._images = np.load(self.path, mmap_mode="r")
+            self._images = RowReader(self.path)
             if self.label_path is not None:
-                self._labels = np.load(self.label_path, mmap_mode="r")
+                self._labels = RowReader(self.label_path)
         row = self.rows[i]
-        x = np.array(self._images[row], dtype=np.float32)
-        label = None if self._labels is None else np.array(self._labels[row], dtype=np.int64)
+        x = self._images.row(row).astype(np.float32)
+        label = None if self._labels is None else self._labels.row(row).astype(np.int64)
         if self.augment != "none":
             if self._augmenter is None:
                 self._augmenter = self._new_augmenter()
