@@ -39,6 +39,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/tabular_openneuro.py
 	$(BIN)/python benchmarks/tabular_knobs.py
 	$(BIN)/python benchmarks/image_speed.py
+	$(BIN)/python benchmarks/scale.py
+	$(BIN)/python benchmarks/gpu.py --tiny
 	$(BIN)/python benchmarks/image_sim.py
 	$(BIN)/python benchmarks/adversary_view.py
 	$(BIN)/python benchmarks/paper.py

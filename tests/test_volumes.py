@@ -570,7 +570,7 @@ def test_augmented_cached_volumes_change_images_on_every_read_but_not_labels(
 
 
 def test_row_reader_reads_the_rows_a_memory_map_holds(tmp_path: Path) -> None:
-    from neurounlearn.data.volumes.dataset import RowReader
+    from neurounlearn.data.volumes.rows import RowReader
 
     array = np.arange(5 * 3 * 4 * 2, dtype=np.float16).reshape(5, 3, 4, 2)
     np.save(tmp_path / "a.npy", array)
@@ -581,10 +581,22 @@ def test_row_reader_reads_the_rows_a_memory_map_holds(tmp_path: Path) -> None:
 
 
 def test_row_reader_says_when_the_file_is_cut_short(tmp_path: Path) -> None:
-    from neurounlearn.data.volumes.dataset import RowReader
+    from neurounlearn.data.volumes.rows import RowReader
 
     np.save(tmp_path / "a.npy", np.zeros((4, 8, 8), dtype=np.float16))
     raw = (tmp_path / "a.npy").read_bytes()
     (tmp_path / "a.npy").write_bytes(raw[: len(raw) - 64])
     with pytest.raises(OSError, match="row 3 is cut short"):
         RowReader(tmp_path / "a.npy").row(3)
+
+
+def test_row_writer_writes_the_file_np_save_writes(tmp_path: Path) -> None:
+    from neurounlearn.data.volumes.rows import RowWriter
+
+    array = np.random.default_rng(0).normal(size=(4, 3, 5, 2)).astype(np.float16)
+    writer = RowWriter(tmp_path / "rows.npy", array.shape, np.float16)
+    for i in (2, 0, 3, 1):  # in any order, as worker processes finish
+        writer.write(i, array[i].astype(np.float32))
+    writer.close()
+    np.save(tmp_path / "saved.npy", array)
+    assert (tmp_path / "rows.npy").read_bytes() == (tmp_path / "saved.npy").read_bytes()

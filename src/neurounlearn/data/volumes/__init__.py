@@ -9,12 +9,13 @@ The image data path has three steps:
 2. :func:`build_cache` (:mod:`~neurounlearn.data.volumes.cache`) preprocesses every image with
    :func:`preprocess` (:mod:`~neurounlearn.data.volumes.preprocessing`: MONAI transforms on
    nibabel: orient, mask, crop the foreground, resize/pad to one shape, normalise intensities)
-   and stores the result as one memory-mapped ``.npy`` array of shape ``(N, D, H, W)``. The cache
+   and stores the result as one ``.npy`` array of shape ``(N, D, H, W)``. The cache
    is named after the preprocessing settings and the content of the input files, and is checked
-   (settings, input hashes, array header, checksum) every time it is opened, so a stale or
-   corrupt cache is rebuilt, never silently reused.
+   (settings, input hashes, array header, checksum; data is read again only where a file's
+   stat changed) every time it is opened, so a stale or corrupt cache is rebuilt, never
+   silently reused.
 3. :class:`CachedVolumes` (:mod:`~neurounlearn.data.volumes.dataset`) serves rows of that array
-   to a ``DataLoader``: later epochs and later runs read only the memory map and never decode
+   to a ``DataLoader``: later epochs and later runs read only the cached array and never decode
    NIfTI again.
 
 Which manifest columns hold the files, and their absolute paths, are in

@@ -42,6 +42,7 @@ from neurounlearn.data.volumes.files import (
     resolve_paths,
 )
 from neurounlearn.data.volumes.preprocessing import PreprocessSettings, format_shape, preprocess
+from neurounlearn.data.volumes.rows import RowWriter
 from neurounlearn.errors import InputError
 
 #: Layout version of the cache files and sidecar.
@@ -570,8 +571,8 @@ def _fill(
     """Write preprocessed rows into temporary arrays, rename them, then write the sidecar."""
     n = len(plan.jobs)
     dtype = np.dtype(plan.settings.dtype)
-    images: np.memmap | None = None
-    label_maps: np.memmap | None = None
+    images: RowWriter | None = None
+    label_maps: RowWriter | None = None
     first_shape: tuple[int, ...] | None = None
     with ExitStack() as stack:
         tmp_array = stack.enter_context(atomic_path(plan.array, owned=True))
@@ -593,14 +594,12 @@ def _fill(
                     )
                 if first_shape is None:
                     first_shape = tuple(x.shape)
-                    images = np.lib.format.open_memmap(
-                        tmp_array, mode="w+", dtype=dtype, shape=(n, *first_shape)
-                    )
-                    reserve(tmp_array)  # a full disk fails here, not as a SIGBUS mid-write
+                    images = RowWriter(tmp_array, (n, *first_shape), dtype)
+                    stack.callback(images.close)
+                    reserve(tmp_array)  # a full disk fails here, not halfway through
                     if tmp_labels is not None:
-                        label_maps = np.lib.format.open_memmap(
-                            tmp_labels, mode="w+", dtype=np.uint8, shape=(n, *first_shape)
-                        )
+                        label_maps = RowWriter(tmp_labels, (n, *first_shape), np.uint8)
+                        stack.callback(label_maps.close)
                         reserve(tmp_labels)
                 elif tuple(x.shape) != first_shape:
                     raise InputError(
@@ -624,17 +623,15 @@ def _fill(
                     )
                 assert images is not None
                 for i in targets[k]:
-                    images[i] = stored
+                    images.write(i, stored)
                     if label_maps is not None and lab is not None:
-                        label_maps[i] = lab
+                        label_maps.write(i, lab)
                 advance()
         assert images is not None and first_shape is not None
-        images.flush()
-        del images
+        images.close()
         checksums = {"images": _checksum(tmp_array)}
         if label_maps is not None and tmp_labels is not None:
-            label_maps.flush()
-            del label_maps
+            label_maps.close()
             checksums["labels"] = _checksum(tmp_labels)
         # Leaving the ExitStack renames the temporary files onto their final names.
     stats = {"images": file_stat(plan.array)}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -14,51 +13,7 @@ from neurounlearn.choices import check_choice
 from neurounlearn.data.augment import AUGMENTATIONS, Augmentation, VolumeAugment
 from neurounlearn.data.datasets import confound_extras
 from neurounlearn.data.volumes.cache import VolumeCache, label_path_for
-
-
-class RowReader:
-    """Reads whole rows of a C-ordered ``.npy`` file with one ``pread`` each.
-
-    Unlike a memory map, the pages read are not mapped into this process: they stay in the
-    kernel's page cache and out of its resident memory, which therefore stays flat however many
-    rows an epoch reads (a memory map's touched pages count as resident until the map closes).
-
-    Examples:
-        >>> reader = RowReader("cache.npy")  # doctest: +SKIP
-        >>> reader.row(3).shape  # doctest: +SKIP
-        (48, 48, 48)
-    """
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        with open(self.path, "rb") as fh:
-            version = np.lib.format.read_magic(fh)
-            read = {
-                (1, 0): np.lib.format.read_array_header_1_0,
-                (2, 0): np.lib.format.read_array_header_2_0,
-            }.get(version)
-            if read is None:
-                raise ValueError(f"{self.path}: .npy format {version} is not one this reads")
-            shape, fortran, dtype = read(fh)
-            self.offset = fh.tell()
-        if fortran:
-            raise ValueError(f"{self.path} is stored in Fortran order; rows are not contiguous")
-        self.shape: tuple[int, ...] = tuple(shape)
-        self.dtype = np.dtype(dtype)
-        self.row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
-        self._fd = os.open(self.path, os.O_RDONLY)
-
-    def row(self, i: int) -> np.ndarray:
-        """Row ``i`` as a new array (read from the page cache or the disk)."""
-        data = os.pread(self._fd, self.row_bytes, self.offset + int(i) * self.row_bytes)
-        if len(data) != self.row_bytes:
-            raise OSError(f"{self.path}: row {i} is cut short (the file is truncated)")
-        return np.frombuffer(data, dtype=self.dtype).reshape(self.shape[1:])
-
-    def __del__(self) -> None:
-        fd = getattr(self, "_fd", None)
-        if fd is not None:
-            os.close(fd)
+from neurounlearn.data.volumes.rows import RowReader
 
 
 class CachedVolumes(Dataset):
