@@ -25,7 +25,7 @@ def _run(script: str, *flags: str, timeout: int = 300) -> subprocess.CompletedPr
 def test_the_gpu_benchmark_runs_in_its_tiny_cpu_mode(tmp_path: Path) -> None:
     done = _run(
         "gpu.py", "--tiny", "--strategies", "baseline", "grl", "--settings", "fp32",
-        "--subjects", "8", "--out", str(tmp_path),
+        "--out", str(tmp_path),
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((tmp_path / "gpu_tiny.json").read_text())
