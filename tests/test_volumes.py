@@ -600,3 +600,30 @@ def test_row_writer_writes_the_file_np_save_writes(tmp_path: Path) -> None:
     writer.close()
     np.save(tmp_path / "saved.npy", array)
     assert (tmp_path / "rows.npy").read_bytes() == (tmp_path / "saved.npy").read_bytes()
+
+
+def test_a_cache_from_another_version_is_rebuilt_with_a_message(cohort, tmp_path: Path) -> None:
+    frame, manifest = cohort()
+    cache, _ = cache_of(frame, manifest, tmp_path)
+    meta = json.loads(cache.sidecar_path.read_text())
+    meta["format"] = volumes.cache.CACHE_FORMAT + 1
+    cache.sidecar_path.write_text(json.dumps(meta))
+    again, messages = cache_of(frame, manifest, tmp_path)
+    assert not again.reused
+    assert "from another version of neurounlearn" in messages[0] and "rebuilding" in messages[0]
+
+
+def test_input_hashes_are_given_when_the_cache_folder_cannot_keep_them(
+    tmp_path: Path, monkeypatch
+) -> None:
+    (tmp_path / "a.nii").write_bytes(b"one")
+    (tmp_path / "b.nii").write_bytes(b"two")
+
+    def read_only(obj: object, path: object) -> None:
+        raise PermissionError(13, "Read-only file system", str(path))
+
+    monkeypatch.setattr(volumes.cache, "write_json", read_only)
+    paths = [str(tmp_path / "a.nii"), str(tmp_path / "b.nii")]
+    hashes, read = volumes.cache.input_hashes(paths, tmp_path, progress=False)
+    assert read == 2 and hashes[paths[0]] != hashes[paths[1]] and None not in hashes.values()
+    assert not (tmp_path / volumes.cache.HASH_INDEX).exists()
