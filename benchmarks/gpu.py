@@ -43,7 +43,8 @@ import lightning as L
 import torch
 
 from image_speed import StepTimer  # the benchmarks beside this one (their folder is on sys.path)
-from neurounlearn.config import validate_config
+from neurounlearn.config import apply_overrides
+from neurounlearn.demo import image_config
 from neurounlearn.formatting import markdown_table
 from neurounlearn.training.fit import fit
 from scale import write_volumes
@@ -98,41 +99,33 @@ def run_config(
     batch: int,
     accelerator: str,
 ) -> Any:
-    raw: dict[str, Any] = {
-        "data": {
-            "path": str(manifest),
-            "input": "image",
-            "target": "age",
-            "task": "regression",
-            "id_column": "subject",
-            "site_column": "site",
-            "shape": list(shape),
-            "cache_dir": str(work / "cache"),
-            "augment": "none",
-        },
-        "confounds": [{"name": "site"}],
-        "model": {
-            "encoder": encoder,
-            "channels_last": channels_last,
-            **({"channels": channels} if channels else {}),
-        },
-        "strategy": (
-            {"name": strategy, "mode": mode, "pretrain_epochs": 0}
-            if strategy == "iterative"
-            else {"name": strategy}
-        ),
-        "train": {
-            "epochs": epochs,
-            "batch_size": batch,
-            "patience": epochs,
-            "restore": "last",
-            "progress_bar": False,
-            "accelerator": accelerator,
-            "precision": precision,
-            "num_workers": min(8, (os.cpu_count() or 2) // 2),
-        },
-    }
-    return validate_config(raw, "gpu benchmark")
+    """The image demo's configuration for one arm, with the encoder, input, numeric setting and
+    loader of this benchmark; no pretraining epochs (every epoch unlearns)."""
+    cfg = image_config(
+        manifest,
+        strategy=strategy,
+        mode=mode,
+        epochs=epochs,
+        cache_dir=work / "cache",
+        progress_bar=False,
+    )
+    return apply_overrides(
+        cfg,
+        [
+            f"data.shape={list(shape)}",
+            "data.augment=none",
+            f"model.encoder={encoder}",
+            f"model.channels_last={str(channels_last).lower()}",
+            *([f"model.channels={channels}"] if channels else []),
+            "strategy.pretrain_epochs=0",
+            f"train.batch_size={batch}",
+            "train.restore=last",
+            f"train.accelerator={accelerator}",
+            f"train.precision={precision}",
+            f"train.num_workers={min(8, (os.cpu_count() or 2) // 2)}",
+        ],
+        source="gpu benchmark",
+    )
 
 
 def measure(cfg: Any, run_dir: Path, compile_encoder: bool, gpu: bool) -> dict[str, Any]:
