@@ -97,9 +97,15 @@ def test_sync_batchnorm_auto_is_for_image_runs_on_several_gpus() -> None:
     assert not sync_batchnorm(table, 2)
 
 
-def test_more_cpu_processes_than_cores_is_refused() -> None:
+@pytest.mark.parametrize("accelerator", ["cpu", "auto"])
+def test_more_cpu_processes_than_cores_is_refused(
+    accelerator: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # auto means the CPU here
     cores = os.cpu_count() or 1
-    cfg = RunConfig.model_validate({"train": {"accelerator": "cpu", "devices": cores + 1}})
+    cfg = RunConfig.model_validate({"train": {"accelerator": accelerator, "devices": cores + 1}})
     with pytest.raises(InputError, match=f"machine has {cores} CPU cores"):
         make_trainer(cfg)
 

@@ -721,7 +721,8 @@ def _check_processes(cfg: RunConfig, processes: int) -> None:
     the run before anything starts (Lightning itself would start them and wait for ever)."""
     t = cfg.train
     cores = os.cpu_count() or 1
-    if t.accelerator == "cpu" and processes > cores:
+    on_cpu = t.accelerator == "cpu" or (t.accelerator == "auto" and not uses_gpu("auto"))
+    if on_cpu and processes > cores:
         raise InputError(
             f"train.devices={t.devices!r} asks for {processes} training processes but this "
             f"machine has {cores} CPU cores",
