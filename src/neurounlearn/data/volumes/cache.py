@@ -2,7 +2,8 @@
 
 :func:`build_cache` preprocesses every image with
 :func:`~neurounlearn.data.volumes.preprocessing.preprocess` and stores the result as one
-memory-mapped ``.npy`` array of shape ``(N, D, H, W)``. The cache is named after the
+``.npy`` array of shape ``(N, D, H, W)``, written a row at a time
+(:class:`~neurounlearn.data.volumes.rows.RowWriter`). The cache is named after the
 preprocessing settings and the content of the input files, and is checked (settings, input
 hashes, array header and size, checksum) every time it is opened, so a stale or corrupt cache is
 rebuilt, never silently reused.
