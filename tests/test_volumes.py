@@ -435,7 +435,8 @@ def test_interrupted_build_leaves_no_cache(cohort, tmp_path: Path, monkeypatch) 
     with pytest.raises(KeyboardInterrupt):
         cache_of(frame, manifest, tmp_path)
     # no part of the cache is left; the input hashes it had read are kept for the next build
-    assert [p.name for p in (tmp_path / "cache").iterdir()] == [volumes.cache.HASH_INDEX]
+    left = sorted(p.name for p in (tmp_path / "cache").iterdir())
+    assert left == [".build.lock", volumes.cache.HASH_INDEX]
 
 
 def test_unreadable_image_stops_the_build_with_its_row(cohort, tmp_path: Path) -> None:
@@ -627,3 +628,25 @@ def test_input_hashes_are_given_when_the_cache_folder_cannot_keep_them(
     hashes, read = volumes.cache.input_hashes(paths, tmp_path, progress=False)
     assert read == 2 and hashes[paths[0]] != hashes[paths[1]] and None not in hashes.values()
     assert not (tmp_path / volumes.cache.HASH_INDEX).exists()
+
+
+def test_a_second_process_waits_for_the_build_then_reuses_it(cohort, tmp_path: Path) -> None:
+    import fcntl
+    import os
+    import threading
+    import time
+
+    frame, manifest = cohort()
+    (tmp_path / "cache").mkdir()
+    holder = os.open(tmp_path / "cache" / ".build.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(holder, fcntl.LOCK_EX)  # another process is building
+    results: list[tuple[object, list[str]]] = []
+    waiter = threading.Thread(target=lambda: results.append(cache_of(frame, manifest, tmp_path)))
+    waiter.start()
+    time.sleep(0.5)
+    assert waiter.is_alive() and not results  # it waits instead of building beside it
+    os.close(holder)  # the other build is done
+    waiter.join(timeout=60)
+    assert results and "waiting for another process" in results[0][1][0]
+    assert not any((tmp_path / "cache").glob(".volumes-*.tmp"))
+    assert cache_of(frame, manifest, tmp_path)[0].reused

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -437,6 +438,59 @@ def build_cache(
         cache_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise _cache_error(cache_dir, err) from None
+    with one_builder(cache_dir, echo):
+        return _find_or_build(
+            jobs,
+            unique_paths,
+            manifest,
+            columns,
+            settings,
+            cache_dir,
+            threads=threads,
+            progress=progress,
+            echo=echo,
+            num_workers=num_workers,
+        )
+
+
+@contextlib.contextmanager
+def one_builder(cache_dir: Path, echo: Callable[[str], Any]) -> Iterator[None]:
+    """Hold the cache folder's build lock (``.build.lock``, an advisory ``flock``) while the
+    caller finds or builds its cache, so that processes sharing the folder (every process of a
+    multi-device run, or several runs on shared storage) build each cache once: the others wait,
+    then find it built. The lock goes with the process that holds it, killed or not. A folder
+    that cannot hold a lock file (read-only) is used without one: it can only be read."""
+    try:
+        fd = os.open(cache_dir / ".build.lock", os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError:
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            echo(f"waiting for another process building an image cache in {cache_dir}")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _find_or_build(
+    jobs: list[tuple[str, str | None, str | None]],
+    unique_paths: list[str],
+    manifest: str | Path,
+    columns: VolumeColumns,
+    settings: PreprocessSettings,
+    cache_dir: Path,
+    *,
+    threads: int,
+    progress: bool,
+    echo: Callable[[str], Any],
+    num_workers: int,
+) -> VolumeCache:
+    """The cache of these files and settings: reused when one is complete and verified, else
+    built (under :func:`one_builder`)."""
     hashes, _ = input_hashes(unique_paths, cache_dir, threads=threads, progress=progress)
     unreadable = next((p for p in unique_paths if hashes.get(p) is None), None)
     if unreadable is not None:
