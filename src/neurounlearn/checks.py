@@ -16,7 +16,7 @@ from neurounlearn.data.inputs import (
     table_spec,
     volume_columns,
 )
-from neurounlearn.data.manifest import ID_CANDIDATES, find_problems, read_table
+from neurounlearn.data.manifest import find_id_column, find_problems, read_table
 from neurounlearn.data.overlap import entanglement_problem, unlearns_site_everywhere
 from neurounlearn.errors import InputError, Problem
 
@@ -95,8 +95,7 @@ def check_manifest(cfg: RunConfig, path: str | Path | None = None) -> ManifestCh
         entangled = entanglement_problem(frame, cfg.data.target, cfg.data.site_column, path=path)
         if entangled is not None:
             problems.append(entangled)
-    names = (cfg.data.id_column,) if cfg.data.id_column else ID_CANDIDATES
-    id_column = next((c for c in names if c in frame), None)
+    id_column = find_id_column(frame, cfg.data.id_column)
     site = cfg.data.site_column
     return ManifestCheck(
         rows=len(frame),

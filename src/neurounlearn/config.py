@@ -707,7 +707,7 @@ def _model_at(loc: Sequence[Any]) -> type[BaseModel] | None:
     i = 0
     while i < len(parts):
         if model is RunConfig and parts[i] == "strategy":  # pydantic adds the strategy's name
-            strategies = (BaselineStrategyConfig, IterativeStrategyConfig, GRLStrategyConfig)
+            strategies = get_args(get_args(StrategyConfig)[0])  # the union's classes
             named = {c.model_fields["name"].default: c for c in strategies}
             chosen = named.get(parts[i + 1]) if i + 1 < len(parts) else None
             if chosen is None:

@@ -298,6 +298,12 @@ def _resolve_id(
     ]
 
 
+def find_id_column(df: pd.DataFrame, requested: str | None) -> str | None:
+    """The subject id column as :func:`resolve_id_column` picks it, or ``None`` where there is
+    none (the problem is :func:`find_problems`' to report)."""
+    return _resolve_id(df, requested, "")[0]
+
+
 def resolve_id_column(df: pd.DataFrame, requested: str | None, path: str | Path) -> str:
     """The subject id column: ``requested`` if given, else the first of :data:`ID_CANDIDATES`.
 

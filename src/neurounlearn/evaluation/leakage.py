@@ -765,8 +765,10 @@ def _distance_correlation_test(
     a = dcor.u_centered(squareform(pdist(Z)))
     b = dcor.u_centered(squareform(pdist(np.asarray(y, dtype=float).reshape(len(y), -1))))
 
+    # permuting rows and columns alike leaves each matrix's own product unchanged
+    denom = float(np.sqrt(dcor.u_product(a, a) * dcor.u_product(b, b)))
+
     def u_dcor_sqr(b: np.ndarray) -> float:
-        denom = float(np.sqrt(dcor.u_product(a, a) * dcor.u_product(b, b)))
         return float(dcor.u_product(a, b)) / denom if denom > 0 else 0.0
 
     value = u_dcor_sqr(b)

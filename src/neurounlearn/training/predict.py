@@ -81,7 +81,7 @@ class LoadedRun:
 
     def _apply(self, data: Data) -> tuple[pd.DataFrame, pd.DataFrame]:
         if isinstance(data, pd.DataFrame):
-            return apply_frame(self, data, echo=lambda _: None)
+            return predict_file(self, FRAME_NAME, frame=data, echo=lambda _: None)
         return predict_file(self, data, echo=lambda _: None)
 
 
@@ -296,26 +296,21 @@ def segment_images(
 
 
 def predict_file(
-    run: LoadedRun, data: str | Path, *, echo: Callable[[str], Any] = print
+    run: LoadedRun,
+    data: str | Path,
+    *,
+    echo: Callable[[str], Any] = print,
+    frame: pd.DataFrame | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Predictions and embeddings for the manifest ``data`` (a feature table or images; for a
-    segmentation run, per-class volumes and pooled features, no label-map files)."""
-    if run.encoding.task == "segmentation":
-        return segment_images(run, data, echo=echo)
-    if run.config.data.input == "image":
-        return predict_images(run, data, echo=echo)
-    return predict_table(run, read_table(data), data)
+    segmentation run, per-class volumes and pooled features, no label-map files).
 
-
-def apply_frame(
-    run: LoadedRun, frame: pd.DataFrame, *, echo: Callable[[str], Any] = print
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """:func:`predict_file` for rows given as a DataFrame: a feature table, or an image manifest
-    whose relative paths are read from the working directory. Messages name the file
-    ``(DataFrame)``."""
-    path = Path.cwd() / FRAME_NAME
+    ``frame``: the manifest's rows, given in place of reading ``data``, which then only names
+    them in messages and anchors relative image paths (:data:`FRAME_NAME`: the working
+    directory)."""
     if run.encoding.task == "segmentation":
-        return segment_images(run, path, echo=echo, frame=frame)
+        return segment_images(run, data, echo=echo, frame=frame)
     if run.config.data.input == "image":
-        return predict_images(run, path, echo=echo, frame=frame)
-    return predict_table(run, frame.reset_index(drop=True), FRAME_NAME)
+        return predict_images(run, data, echo=echo, frame=frame)
+    table = read_table(data) if frame is None else frame.reset_index(drop=True)
+    return predict_table(run, table, data)
